@@ -1,0 +1,113 @@
+"""Adapters that give every diffusion model the one call the sampler makes: ``eps(x_t, t)``.
+
+The sampler passes x_t (N, C, H, W) in the DDPM's scaled space and t as a float tensor (N,)
+of integer timesteps in [0, 999] of the linear schedule. Each adapter overrides ``forward``
+only, owning the foreign network as ``self.inner``.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .schedule import linear_alphas_cumprod
+
+
+class EpsModel(nn.Module):
+    """A module already predicting epsilon: ``inner(x_t, t) -> (N, C, H, W)``."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.inner(x, t)
+
+
+class LearnedSigmaEps(EpsModel):
+    """guided-diffusion-style output (N, 2C, H, W) = [eps, variance values]: keep the first C."""
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.inner(x, t)[:, : x.shape[1]]
+
+
+class DiffusersUNetEps(EpsModel):
+    """diffusers ``UNet2DModel``: returns ``.sample``, keeping the first C channels (learned sigma)."""
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.inner(x, t).sample[:, : x.shape[1]]
+
+
+class EDMDenoiserEps(EpsModel):
+    """An EDM-style denoiser ``D(x, sigma) -> x0_hat`` on unscaled images x = x0 + sigma n.
+
+    With the DDPM state ``x_t = sqrt(abar_t) (x0 + sigma_t n)``, ``sigma_t = sqrt(1/abar_t - 1)``,
+    so ``eps = (x_t / sqrt(abar_t) - D(x_t / sqrt(abar_t), sigma_t)) / sigma_t``.
+    """
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__(inner)
+        self.register_buffer("abar", linear_alphas_cumprod().float(), persistent=False)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        abar = self.abar.to(x.device)[t.long()].view(-1, 1, 1, 1)
+        sigma = (1.0 / abar - 1.0).sqrt()
+        x_unscaled = x / abar.sqrt()
+        return (x_unscaled - self.inner(x_unscaled, sigma.flatten())) / sigma
+
+
+def _is_diffusers_unet(module: nn.Module) -> bool:
+    cls = type(module)
+    return cls.__module__.startswith("diffusers.") and cls.__name__ == "UNet2DModel"
+
+
+def as_eps_model(diffusion: nn.Module) -> EpsModel:
+    """Wrap a diffusion network so that ``model(x_t, t)`` returns epsilon of x_t's shape.
+
+    Recognises our adapters (returned as they are), diffusers ``UNet2DModel`` and networks
+    declaring ``learn_sigma=True`` or ``out_channels == 2 * in_channels`` (guided-diffusion).
+    Anything else is taken to predict epsilon directly; wrap it yourself otherwise
+    (e.g. ``EDMDenoiserEps(net)``).
+    """
+    if isinstance(diffusion, EpsModel):
+        return diffusion
+    if _is_diffusers_unet(diffusion):
+        return DiffusersUNetEps(diffusion)
+    in_ch, out_ch = getattr(diffusion, "in_channels", None), getattr(diffusion, "out_channels", None)
+    if getattr(diffusion, "learn_sigma", False) or (in_ch and out_ch and out_ch == 2 * in_ch):
+        return LearnedSigmaEps(diffusion)
+    return EpsModel(diffusion)
+
+
+def diffusion_input_spec(diffusion: nn.Module) -> tuple[int | None, tuple[int, int] | None]:
+    """(channels, (H, W)) the diffusion network declares, or None where it says nothing.
+
+    Reads ``in_channels`` and ``sample_size`` / ``image_size`` from the network or its
+    diffusers ``config``.
+    """
+    net = diffusion.inner if isinstance(diffusion, EpsModel) else diffusion
+    config = getattr(net, "config", None)
+    sources = [net] + ([config] if config is not None else [])
+
+    def read(*names: str):
+        for source in sources:
+            for name in names:
+                value = source.get(name) if isinstance(source, dict) else getattr(source, name, None)
+                if value is not None:
+                    return value
+        return None
+
+    channels = read("in_channels")
+    size = read("sample_size", "image_size")
+    if isinstance(size, int):
+        size = (size, size)
+    return (int(channels) if channels else None), (tuple(size) if size else None)  # type: ignore[return-value]
+
+
+__all__ = [
+    "EpsModel",
+    "LearnedSigmaEps",
+    "DiffusersUNetEps",
+    "EDMDenoiserEps",
+    "as_eps_model",
+    "diffusion_input_spec",
+]
