@@ -65,7 +65,7 @@ def attention_map(
         raise ValueError("attention_map needs at least one stage activation")
     maps = [
         normalize_map(
-            F.interpolate(stage_energy(a.float(), p, root), size=size, mode="bilinear", align_corners=False),
+            F.interpolate(stage_energy(a.to(torch.promote_types(a.dtype, torch.float32)), p, root), size=size, mode="bilinear", align_corners=False),
             normalization,
         )
         for a in activations

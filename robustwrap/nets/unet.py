@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def timestep_embedding(t: Tensor, dim: int) -> Tensor:
-    """Sinusoidal embedding (N, dim) of float timesteps t (N,) in [0, 1000)."""
+def timestep_embedding(t: Tensor, dim: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Sinusoidal embedding (N, dim) in ``dtype`` of timesteps t (N,) in [0, 1000)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    angles = t.float()[:, None] * freqs[None]
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=dtype) / half)
+    angles = t.to(dtype)[:, None] * freqs[None]
     return torch.cat([angles.cos(), angles.sin()], dim=1)
 
 
@@ -84,7 +84,7 @@ class SmallUNet(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """Predicted noise (N, C, H, W) for x_t (N, C, H, W) at timesteps t (N,)."""
-        emb = self.time_mlp(timestep_embedding(t, self.base_channels))
+        emb = self.time_mlp(timestep_embedding(t, self.base_channels, self.conv_in.weight.dtype))
         h = self.conv_in(x)
         skips = []
         for level, block in enumerate(self.down):

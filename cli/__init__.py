@@ -1,0 +1,1 @@
+"""robustwrap.cli: the `robustwrap` command (installed from the top-level ``cli/`` folder)."""
