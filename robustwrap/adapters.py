@@ -86,7 +86,7 @@ def diffusion_input_spec(diffusion: nn.Module) -> tuple[int | None, tuple[int, i
     """
     net = diffusion.inner if isinstance(diffusion, EpsModel) else diffusion
     config = getattr(net, "config", None)
-    sources = [net] + ([config] if config is not None else [])
+    sources = ([config] if config is not None else []) + [net]
 
     def read(*names: str):
         for source in sources:

@@ -1,0 +1,169 @@
+"""RobustWrapper end to end on tiny models: randomness, autograd, votes, sizes, normalisation."""
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from robustwrap import PurifyConfig, RobustWrapper, vote_labels
+from robustwrap.inputs import IMAGENET_MEAN, Normalize
+
+from .tiny import tiny_classifier, tiny_unet, tiny_wrapper
+
+
+def _seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_same_seed_same_output_other_seed_other_output(images):
+    wrapper = tiny_wrapper(votes=3)
+    with torch.no_grad():
+        first = wrapper(images, generator=_seeded(7))
+        again = wrapper(images, generator=_seeded(7))
+        other = wrapper(images, generator=_seeded(8))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    assert torch.equal(wrapper.predict(images, generator=_seeded(7)), wrapper.predict(images, generator=_seeded(7)))
+
+
+def test_in_graph_noise_differs_between_calls(images):
+    wrapper = tiny_wrapper()
+    with torch.no_grad():
+        assert not torch.equal(wrapper.purify(images), wrapper.purify(images))
+
+
+def test_explicit_noise_reproduces_and_has_the_documented_layout(images):
+    wrapper = tiny_wrapper(votes=2)
+    shape = wrapper.noise_shape(images)
+    assert shape == (wrapper.plan.noise_draws, 2, 3, 3, 16, 16)
+    noise = torch.randn(shape)
+    with torch.no_grad():
+        probs = wrapper.vote_probabilities(images, noise=noise)
+        # vote s of image b is purification s with noise[:, s, b]
+        single = wrapper.purify(images, noise=noise[:, 1])
+        logits = wrapper.classifier(single)
+    torch.testing.assert_close(probs[1], logits.softmax(1), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="explicit noise must have shape"):
+        wrapper(images, noise=noise[:-1])
+
+
+def test_forward_is_mean_probability_and_differentiable(images):
+    wrapper = tiny_wrapper(votes=2)
+    x = images.clone().requires_grad_(True)
+    probs = wrapper(x, generator=_seeded(0))
+    assert probs.shape == (3, 10)
+    torch.testing.assert_close(probs.sum(1), torch.ones(3))
+    nn.functional.nll_loss(probs.log(), torch.tensor([0, 1, 2])).backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in wrapper.parameters())  # networks are frozen
+
+
+def test_gradient_flows_through_denoiser_not_only_the_input_re_noising(images):
+    """The gradient with the real denoiser must differ from one through a constant denoiser."""
+    class ZeroEps(nn.Module):
+        def forward(self, x, t):
+            return torch.zeros_like(x)
+
+    grads = []
+    for diffusion in (tiny_unet(), ZeroEps()):
+        wrapper = RobustWrapper(tiny_classifier(), diffusion, PurifyConfig(steps=10), image_size=16)
+        x = images.clone().requires_grad_(True)
+        wrapper(x, generator=_seeded(0))[:, 0].sum().backward()
+        grads.append(x.grad)
+    assert not torch.allclose(grads[0], grads[1])
+
+
+def test_checkpointing_gives_the_same_gradient(images):
+    grads = []
+    for checkpoint in (False, True):
+        wrapper = tiny_wrapper(checkpoint=checkpoint, steps=20)
+        x = images.clone().requires_grad_(True)
+        wrapper(x, generator=_seeded(3))[:, 1].sum().backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
+def test_predict_follows_the_vote_rule():
+    probs = torch.tensor([[[0.5, 0.45, 0.05]], [[0.5, 0.45, 0.05]], [[0.0, 1.0, 0.0]]])  # S=3 runs, one image
+    assert vote_labels(probs, "hard").tolist() == [0]  # two of three votes
+    assert vote_labels(probs, "soft").tolist() == [1]  # mean probability 0.63 for class 1
+    assert vote_labels(torch.tensor([[[0.1, 0.9]], [[0.8, 0.2]]]), "hard").tolist() == [1]  # tie: mean 0.55 wins
+
+
+def test_predict_matches_labels_of_vote_probabilities(images):
+    wrapper = tiny_wrapper(votes=5, vote="hard")
+    noise = torch.randn(wrapper.noise_shape(images))
+    probs = wrapper.vote_probabilities(images, noise=noise)
+    assert torch.equal(wrapper.predict(images, noise=noise), vote_labels(probs, "hard"))
+
+
+def test_resizes_around_the_purifier_when_sizes_differ():
+    """Classifier at 16 (input size), diffusion at 32: purify at 32, classify at 16."""
+    seen_sizes = []
+
+    class RecordingUNet(nn.Module):
+        sample_size = 32
+
+        def __init__(self):
+            super().__init__()
+            self.inner = tiny_unet(size=32)
+
+        def forward(self, x, t):
+            seen_sizes.append(tuple(x.shape[-2:]))
+            return self.inner(x, t)
+
+    wrapper = RobustWrapper(tiny_classifier(), RecordingUNet(), PurifyConfig(steps=10), image_size=16)
+    x = torch.rand(2, 3, 16, 16)
+    assert wrapper.mask(x).shape == (2, 1, 32, 32)
+    with torch.no_grad():
+        assert wrapper(x).shape == (2, 10)
+        assert wrapper.purify(x).shape == (2, 3, 16, 16)
+    assert set(seen_sizes) == {(32, 32)}
+
+
+def test_timm_classifier_gets_its_pretrained_cfg_normalisation_and_size():
+    classifier = timm.create_model("resnet18", pretrained=False, num_classes=5)
+    wrapper = RobustWrapper(classifier, tiny_unet(), PurifyConfig(steps=10), diffusion_size=32)
+    assert isinstance(wrapper.normalize, Normalize)
+    assert tuple(wrapper.normalize.mean.flatten().tolist()) == pytest.approx(IMAGENET_MEAN)
+    assert wrapper.image_size == (224, 224) and wrapper.diffusion_size == (32, 32)
+    with pytest.raises(ValueError, match=r"expected images of size \(224, 224\)"):
+        wrapper(torch.rand(1, 3, 32, 32))
+
+
+def test_torchvision_classifier_normalisation_and_override():
+    classifier = torchvision.models.resnet18(weights=None, num_classes=4)
+    wrapper = RobustWrapper(classifier, tiny_unet(), PurifyConfig(steps=10))
+    assert tuple(wrapper.normalize.mean.flatten().tolist()) == pytest.approx(IMAGENET_MEAN)
+    assert isinstance(RobustWrapper(classifier, tiny_unet(), normalization=None).normalize, nn.Identity)
+    custom = RobustWrapper(classifier, tiny_unet(), normalization=((0.5,) * 3, (0.25,) * 3))
+    assert custom.normalize.std.flatten().tolist() == [0.25] * 3
+
+
+def test_normalisation_is_applied_before_the_classifier(images):
+    seen = []
+
+    class Recorder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer1 = nn.Conv2d(3, 4, 3, padding=1)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            seen.append(x)
+            return self.head(self.layer1(x).mean((2, 3)))
+
+    wrapper = RobustWrapper(Recorder(), tiny_unet(), PurifyConfig(steps=10), normalization=((0.5,) * 3, (0.5,) * 3))
+    wrapper.mask(images)
+    torch.testing.assert_close(seen[-1], images * 2 - 1)
+
+
+def test_channel_mismatch_between_networks_is_refused():
+    with pytest.raises(ValueError, match="3 channels but the diffusion model 1"):
+        RobustWrapper(tiny_classifier(3), tiny_unet(1))
+
+
+def test_train_keeps_the_defense_in_eval_mode():
+    wrapper = tiny_wrapper().train()
+    assert not wrapper.training and not wrapper.classifier.training and not wrapper.eps_model.training
