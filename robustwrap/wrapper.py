@@ -130,7 +130,7 @@ class RobustWrapper(nn.Module):
         self, x: Tensor, *, generator: torch.Generator | None = None, noise: Tensor | None = None
     ) -> Tensor:
         """(S, B, K) class probabilities of each of the S purifications of each image."""
-        self._check(x, noise, self.config.votes)
+        x = self._check(x, noise, self.config.votes)
         votes, batch = self.config.votes, x.shape[0]
         if noise is not None:
             noise = noise.flatten(1, 2)  # (K, S, B, ...) -> (K, S * B, ...), vote-major like repeat()
@@ -156,7 +156,7 @@ class RobustWrapper(nn.Module):
         Returns:
             (B, C, H, W) purified images in [0, 1] at the input size.
         """
-        self._check(x, noise, None)
+        x = self._check(x, noise, None)
         if mask is not None and mask.shape != (x.shape[0], 1, *self.diffusion_size_for(x)):
             raise ValueError(
                 f"mask must have shape {(x.shape[0], 1, *self.diffusion_size_for(x))}, got {tuple(mask.shape)}"
@@ -166,13 +166,13 @@ class RobustWrapper(nn.Module):
     @torch.no_grad()
     def attention(self, x: Tensor) -> Tensor:
         """(B, 1, Hd, Wd) attention map in [0, 1] (min-max) at the diffusion size."""
-        self._check(x, None, None)
+        x = self._check(x, None, None)
         return self._attention(x)
 
     @torch.no_grad()
     def mask(self, x: Tensor) -> Tensor:
         """(B, 1, Hd, Wd) {0, 1} mask of the pixels getting the strong noise (all ones in uniform mode)."""
-        self._check(x, None, None)
+        x = self._check(x, None, None)
         return self._mask(x)
 
     def noise_shape(self, x: Tensor, votes: int | None = None) -> tuple[int, ...]:
@@ -199,9 +199,13 @@ class RobustWrapper(nn.Module):
 
     # --- pipeline ---------------------------------------------------------------------------
 
-    def _check(self, x: Tensor, noise: Tensor | None, votes: int | None) -> None:
-        if _tracing():
-            return
+    def _check(self, x: Tensor, noise: Tensor | None, votes: int | None) -> Tensor:
+        """Validate the images (outside tracing) and cast them to the networks' dtype."""
+        if not _tracing():
+            self._check_eagerly(x, noise, votes)
+        return x.to(next(self.classifier.parameters(), x).dtype)
+
+    def _check_eagerly(self, x: Tensor, noise: Tensor | None, votes: int | None) -> None:
         check_images(x, self.channels, self.image_size)
         if noise is not None:
             expected = self.noise_shape(x, votes)
