@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
+import torch
 from torch import Tensor
 
 from .config import VoteRule
@@ -22,5 +22,6 @@ def vote_labels(probs: Tensor, rule: VoteRule = "hard") -> Tensor:
     mean = probs.mean(dim=0)
     if rule == "soft":
         return mean.argmax(dim=1)
-    counts = F.one_hot(probs.argmax(dim=2), probs.shape[2]).sum(dim=0).to(mean.dtype)
+    classes = torch.arange(probs.shape[2], device=probs.device)
+    counts = (probs.argmax(dim=2, keepdim=True) == classes).sum(dim=0).to(mean.dtype)
     return (counts + 0.5 * mean).argmax(dim=1)  # counts differ by >= 1; 0.5 * mean < 1 only orders ties

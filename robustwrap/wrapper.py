@@ -130,13 +130,24 @@ class RobustWrapper(nn.Module):
         self, x: Tensor, *, generator: torch.Generator | None = None, noise: Tensor | None = None
     ) -> Tensor:
         """(S, B, K) class probabilities of each of the S purifications of each image."""
+        return self.purify_and_classify(x, generator=generator, noise=noise)[1]
+
+    def purify_and_classify(
+        self, x: Tensor, *, generator: torch.Generator | None = None, noise: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The whole pipeline, keeping its intermediate result.
+
+        Returns:
+            purified: (S, B, C, H, W) purified images in [0, 1] at the input size.
+            probs: (S, B, K) class probabilities of each purification.
+        """
         x = self._check(x, noise, self.config.votes)
         votes, batch = self.config.votes, x.shape[0]
         if noise is not None:
             noise = noise.flatten(1, 2)  # (K, S, B, ...) -> (K, S * B, ...), vote-major like repeat()
-        purified = self._purify(x, votes, NoiseSource(generator, noise), mask=None)
-        logits = self._classify(self._resize(purified, x.shape[-2:]))
-        return logits.softmax(dim=1).view(votes, batch, -1)
+        purified = self._resize(self._purify(x, votes, NoiseSource(generator, noise), mask=None), x.shape[-2:])
+        probs = self._classify(purified).softmax(dim=1)
+        return purified.view(votes, batch, *x.shape[1:]), probs.view(votes, batch, -1)
 
     def purify(
         self,
