@@ -1,0 +1,155 @@
+"""Export a :class:`RobustWrapper` to ONNX with the dynamo exporter, check it, write it atomically."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from robustwrap.wrapper import RobustWrapper
+
+from ._optional import require
+from .graph import ExportGraph
+
+logger = logging.getLogger(__name__)
+
+NoiseMode = Literal["in_graph", "explicit"]
+METADATA_KEY = "robustwrap"
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """What :func:`export_onnx` wrote."""
+
+    path: Path
+    bytes: int
+    nodes: int
+    opset: int
+    op_types: tuple[str, ...]
+    noise: NoiseMode
+    metadata: dict
+
+
+def wrapper_metadata(wrapper: RobustWrapper, noise: NoiseMode, with_purified: bool) -> dict:
+    """The configuration a deployed graph carries, as JSON-able data."""
+    return {
+        "config": dataclasses.asdict(wrapper.config),
+        "noise": noise,
+        "noise_draws": wrapper.plan.noise_draws,
+        "denoiser_calls": wrapper.plan.denoiser_calls,
+        "channels": wrapper.channels,
+        "image_size": list(wrapper.image_size) if wrapper.image_size else None,
+        "diffusion_size": list(wrapper.diffusion_size) if wrapper.diffusion_size else None,
+        "blocks": list(wrapper.blocks),
+        "with_purified": with_purified,
+    }
+
+
+def _example_inputs(wrapper: RobustWrapper, noise: NoiseMode, batch: int) -> tuple[torch.Tensor, ...]:
+    if wrapper.channels is None or wrapper.image_size is None:
+        raise ValueError(
+            "export needs a fixed input shape: build the wrapper with image_size=(H, W) "
+            "(and a classifier or diffusion model that declares its channels)"
+        )
+    images = torch.rand(batch, wrapper.channels, *wrapper.image_size)
+    if noise == "in_graph":
+        return (images,)
+    k, votes, _, channels, height, width = wrapper.noise_shape(images)
+    return images, torch.randn(batch, k, votes, channels, height, width)
+
+
+def export_onnx(
+    wrapper: RobustWrapper,
+    path: str | os.PathLike,
+    *,
+    noise: NoiseMode = "in_graph",
+    with_purified: bool = False,
+    opset: int = 20,
+    max_batch: int = 1024,
+) -> OnnxExport:
+    """Export the defended model as one ONNX graph with a dynamic batch axis.
+
+    Steps and votes are fixed at export time (the loop is unrolled). ``noise="in_graph"``
+    draws fresh noise per run (``RandomNormalLike``); ``"explicit"`` adds a ``noise`` input of
+    shape (B, K, S, C, Hd, Wd), making the graph deterministic and comparable with eager.
+
+    The file is written under a temporary name in the target folder, checked with
+    ``onnx.checker`` (full check, with shape inference), then renamed: a failure leaves
+    nothing behind.
+
+    Raises:
+        ValueError: bad noise mode or opset, or a wrapper without a fixed input shape.
+        ImportError: the ``export`` extra is not installed.
+    """
+    onnx = require("onnx", "export")
+    require("onnxscript", "export")
+    if noise not in ("in_graph", "explicit"):
+        raise ValueError(f"noise must be 'in_graph' or 'explicit', got {noise!r}")
+    if not 18 <= opset <= 23:
+        raise ValueError(f"the dynamo exporter writes opsets 18 to 23, got {opset}")
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ValueError(f"cannot write {path}: folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise ValueError(f"cannot write {path}: folder {path.parent} is not writable")
+
+    graph = ExportGraph(wrapper, explicit_noise=noise == "explicit", with_purified=with_purified).eval()
+    inputs = _example_inputs(wrapper, noise, batch=2)  # not 1: export specialises size-1 axes
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    dynamic_shapes = {name: {0: batch} for name in graph.input_names}
+    metadata = wrapper_metadata(wrapper, noise, with_purified)
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The axis name: batch will not be used")  # images and noise share it
+        program = torch.onnx.export(
+            graph,
+            inputs,
+            dynamo=True,
+            input_names=graph.input_names,
+            output_names=graph.output_names,
+            dynamic_shapes=dynamic_shapes,
+            opset_version=opset,
+            optimize=True,
+            verbose=False,
+        )
+    program.model.metadata_props[METADATA_KEY] = json.dumps(metadata)
+
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
+    try:
+        program.save(temporary)
+        onnx.checker.check_model(temporary, full_check=True)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    model = onnx.load(str(path), load_external_data=False)
+    result = OnnxExport(
+        path=path,
+        bytes=path.stat().st_size,
+        nodes=len(model.graph.node),
+        opset=next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+        op_types=tuple(sorted({node.op_type for node in model.graph.node})),
+        noise=noise,
+        metadata=metadata,
+    )
+    logger.info("exported %s: %d nodes, opset %d, %.1f MB", path, result.nodes, result.opset, result.bytes / 1e6)
+    return result
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The robustwrap metadata stored in an exported ONNX file."""
+    onnx = require("onnx", "export")
+    model = onnx.load(str(path), load_external_data=False)
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            return json.loads(prop.value)
+    raise ValueError(f"{path} has no robustwrap metadata: was it written by robustwrap.export.export_onnx?")
