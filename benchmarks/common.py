@@ -48,14 +48,19 @@ def _status_kib(field: str) -> int:
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
-def run_isolated(script: str, *args: str) -> dict:
-    """Run ``python script *args`` in a fresh process with glibc serving blocks >= 64 KiB by mmap
-    (so freed tensors leave the resident set at once and the peak-RSS mark follows live
-    tensors); the child prints one JSON object as its last line, which is returned."""
+def run_child(script: str, *args: str, env: dict[str, str] | None = None) -> dict:
+    """Run ``python script *args`` in a fresh process with extra environment variables ``env``;
+    the child prints one JSON object as its last line, which is returned."""
     result = subprocess.run(
-        [sys.executable, script, *args], env={**os.environ, **MMAP_ENV}, capture_output=True, text=True, check=True
+        [sys.executable, script, *args], env={**os.environ, **(env or {})}, capture_output=True, text=True, check=True
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run_isolated(script: str, *args: str) -> dict:
+    """:func:`run_child` with glibc serving blocks >= 64 KiB by mmap, so that freed tensors leave
+    the resident set at once and the peak-RSS mark follows live tensors."""
+    return run_child(script, *args, env=MMAP_ENV)
 
 
 def peak_rss_increase_mib(fn: Callable[[], object]) -> float:

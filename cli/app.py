@@ -155,7 +155,7 @@ def export_command(
             start = time.perf_counter()
             result = export_onnx(wrapper, onnx_path, noise=mode, with_purified=with_purified, max_batch=max_batch)
             seconds = time.perf_counter() - start
-    except (ValueError, ImportError, OSError) as error:
+    except (ValueError, ImportError, OSError, RuntimeError) as error:
         _fail(str(error))
     summary.add_row("file", f"{result.path} ({result.bytes / 1e6:.1f} MB)")
     summary.add_row("nodes / opset", f"{result.nodes} / {result.opset}")

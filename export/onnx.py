@@ -107,19 +107,27 @@ def export_onnx(
     dynamic_shapes = {name: {0: batch} for name in graph.input_names}
     metadata = wrapper_metadata(wrapper, noise, with_purified)
 
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The axis name: batch will not be used")  # images and noise share it
-        program = torch.onnx.export(
-            graph,
-            inputs,
-            dynamo=True,
-            input_names=graph.input_names,
-            output_names=graph.output_names,
-            dynamic_shapes=dynamic_shapes,
-            opset_version=opset,
-            optimize=True,
-            verbose=False,
-        )
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*axis name: batch will not be used")  # images and noise share it
+            program = torch.onnx.export(
+                graph,
+                inputs,
+                dynamo=True,
+                input_names=graph.input_names,
+                output_names=graph.output_names,
+                dynamic_shapes=dynamic_shapes,
+                opset_version=opset,
+                optimize=True,
+                verbose=False,
+            )
+    except Exception as error:  # torch.export / the ONNX translator: many error types, one meaning
+        first_line = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        raise RuntimeError(
+            f"torch.onnx.export could not capture this defended model ({type(error).__name__}: {first_line}). "
+            "The classifier and diffusion model must trace without data-dependent Python control flow; "
+            "robustwrap.export.graph_breaks(wrapper, x) shows where tracing stops."
+        ) from error
     program.model.metadata_props[METADATA_KEY] = json.dumps(metadata)
 
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
