@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
 from typing import NoReturn, Optional
@@ -78,6 +79,28 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
+def _build_wrapper(classifier: str, classifier_weights: Optional[Path], diffusion: str,
+                   diffusion_weights: Optional[Path], num_classes: int, channels: int, image_size: int, config):
+    """The defended model from CLI specs; a bad spec or weight file ends the command with exit code 2."""
+    from robustwrap import RobustWrapper
+    from robustwrap.specs import build_classifier, build_diffusion
+
+    if (classifier_weights is None or diffusion_weights is None) and os.environ.get("RANK", "0") == "0":
+        console.print("[yellow]note:[/yellow] networks without --*-weights have random weights: "
+                      "this exercises the pipeline, its accuracy means nothing")
+    try:
+        return RobustWrapper(
+            build_classifier(classifier, num_classes=num_classes, channels=channels,
+                             weights=str(classifier_weights) if classifier_weights else None),
+            build_diffusion(diffusion, channels=channels, image_size=image_size,
+                            weights=str(diffusion_weights) if diffusion_weights else None),
+            config,
+            image_size=image_size,
+        )
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as error:
+        _fail(str(error))
+
+
 @app.command("export")
 def export_command(
     engine: Engine = typer.Option(Engine.onnx, help="onnx (ONNX Runtime), trt (TensorRT engine, needs a GPU) or compile"),
@@ -104,8 +127,7 @@ def export_command(
 
     import torch
 
-    from robustwrap import PurifyConfig, RobustWrapper
-    from robustwrap.specs import build_classifier, build_diffusion
+    from robustwrap import PurifyConfig
 
     if engine is Engine.trt and not torch.cuda.is_available():
         _fail("a TensorRT engine needs a CUDA GPU and none is visible here; export --engine onnx instead")
@@ -113,16 +135,10 @@ def export_command(
         _fail(f"cannot write {out}: folder {out.parent} does not exist")
     try:
         config = PurifyConfig(t_l=t_l, t_s=t_s, steps=steps, votes=votes)
-        wrapper = RobustWrapper(
-            build_classifier(classifier, num_classes=num_classes, channels=channels,
-                             weights=str(classifier_weights) if classifier_weights else None),
-            build_diffusion(diffusion, channels=channels, image_size=image_size,
-                            weights=str(diffusion_weights) if diffusion_weights else None),
-            config,
-            image_size=image_size,
-        )
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except ValueError as error:
         _fail(str(error))
+    wrapper = _build_wrapper(classifier, classifier_weights, diffusion, diffusion_weights,
+                             num_classes, channels, image_size, config)
 
     summary = Table(title=f"robustwrap export --engine {engine.value}", show_header=False)
     summary.add_row("denoiser calls x votes", f"{wrapper.plan.denoiser_calls} x {config.votes}")
@@ -149,6 +165,7 @@ def export_command(
     from robustwrap.export import OnnxRunner, export_onnx, onnx_parity, write_triton_repository
 
     onnx_path = out if engine is Engine.onnx else out.with_suffix(".onnx")
+    engine_path = out.with_suffix(".plan")  # trt: never over the ONNX file it is built from
     mode = "explicit" if noise is NoiseMode.explicit else "in_graph"
     try:
         with console.status(f"exporting to ONNX ({wrapper.plan.denoiser_calls} unrolled denoiser calls)..."):
@@ -172,16 +189,128 @@ def export_command(
         from robustwrap.export import build_engine
 
         with console.status("building the TensorRT engine..."):
-            build = build_engine(onnx_path, out, max_batch=max_batch, opt_batch=min(8, max_batch), fp16=fp16,
+            build = build_engine(onnx_path, engine_path, max_batch=max_batch, opt_batch=min(8, max_batch), fp16=fp16,
                                  timing_cache=out.with_suffix(".timing-cache"))
         summary.add_row("engine", f"{build.path} ({build.bytes / 1e6:.1f} MB, fp16={build.fp16})")
     if triton_repo is not None:
         folder = write_triton_repository(
             triton_repo, onnx_path, backend="tensorrt" if engine is Engine.trt else "onnxruntime",
-            engine_path=out if engine is Engine.trt else None, max_batch_size=max_batch,
+            engine_path=engine_path if engine is Engine.trt else None, max_batch_size=max_batch,
         )
         summary.add_row("triton model", str(folder))
     console.print(summary)
+
+
+class AttackName(str, Enum):
+    none = "none"
+    pgd_eot = "pgd-eot"
+    bpda = "bpda"
+    autoattack = "autoattack"
+    mask_aware = "mask-aware"
+
+
+class NormName(str, Enum):
+    linf = "Linf"
+    l2 = "L2"
+
+
+@app.command("eval")
+def eval_command(
+    data: str = typer.Option("foolbox:cifar10", help="foolbox:<cifar10|mnist|...> or tensors:<file>"),
+    classifier: str = typer.Option("small-resnet", help="timm:<name>, torchvision:<name> or small-resnet"),
+    classifier_weights: Optional[Path] = typer.Option(None, help="safetensors / weights-only .pt state dict"),
+    diffusion: str = typer.Option("small-unet", help="small-unet or diffusers:<local folder>"),
+    diffusion_weights: Optional[Path] = typer.Option(None, help="safetensors / weights-only .pt state dict"),
+    num_classes: int = typer.Option(10, min=2),
+    attack: AttackName = typer.Option(AttackName.pgd_eot),
+    norm: NormName = typer.Option(NormName.linf),
+    eps: Optional[float] = typer.Option(None, help="default 8/255 (Linf) or 0.5 (L2)"),
+    n_samples: Optional[int] = typer.Option(None, min=1, help="first N images of the data (default: all)"),
+    batch_size: int = typer.Option(16, min=1),
+    iters: int = typer.Option(200, min=0),
+    step_size: Optional[float] = typer.Option(None),
+    eot: int = typer.Option(20, min=1),
+    surrogate_steps: Optional[int] = typer.Option(None, min=1, help="attack through `steps`=this; defend at --steps"),
+    runs: int = typer.Option(1, min=1, help="R repeated evaluations of the final adversarial examples"),
+    seed: int = typer.Option(0),
+    steps: int = typer.Option(500, min=1, help="defense DDIM grid (500 at t_l=0.2: 100 denoiser calls)"),
+    votes: int = typer.Option(1, min=1),
+    mode: str = typer.Option("heterogeneous", help="heterogeneous or uniform (DiffPure baseline)"),
+    no_defense: bool = typer.Option(False, help="attack and score the bare classifier"),
+    out: Path = typer.Option(Path("eval-results"), help="folder for results.jsonl and report.json"),
+    resume: bool = typer.Option(False, help="continue the run recorded in --out"),
+    sanity: bool = typer.Option(False, help="run the reviewer's sanity checks on one batch instead"),
+) -> None:
+    """Attack the defended model and report clean and robust accuracy (resumable; torchrun-aware)."""
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from robustwrap import PurifyConfig
+    from robustwrap.data import load_dataset
+    from robustwrap.evaluation import EvalConfig, run_evaluation
+
+    try:
+        cfg = EvalConfig(attack=attack.value, norm=norm.value, eps=eps, iters=iters, step_size=step_size, eot=eot,
+                         surrogate_steps=surrogate_steps, runs=runs, seed=seed, batch_size=batch_size,
+                         defended=not no_defense)
+        defense = PurifyConfig(steps=steps, votes=votes, mode=mode)
+        images, labels = load_dataset(data)
+    except (ValueError, ImportError, FileNotFoundError) as error:
+        _fail(str(error))
+    if n_samples is not None:
+        images, labels = images[:n_samples], labels[:n_samples]
+    wrapper = _build_wrapper(classifier, classifier_weights, diffusion, diffusion_weights,
+                             num_classes, images.shape[1], images.shape[-1], defense)
+
+    if sanity:
+        from robustwrap.sanity import sanity_checks
+
+        with console.status("running sanity checks (each attacks the batch anew)..."):
+            checks = sanity_checks(wrapper, images[:batch_size], labels[:batch_size], cfg)
+        table = Table(title="sanity checks")
+        for column in ("check", "result", "measured"):
+            table.add_column(column)
+        for check in checks:
+            table.add_row(check.name, "[green]ok[/green]" if check.passed else "[red]FLAGGED[/red]", check.detail)
+        console.print(table)
+        raise typer.Exit(0 if all(c.passed for c in checks) else 1)
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    description = {"data": data, "classifier": classifier, "diffusion": diffusion,
+                   "classifier_weights": str(classifier_weights), "diffusion_weights": str(diffusion_weights)}
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=console, disable=rank != 0) as progress:
+            task = progress.add_task(f"{attack.value} on {len(labels)} images", total=None)
+            report = run_evaluation(
+                wrapper, images, labels, cfg, out, num_classes=num_classes, resume=resume, description=description,
+                on_batch=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+    except (ValueError, FileExistsError, RuntimeError, ImportError) as error:
+        _fail(str(error))
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if report is None:
+        return
+    table = Table(title=f"{'no defense' if no_defense else mode} vs {attack.value} ({norm.value}, eps={cfg.radius:.4g})")
+    for column in ("images", "clean accuracy", "robust accuracy", "worst of runs", "all runs", "time"):
+        table.add_column(column)
+    clean, robust = report["clean_accuracy"], report["robust_accuracy"]
+    table.add_row(
+        str(report["n_samples"]),
+        f"{clean['mean']:.1%} ± {clean['std']:.1%}",
+        f"{robust['mean']:.1%} ± {robust['std']:.1%} (se {robust['stderr']:.1%})",
+        f"{report['robust_accuracy_worst_run']:.1%}",
+        f"{report['robust_accuracy_all_runs']:.1%}",
+        f"{report['seconds']:.0f} s",
+    )
+    console.print(table)
+    console.print(f"report: {out / 'report.json'}")
 
 
 def main() -> None:

@@ -54,6 +54,5 @@ def compile_wrapper(wrapper: RobustWrapper, **compile_options: Any) -> CompiledW
 
 def graph_breaks(wrapper: RobustWrapper, x: Tensor, noise: Tensor | None = None) -> list[str]:
     """Reasons dynamo would break the wrapper's graph on input ``x`` (empty = one graph)."""
-    torch._dynamo.reset()
     explanation = torch._dynamo.explain(lambda images, n: wrapper.vote_probabilities(images, noise=n))(x, noise)
     return [str(reason.reason) for reason in explanation.break_reasons]

@@ -102,7 +102,8 @@ def onnx_parity(wrapper, runner: OnnxRunner, batch: int = 3, seed: int = 0) -> f
     generator = torch.Generator().manual_seed(seed)
     images = torch.rand(batch, wrapper.channels, *wrapper.image_size, generator=generator)
     noise = torch.randn(runner.noise_shape(batch), generator=generator)
+    device = next(wrapper.parameters()).device
     with torch.no_grad():
-        eager = wrapper(images, noise=noise.permute(1, 2, 0, 3, 4, 5))
+        eager = wrapper(images.to(device), noise=noise.permute(1, 2, 0, 3, 4, 5).to(device)).cpu()
     scores = runner(images, noise)[0]
     return float((scores - eager).abs().max())

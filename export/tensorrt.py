@@ -3,8 +3,8 @@
 Written against the TensorRT 10 Python API (``build_serialized_network``, named I/O tensors,
 ``execute_async_v3``). TensorRT's ONNX parser implements ``RandomNormalLike`` (8.5 and later,
 through IFillLayer, ignoring the seed), so the in-graph-noise graph parses; whether an engine
-draws fresh noise on every inference is not verified, so :func:`build_engine` defaults to the
-explicit-noise graph, which is deterministic and comparable with eager.
+draws fresh noise on every inference is not verified: export with ``noise="explicit"`` for an
+engine that is deterministic and comparable with eager.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Literal, Sequence
 
+from ._optional import require
+
 Backend = Literal["onnxruntime", "tensorrt"]
 _ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 7: "TYPE_INT64"}  # onnx.TensorProto element types
 
@@ -67,7 +69,7 @@ def write_triton_repository(
         onnx_path: the exported graph; its inputs and outputs define the config.
         backend: ``"onnxruntime"`` serves the ONNX file; ``"tensorrt"`` serves ``engine_path``.
     """
-    import onnx  # noqa: PLC0415  (the export extra; present whenever an ONNX file was written)
+    onnx = require("onnx", "export")
 
     if backend not in ("onnxruntime", "tensorrt"):
         raise ValueError(f"backend must be 'onnxruntime' or 'tensorrt', got {backend!r}")

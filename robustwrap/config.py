@@ -52,7 +52,7 @@ class PurifyConfig:
             problems.append(f"t_s must be in [0, t_l={self.t_l}], got {self.t_s}")
         if not 1 <= self.steps <= NUM_TRAIN_STEPS:
             problems.append(f"steps must be in [1, {NUM_TRAIN_STEPS}], got {self.steps}")
-        elif int(self.steps * self.t_l) < 1:
+        elif int(round(self.steps * self.t_l, 9)) < 1:
             problems.append(f"steps * t_l must be >= 1 so that there is a denoising step, got {self.steps} * {self.t_l}")
         if self.resample_steps < 0:
             problems.append(f"resample_steps must be >= 0, got {self.resample_steps}")

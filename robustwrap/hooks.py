@@ -85,8 +85,9 @@ class StageHooks:
         model: the classifier.
         names: module names from ``model.named_modules()``, in stage order.
 
-    Use :meth:`pop` after a forward pass to take the captured outputs, :meth:`clear` to drop
-    them, and :meth:`remove` (or ``with StageHooks(...)``) to take the hooks off the model.
+    :meth:`capture` runs the model with capturing on and returns the stage outputs (other
+    passes through the model store nothing); :meth:`remove` (or ``with StageHooks(...)``)
+    takes the hooks off the model.
     """
 
     def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
@@ -97,14 +98,25 @@ class StageHooks:
         if unknown:
             raise ValueError(f"{type(model).__name__} has no module named {unknown}: {_HOW_TO_OVERRIDE}")
         self.names = tuple(names)
+        self.capturing = True
         self._captured: dict[str, Tensor] = {}
         self._handles = [modules[name].register_forward_hook(self._capture_as(name)) for name in self.names]
 
     def _capture_as(self, name: str):
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-            self._captured[name] = output
+            if self.capturing:
+                self._captured[name] = output
 
         return hook
+
+    def capture(self, model: nn.Module, x: Tensor) -> list[Tensor]:
+        """Run ``model(x)`` and return its stage outputs in order; only this pass is captured."""
+        self.capturing = True
+        try:
+            model(x)
+            return self.pop()
+        finally:
+            self.capturing = False
 
     def pop(self) -> list[Tensor]:
         """The captured outputs in stage order; the store is empty afterwards."""

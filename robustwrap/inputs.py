@@ -48,7 +48,7 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std
+        return (x - self.mean.to(x)) / self.std.to(x)
 
 
 def check_images(x: object, channels: int | None, size: tuple[int, int] | None) -> None:

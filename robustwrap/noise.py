@@ -34,7 +34,7 @@ class NoiseSource:
         index = self.drawn
         self.drawn += 1
         if self._explicit is not None:
-            return self._explicit[index]
+            return self._explicit[index].to(like)
         if self._generator is not None:
-            return torch.randn(like.shape, generator=self._generator, device=like.device, dtype=like.dtype)
+            return torch.randn(like.shape, generator=self._generator, device=self._generator.device).to(like)
         return torch.randn_like(like)

@@ -50,7 +50,7 @@ def purify_latent(
     keep = 1.0 - mask
 
     def denoise(x: Tensor, t: int, s: int) -> Tensor:
-        timesteps = x.new_full((x.shape[0],), float(t))
+        timesteps = x.new_full((x.shape[0],), float(t), dtype=torch.float32)  # exact in float32, not bf16
         if checkpoint and torch.is_grad_enabled():
             eps = _checkpoint(eps_model, x, timesteps, use_reentrant=False)
         else:

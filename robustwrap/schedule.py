@@ -32,7 +32,8 @@ def ddim_grid(steps: int, t_l: float) -> list[int]:
     ``int(steps * t_l) + 1`` entries and is reversed: ``ddim_grid(500, 0.2) == [200, 198, ..., 0]``.
     """
     stride = NUM_TRAIN_STEPS // steps
-    return list(range(0, stride * (int(steps * t_l) + 1), stride))[::-1]
+    entries = int(round(steps * t_l, 9)) + 1  # round(., 9): 100 * 0.29 is 28.999999999999996 in floats
+    return list(range(0, stride * entries, stride))[::-1]
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,26 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {key.removeprefix("module."): value for key, value in state.items()}
 
 
+def _initialised_from_seed_zero(build):
+    """Run ``build()`` with torch's global RNG seeded 0 and restored afterwards, so that networks
+    without weight files are the same in every process (torchrun ranks, reruns)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return build()
+
+
 def build_classifier(spec: str, *, num_classes: int = 10, channels: int = 3, weights: str | None = None) -> nn.Module:
-    """A classifier from ``timm:<name>``, ``torchvision:<name>`` or ``small-resnet``."""
+    """A classifier from ``timm:<name>``, ``torchvision:<name>`` or ``small-resnet``.
+
+    Without ``weights`` the network keeps its initialisation, drawn from seed 0.
+    """
+    model = _initialised_from_seed_zero(lambda: _classifier(spec, num_classes, channels))
+    if weights:
+        model.load_state_dict(load_state_dict(weights), strict=True)
+    return model.eval()
+
+
+def _classifier(spec: str, num_classes: int, channels: int) -> nn.Module:
     kind, _, name = spec.partition(":")
     if kind == "timm" and name:
         import timm  # noqa: PLC0415
@@ -64,13 +82,21 @@ def build_classifier(spec: str, *, num_classes: int = 10, channels: int = 3, wei
         model = SmallResNet(channels, num_classes)
     else:
         raise ValueError(f"unknown classifier spec {spec!r}: use timm:<name>, torchvision:<name> or small-resnet")
+    return model
+
+
+def build_diffusion(spec: str, *, channels: int = 3, image_size: int = 32, weights: str | None = None) -> nn.Module:
+    """A diffusion network from ``small-unet`` or ``diffusers:<local folder>``.
+
+    Without ``weights`` the network keeps its initialisation, drawn from seed 0.
+    """
+    model = _initialised_from_seed_zero(lambda: _diffusion(spec, channels, image_size))
     if weights:
         model.load_state_dict(load_state_dict(weights), strict=True)
     return model.eval()
 
 
-def build_diffusion(spec: str, *, channels: int = 3, image_size: int = 32, weights: str | None = None) -> nn.Module:
-    """A diffusion network from ``small-unet`` or ``diffusers:<local folder>``."""
+def _diffusion(spec: str, channels: int, image_size: int) -> nn.Module:
     kind, _, location = spec.partition(":")
     if spec == "small-unet":
         model: nn.Module = SmallUNet(channels, base_channels=32, channel_mults=(1, 2, 2), sample_size=image_size)
@@ -82,6 +108,4 @@ def build_diffusion(spec: str, *, channels: int = 3, image_size: int = 32, weigh
         model = UNet2DModel.from_pretrained(location, local_files_only=True)
     else:
         raise ValueError(f"unknown diffusion spec {spec!r}: use small-unet or diffusers:<local folder>")
-    if weights:
-        model.load_state_dict(load_state_dict(weights), strict=True)
-    return model.eval()
+    return model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Literal, Sequence
 
@@ -101,6 +102,7 @@ class RobustWrapper(nn.Module):
 
         self.blocks = tuple(blocks) if blocks is not None else tuple(infer_stage_modules(classifier))
         self._hooks = StageHooks(classifier, self.blocks)
+        self._hooks.capturing = False  # on only inside _attention
         logger.info(
             "RobustWrapper: stages %s, normalization %s, image size %s, diffusion size %s, %d denoiser calls",
             self.blocks, normalization, self.image_size, self.diffusion_size, self.plan.denoiser_calls,
@@ -176,7 +178,8 @@ class RobustWrapper(nn.Module):
 
     @torch.no_grad()
     def attention(self, x: Tensor) -> Tensor:
-        """(B, 1, Hd, Wd) attention map in [0, 1] (min-max) at the diffusion size."""
+        """(B, 1, Hd, Wd) attention map at the diffusion size: in [0, 1] with min-max normalisation,
+        a per-image probability map with ``normalization="softmax"``."""
         x = self._check(x, None, None)
         return self._attention(x)
 
@@ -195,13 +198,33 @@ class RobustWrapper(nn.Module):
         """(Hd, Wd) at which images like ``x`` are purified."""
         return self.diffusion_size or (int(x.shape[-2]), int(x.shape[-1]))
 
+    def classify(self, x: Tensor) -> Tensor:
+        """(B, K) logits of the bare classifier on (B, C, H, W) images in [0, 1]: no defense."""
+        return self._classify(self._check(x, None, None))
+
+    def with_config(self, config: PurifyConfig) -> "RobustWrapper":
+        """The same networks, sizes, normalisation and hooks under another configuration.
+
+        For attacks that take gradients through a cheaper surrogate (fewer steps) while the
+        defense is evaluated at its full settings. The view shares this wrapper's hooks:
+        ``close()`` on the view leaves them in place; ``close()`` on this wrapper removes them.
+        """
+        view = copy.copy(self)
+        view.__dict__["_modules"] = dict(self._modules)  # own module table, same module objects
+        view.__dict__["_owns_hooks"] = False
+        view.__dict__["_hook_owner"] = self  # the owner removes the hooks when collected: keep it alive
+        view.config = config
+        view.plan = make_plan(config)
+        return view
+
     def close(self) -> None:
         """Remove the forward hooks from the classifier (idempotent)."""
-        self._hooks.remove()
+        if self.__dict__.get("_owns_hooks", True):
+            self._hooks.remove()
 
     def __del__(self) -> None:
         hooks = self.__dict__.get("_hooks")
-        if hooks is not None:
+        if hooks is not None and self.__dict__.get("_owns_hooks", True):
             hooks.remove()
 
     def train(self, mode: bool = True) -> "RobustWrapper":
@@ -226,20 +249,21 @@ class RobustWrapper(nn.Module):
                 raise ValueError(f"explicit noise must have shape {expected}, got {tuple(noise.shape)}")
 
     def _resize(self, x: Tensor, size: Sequence[int]) -> Tensor:
+        """Images in [0, 1] to ``size`` with ``resize_mode``, clamped back to [0, 1] (bicubic overshoots)."""
         if tuple(x.shape[-2:]) == tuple(size):
             return x
-        return F.interpolate(x, size=tuple(size), mode=self.resize_mode, align_corners=False)
+        linear = self.resize_mode in ("linear", "bilinear", "bicubic", "trilinear")
+        resized = F.interpolate(x, size=tuple(size), mode=self.resize_mode, align_corners=False if linear else None)
+        return resized.clamp(0.0, 1.0)
 
     def _classify(self, x: Tensor) -> Tensor:
-        """Logits (N, K) for images in [0, 1] at the input size; the stage hooks' capture is dropped."""
-        logits = self.classifier(self.normalize(x))
-        self._hooks.clear()
-        return logits
+        """Logits (N, K) for images in [0, 1] at the input size."""
+        return self.classifier(self.normalize(x))
 
     def _attention(self, x: Tensor) -> Tensor:
+        """(B, 1, Hd, Wd) attention map: min-max in [0, 1], or per-image probabilities with softmax."""
         with torch.no_grad():
-            self.classifier(self.normalize(x))
-            activations = self._hooks.pop()
+            activations = self._hooks.capture(self.classifier, self.normalize(x))
         cfg = self.config
         return attention_map(activations, self.diffusion_size_for(x), cfg.p, cfg.p_root, cfg.normalization)
 

@@ -1,5 +1,6 @@
 """The `robustwrap` command and the installed package layout."""
 
+import json
 import subprocess
 import sys
 import zipfile
@@ -84,6 +85,64 @@ def test_untraceable_classifier_gets_a_clear_export_error(tmp_path):
     with pytest.raises(RuntimeError, match="could not capture"):
         export_onnx(wrapper, tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def tensor_data(tmp_path):
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    path = tmp_path / "data.safetensors"
+    save_file({"images": torch.rand(5, 3, 16, 16, generator=generator), "labels": torch.tensor([0, 1, 2, 3, 4])}, str(path))
+    return path
+
+
+EVAL_ARGS = ["--iters", "1", "--eot", "1", "--steps", "10", "--batch-size", "2"]
+
+
+def test_eval_end_to_end_and_resume(tmp_path, tensor_data):
+    out = tmp_path / "run"
+    code, output = invoke("eval", "--data", f"tensors:{tensor_data}", "--out", str(out), "--runs", "2", *EVAL_ARGS)
+    assert code == 0, output
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_samples"] == 5 and report["runs"] == 2
+    assert "robust accuracy" in output and "clean accuracy" in output
+    code, output = invoke("eval", "--data", f"tensors:{tensor_data}", "--out", str(out), "--runs", "2", *EVAL_ARGS)
+    assert code == 2 and "--resume" in output
+    code, output = invoke("eval", "--data", f"tensors:{tensor_data}", "--out", str(out), "--runs", "2", "--resume", *EVAL_ARGS)
+    assert code == 0 and json.loads((out / "report.json").read_text())["robust_accuracy"] == report["robust_accuracy"]
+
+
+def test_eval_bad_input_fails_before_compute(tmp_path, tensor_data):
+    code, output = invoke("eval", "--data", f"tensors:{tensor_data}", "--num-classes", "3", "--out", str(tmp_path / "r"), *EVAL_ARGS)
+    assert code == 2 and "labels must be in [0, 3)" in output
+    code, output = invoke("eval", "--data", "imagenet:val", *EVAL_ARGS)
+    assert code == 2 and "unknown data spec" in output
+    code, output = invoke("eval", "--data", f"tensors:{tensor_data}", "--eps", "-1", *EVAL_ARGS)
+    assert code == 2 and "eps must be >= 0" in output
+    code, output = invoke("eval", "--attack", "cw", *EVAL_ARGS)
+    assert code == 2 and "cw" in output
+    assert not (tmp_path / "r" / "report.json").exists()
+
+
+def test_eval_sanity_reports_checks(tensor_data):
+    code, output = invoke("eval", "--data", f"tensors:{tensor_data}", "--sanity", *EVAL_ARGS)
+    assert code in (0, 1) and "gradient finite and non-zero" in output and "BPDA" in output
+
+
+@pytest.mark.slow
+def test_eval_under_torchrun_matches_a_single_process(tmp_path, tensor_data):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    common = ["eval", "--data", f"tensors:{tensor_data}", *EVAL_ARGS]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "robustwrap.cli.app", *common, "--out", str(tmp_path / "one")],
+                   check=True, capture_output=True, env=env)
+    subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "robustwrap.cli.app", *common,
+                    "--out", str(tmp_path / "two")], check=True, capture_output=True, env=env)
+    one, two = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("one", "two"))
+    assert len(list((tmp_path / "two").glob("results.rank*-of-2.jsonl"))) == 2
+    for key in ("clean_accuracy", "robust_accuracy", "robust_accuracy_all_runs", "n_samples"):
+        assert one[key] == two[key]
 
 
 def test_export_and_cli_install_under_robustwrap():
