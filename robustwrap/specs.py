@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -49,12 +50,15 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {key.removeprefix("module."): value for key, value in state.items()}
 
 
-def _initialised_from_seed_zero(build):
-    """Run ``build()`` with torch's global RNG seeded 0 and restored afterwards, so that networks
-    without weight files are the same in every process (torchrun ranks, reruns)."""
+def _build(make: Callable[[], nn.Module], weights: str | None) -> nn.Module:
+    """``make()`` with torch's global RNG seeded 0 (and restored), so that networks without weight
+    files are the same in every process (torchrun ranks, reruns); then the weights, strictly."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return build()
+        model = make()
+    if weights:
+        model.load_state_dict(load_state_dict(weights), strict=True)
+    return model.eval()
 
 
 def build_classifier(spec: str, *, num_classes: int = 10, channels: int = 3, weights: str | None = None) -> nn.Module:
@@ -62,10 +66,7 @@ def build_classifier(spec: str, *, num_classes: int = 10, channels: int = 3, wei
 
     Without ``weights`` the network keeps its initialisation, drawn from seed 0.
     """
-    model = _initialised_from_seed_zero(lambda: _classifier(spec, num_classes, channels))
-    if weights:
-        model.load_state_dict(load_state_dict(weights), strict=True)
-    return model.eval()
+    return _build(lambda: _classifier(spec, num_classes, channels), weights)
 
 
 def _classifier(spec: str, num_classes: int, channels: int) -> nn.Module:
@@ -90,10 +91,7 @@ def build_diffusion(spec: str, *, channels: int = 3, image_size: int = 32, weigh
 
     Without ``weights`` the network keeps its initialisation, drawn from seed 0.
     """
-    model = _initialised_from_seed_zero(lambda: _diffusion(spec, channels, image_size))
-    if weights:
-        model.load_state_dict(load_state_dict(weights), strict=True)
-    return model.eval()
+    return _build(lambda: _diffusion(spec, channels, image_size), weights)
 
 
 def _diffusion(spec: str, channels: int, image_size: int) -> nn.Module:

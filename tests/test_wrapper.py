@@ -167,3 +167,47 @@ def test_channel_mismatch_between_networks_is_refused():
 def test_train_keeps_the_defense_in_eval_mode():
     wrapper = tiny_wrapper().train()
     assert not wrapper.training and not wrapper.classifier.training and not wrapper.eps_model.training
+
+
+def test_bfloat16_networks_take_float32_images_and_noise(images):
+    wrapper = tiny_wrapper().to(torch.bfloat16)
+    with torch.no_grad():
+        assert wrapper(images).dtype == torch.bfloat16
+        assert wrapper.purify(images, noise=torch.randn(wrapper.plan.noise_draws, 3, 3, 16, 16)).shape == images.shape
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear", "bicubic", "area"])
+def test_every_resize_mode_works_and_stays_in_range(mode):
+    class UNet32(nn.Module):
+        sample_size = 32
+
+        def __init__(self):
+            super().__init__()
+            self.inner = tiny_unet(size=32)
+
+        def forward(self, x, t):
+            return self.inner(x, t)
+
+    wrapper = RobustWrapper(tiny_classifier(), UNet32(), PurifyConfig(steps=10), image_size=16, resize_mode=mode)
+    with torch.no_grad():
+        purified = wrapper.purify(torch.rand(2, 3, 16, 16))
+    assert purified.shape == (2, 3, 16, 16) and purified.min() >= 0 and purified.max() <= 1
+
+
+def test_a_configuration_view_outlives_its_owner(images):
+    from dataclasses import replace
+
+    import gc
+
+    view = tiny_wrapper(steps=20).with_config(replace(tiny_wrapper().config, steps=10))
+    gc.collect()
+    with torch.no_grad():
+        assert view(images).shape == (3, 10)  # the owner, and so the hooks, are still alive
+
+
+def test_stage_outputs_are_captured_only_for_the_mask(images):
+    wrapper = tiny_wrapper()
+    with torch.no_grad():
+        wrapper.classify(images)
+        wrapper(images)
+    assert wrapper._hooks._captured == {}
