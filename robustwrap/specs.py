@@ -1,7 +1,8 @@
 """Build networks from short text specs (for the CLI) and load their weights safely.
 
-Classifier specs: ``timm:<name>``, ``torchvision:<name>``, ``small-resnet``.
-Diffusion specs: ``small-unet``, ``diffusers:<local folder>``.
+Classifier specs: ``mnist`` (shipped), ``timm:<name>``, ``torchvision:<name>``, ``small-resnet``.
+Diffusion specs: ``mnist`` (shipped), ``small-unet``, ``diffusers:<local folder>``.
+The shipped specs load their weights from the model store unless weights are given.
 Weights: a safetensors file, or a ``.pt``/``.pth`` state dict read with ``weights_only=True``.
 """
 
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from .nets import SmallResNet, SmallUNet
+from .store import SHIPPED_CLASSIFIERS, SHIPPED_DIFFUSION, shipped_weights
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -62,10 +64,14 @@ def _build(make: Callable[[], nn.Module], weights: str | None) -> nn.Module:
 
 
 def build_classifier(spec: str, *, num_classes: int = 10, channels: int = 3, weights: str | None = None) -> nn.Module:
-    """A classifier from ``timm:<name>``, ``torchvision:<name>`` or ``small-resnet``.
+    """A classifier from ``mnist``, ``timm:<name>``, ``torchvision:<name>`` or ``small-resnet``.
 
-    Without ``weights`` the network keeps its initialisation, drawn from seed 0.
+    Without ``weights`` the network keeps its initialisation, drawn from seed 0 (the shipped
+    ``mnist`` model loads its weights from the store).
     """
+    if spec in SHIPPED_CLASSIFIERS:
+        entry = SHIPPED_CLASSIFIERS[spec]
+        return _build(entry.build, weights or str(shipped_weights(entry)))
     return _build(lambda: _classifier(spec, num_classes, channels), weights)
 
 
@@ -82,15 +88,19 @@ def _classifier(spec: str, num_classes: int, channels: int) -> nn.Module:
     elif spec == "small-resnet":
         model = SmallResNet(channels, num_classes)
     else:
-        raise ValueError(f"unknown classifier spec {spec!r}: use timm:<name>, torchvision:<name> or small-resnet")
+        raise ValueError(f"unknown classifier spec {spec!r}: use mnist, timm:<name>, torchvision:<name> or small-resnet")
     return model
 
 
 def build_diffusion(spec: str, *, channels: int = 3, image_size: int = 32, weights: str | None = None) -> nn.Module:
-    """A diffusion network from ``small-unet`` or ``diffusers:<local folder>``.
+    """A diffusion network from ``mnist``, ``small-unet`` or ``diffusers:<local folder>``.
 
-    Without ``weights`` the network keeps its initialisation, drawn from seed 0.
+    Without ``weights`` the network keeps its initialisation, drawn from seed 0 (the shipped
+    ``mnist`` model loads its weights from the store).
     """
+    if spec in SHIPPED_DIFFUSION:
+        entry = SHIPPED_DIFFUSION[spec]
+        return _build(entry.build, weights or str(shipped_weights(entry)))
     return _build(lambda: _diffusion(spec, channels, image_size), weights)
 
 
@@ -105,5 +115,5 @@ def _diffusion(spec: str, channels: int, image_size: int) -> nn.Module:
             raise ImportError("diffusers is needed here: pip install 'robustwrap[diffusers]'") from error
         model = UNet2DModel.from_pretrained(location, local_files_only=True)
     else:
-        raise ValueError(f"unknown diffusion spec {spec!r}: use small-unet or diffusers:<local folder>")
+        raise ValueError(f"unknown diffusion spec {spec!r}: use mnist, small-unet or diffusers:<local folder>")
     return model
