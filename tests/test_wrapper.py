@@ -178,17 +178,8 @@ def test_bfloat16_networks_take_float32_images_and_noise(images):
 
 @pytest.mark.parametrize("mode", ["nearest", "bilinear", "bicubic", "area"])
 def test_every_resize_mode_works_and_stays_in_range(mode):
-    class UNet32(nn.Module):
-        sample_size = 32
-
-        def __init__(self):
-            super().__init__()
-            self.inner = tiny_unet(size=32)
-
-        def forward(self, x, t):
-            return self.inner(x, t)
-
-    wrapper = RobustWrapper(tiny_classifier(), UNet32(), PurifyConfig(steps=10), image_size=16, resize_mode=mode)
+    # tiny_unet(size=32) declares sample_size 32: purification runs at 32, the input is 16
+    wrapper = RobustWrapper(tiny_classifier(), tiny_unet(size=32), PurifyConfig(steps=10), image_size=16, resize_mode=mode)
     with torch.no_grad():
         purified = wrapper.purify(torch.rand(2, 3, 16, 16))
     assert purified.shape == (2, 3, 16, 16) and purified.min() >= 0 and purified.max() <= 1
