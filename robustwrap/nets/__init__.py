@@ -1,8 +1,10 @@
 """Network definitions the library ships: small models for tests and training, checkpoint layouts."""
 
 from .guided_unet import GuidedDiffusionUNet
+from .ncsnpp import NCSNpp
 from .small_resnet import SmallResNet
+from .song_unet import EDMDenoiser, SongUNet
 from .unet import SmallUNet
 from .wide_resnet import DMWideResNet, WideResNet
 
-__all__ = ["GuidedDiffusionUNet", "SmallResNet", "SmallUNet", "WideResNet", "DMWideResNet"]
+__all__ = ["GuidedDiffusionUNet", "NCSNpp", "SmallResNet", "SmallUNet", "WideResNet", "DMWideResNet", "SongUNet", "EDMDenoiser"]

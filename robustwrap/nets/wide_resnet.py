@@ -1,14 +1,29 @@
 """The two WideResNet layouts RobustBench checkpoints use, with their module names.
 
 - :class:`WideResNet`: the pre-activation WRN behind RobustBench's ``Standard`` CIFAR-10 model
-  (``conv1``, ``block1..block3`` each holding ``layer``, then ``bn1``, ``relu``, ``fc``).
-- :class:`DMWideResNet`: the DeepMind-style WRN behind e.g. ``Gowal2020Uncovering_70_16``
-  (``init_conv``, ``layer[i].block[j]``, ``batchnorm``, ``relu``, ``logits``), which normalises
-  its [0, 1] input with stored mean/std.
+  (``robustbench/model_zoo/architectures/wide_resnet.py``, ``WideResNet(depth=28,
+  widen_factor=10)``, no ``sub_block1``): ``conv1``, ``block1..block3`` each holding ``layer``,
+  then ``bn1``, ``relu``, ``fc``. 36,479,194 parameters at 28-10.
+- :class:`DMWideResNet`: the DeepMind-style WRN (``dm_wide_resnet.py``) behind
+  ``Gowal2020Uncovering_70_16`` and ``Rebuffi2021Fixing_70_16_cutmix_extra``, which RobustBench
+  builds as ``DMWideResNet(num_classes=10, depth=70, width=16, activation_fn=Swish,
+  mean=CIFAR10_MEAN, std=CIFAR10_STD)``: ``mean``/``std`` buffers of shape (3, 1, 1),
+  ``init_conv``, ``layer[i].block[j]``, ``batchnorm``, ``relu``, ``logits``.
+  266,796,506 parameters at 70-16.
 
-Both take [0, 1] images. Depth and width are arguments so tests can build tiny ones; the
-stage hooks are ``block1..block3 + relu`` and ``layer[i].block[-1] + relu``.
-Checkpoint compatibility (strict key matching against real files) is not verified here.
+State-dict names and shapes match those files exactly (tests/data/arch/*.txt, checked by
+tests/test_arch_wrn.py), so a RobustBench checkpoint read with
+:func:`robustwrap.specs.load_state_dict` loads with ``strict=True``.
+
+``num_batches_tracked``: our BatchNorm layers have the buffer, as RobustBench's do. Whether a
+given checkpoint file stores it is not something the reference source says. A checkpoint
+without it still loads strictly: ``load_state_dict`` returns a plain dict without torch's
+``_metadata``, and for such a dict PyTorch's BatchNorm fills a missing ``num_batches_tracked``
+with 0 (the same happens inside RobustBench, whose prefix stripping also drops the metadata).
+
+Both take [0, 1] images. Pooling is global average pooling, equal to the reference
+``avg_pool2d(out, 8)`` on 32x32 inputs. Depth and width are arguments so tests can build tiny
+ones; the stage hooks are ``block1..block3 + relu`` and ``layer[i].block[-1] + relu``.
 """
 
 from __future__ import annotations
@@ -18,6 +33,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2471, 0.2435, 0.2616)
 
 
 class _PreActBlock(nn.Module):
@@ -72,9 +90,11 @@ class WideResNet(nn.Module):
 class _DMBlock(nn.Module):
     def __init__(self, in_planes: int, out_planes: int, stride: int, activation: type[nn.Module]) -> None:
         super().__init__()
-        self.batchnorm_0, self.relu_0 = nn.BatchNorm2d(in_planes, momentum=0.01), activation()
-        self.conv_0 = nn.Conv2d(in_planes, out_planes, 3, stride, 0, bias=False)  # padded in forward
-        self.batchnorm_1, self.relu_1 = nn.BatchNorm2d(out_planes, momentum=0.01), activation()
+        if stride not in (1, 2):
+            raise ValueError(f"unsupported stride {stride}")
+        self.batchnorm_0, self.relu_0 = nn.BatchNorm2d(in_planes), activation()
+        self.conv_0 = nn.Conv2d(in_planes, out_planes, 3, stride, 0, bias=False)  # padded in forward ('SAME')
+        self.batchnorm_1, self.relu_1 = nn.BatchNorm2d(out_planes), activation()
         self.conv_1 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=False)
         self.has_shortcut = in_planes != out_planes
         self.shortcut = nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False) if self.has_shortcut else None
@@ -105,8 +125,12 @@ class DMWideResNet(nn.Module):
     """DeepMind-style WRN-depth-width (default 70-16, Swish) for [0, 1] images -> logits.
 
     Args:
-        mean, std: per-channel statistics applied to the input inside the model.
-        activation: nn.SiLU (Swish, the published 70-16 models) or nn.ReLU.
+        mean, std: per-channel statistics applied to the input inside the model; buffers of
+            shape (C, 1, 1) as in RobustBench (default: its CIFAR10_MEAN / CIFAR10_STD).
+        activation: nn.SiLU (Swish, used by Gowal2020Uncovering_70_16 and
+            Rebuffi2021Fixing_70_16_cutmix_extra) or nn.ReLU (RobustBench's class default).
+        padding: zero padding added around the input before normalisation (RobustBench's
+            ``padding``, 0 for all the CIFAR-10 models named above).
     """
 
     def __init__(
@@ -115,25 +139,29 @@ class DMWideResNet(nn.Module):
         width: int = 16,
         num_classes: int = 10,
         in_channels: int = 3,
-        mean: Sequence[float] = (0.4914, 0.4822, 0.4465),
-        std: Sequence[float] = (0.2471, 0.2435, 0.2616),
+        mean: Sequence[float] = CIFAR10_MEAN,
+        std: Sequence[float] = CIFAR10_STD,
         activation: type[nn.Module] = nn.SiLU,
+        padding: int = 0,
     ) -> None:
         super().__init__()
         if (depth - 4) % 6:
             raise ValueError(f"DMWideResNet depth must be 6n + 4, got {depth}")
         n = (depth - 4) // 6
         widths = [16, 16 * width, 32 * width, 64 * width]
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(in_channels, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(in_channels, 1, 1))
+        self.padding = padding
         self.init_conv = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.layer = nn.Sequential(
             *[_DMBlockGroup(n, widths[i], widths[i + 1], 1 if i == 0 else 2, activation) for i in range(3)]
         )
-        self.batchnorm, self.relu = nn.BatchNorm2d(widths[3], momentum=0.01), activation()
+        self.batchnorm, self.relu = nn.BatchNorm2d(widths[3]), activation()
         self.logits = nn.Linear(widths[3], num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.padding > 0:
+            x = F.pad(x, (self.padding,) * 4)
         out = self.layer(self.init_conv((x - self.mean) / self.std))
         out = self.relu(self.batchnorm(out))
         return self.logits(F.adaptive_avg_pool2d(out, 1).flatten(1))
