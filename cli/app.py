@@ -87,8 +87,11 @@ def _build_wrapper(classifier: str, classifier_weights: Optional[Path], diffusio
 
     from robustwrap.store import SHIPPED_CLASSIFIERS, SHIPPED_DIFFUSION
 
-    untrained = (classifier_weights is None and classifier not in SHIPPED_CLASSIFIERS) or (
-        diffusion_weights is None and diffusion not in SHIPPED_DIFFUSION
+    def carries_weights(spec: str, shipped: dict) -> bool:
+        return spec in shipped or spec == "cifar10-resnet18" or spec.startswith(("checkpoint:", "robustbench:", "diffusers:"))
+
+    untrained = (classifier_weights is None and not carries_weights(classifier, SHIPPED_CLASSIFIERS)) or (
+        diffusion_weights is None and not carries_weights(diffusion, SHIPPED_DIFFUSION)
     )
     if untrained and os.environ.get("RANK", "0") == "0":
         console.print("[yellow]note:[/yellow] networks without --*-weights have random weights: "
@@ -225,9 +228,10 @@ DEFENSES = ("none", "uniform", "heterogeneous")
 @app.command("eval")
 def eval_command(
     data: str = typer.Option("mnist5k:heldout", help="mnist5k:<train|heldout>, folder:<dir>, cifar10:<dir>, foolbox:<set>, tensors:<file>"),
-    classifier: str = typer.Option("mnist", help="mnist (shipped), timm:<name>, torchvision:<name> or small-resnet"),
+    classifier: str = typer.Option("mnist", help="mnist (shipped), cifar10-resnet18, timm:<name>, torchvision:<name>, "
+                                   "small-resnet, robustbench:<dataset>/<threat>/<name> or checkpoint:<file>"),
     classifier_weights: Optional[Path] = typer.Option(None, help="safetensors / weights-only .pt state dict"),
-    diffusion: str = typer.Option("mnist", help="mnist (shipped), small-unet or diffusers:<local folder>"),
+    diffusion: str = typer.Option("mnist", help="mnist (shipped), small-unet, diffusers:<local folder> or checkpoint:<file>"),
     diffusion_weights: Optional[Path] = typer.Option(None, help="safetensors / weights-only .pt state dict"),
     num_classes: int = typer.Option(10, min=2),
     defenses: str = typer.Option("none,uniform,heterogeneous", help="comma list of none (bare classifier), "
@@ -344,9 +348,10 @@ def eval_command(
 def purify_command(
     images: list[Path] = typer.Argument(..., help="image files (PNG, JPEG, ...)"),
     out: Path = typer.Option(Path("purified"), help="folder for <name>.purified.png and <name>.figure.png"),
-    classifier: str = typer.Option("mnist", help="mnist (shipped), timm:<name>, torchvision:<name> or small-resnet"),
+    classifier: str = typer.Option("mnist", help="mnist (shipped), cifar10-resnet18, timm:<name>, torchvision:<name>, "
+                                   "small-resnet, robustbench:<dataset>/<threat>/<name> or checkpoint:<file>"),
     classifier_weights: Optional[Path] = typer.Option(None),
-    diffusion: str = typer.Option("mnist", help="mnist (shipped), small-unet or diffusers:<local folder>"),
+    diffusion: str = typer.Option("mnist", help="mnist (shipped), small-unet, diffusers:<local folder> or checkpoint:<file>"),
     diffusion_weights: Optional[Path] = typer.Option(None),
     num_classes: int = typer.Option(10, min=2),
     channels: int = typer.Option(1, min=1, help="the models' channels (1 for the shipped MNIST models)"),
@@ -396,6 +401,57 @@ def purify_command(
         Image.fromarray(defense_figure(x[0], attention[0], mask[0], purified[0])).save(f"{stem}.figure.png")
         table.add_row(path.name, str(before), str(after), f"{mask.mean().item():.0%}", f"{stem}.figure.png")
     console.print(table)
+
+
+models_app = typer.Typer(help="The model store and checkpoint files.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list(
+    store: Optional[Path] = typer.Option(None, help="model store folder (default: $ROBUSTWRAP_MODEL_DIR or the repository's models/)"),
+) -> None:
+    """List the checkpoints in the model store with their cards (<name>.md beside each file)."""
+    from robustwrap.architectures import model_files
+    from robustwrap.store import model_dir
+
+    root = store or model_dir()
+    if not root.is_dir():
+        _fail(f"no model store at {root}: set ROBUSTWRAP_MODEL_DIR or pass --store")
+    files = model_files(root)
+    table = Table(title=f"model store {root}")
+    table.add_column("file", overflow="fold")
+    table.add_column("size", no_wrap=True)
+    table.add_column("card", overflow="fold")
+    for path in files:
+        card = path.with_suffix(".md")
+        summary = card.read_text().splitlines()[0].lstrip("# ").strip() if card.is_file() else "[dim]no card[/dim]"
+        table.add_row(str(path.relative_to(root)), f"{path.stat().st_size / 2**20:.1f} MiB", summary)
+    console.print(table if files else f"{root} holds no checkpoints (*.safetensors, *.pt, *.pth, *.ckpt, *.bin)")
+
+
+@models_app.command("check")
+def models_check(path: Path = typer.Argument(..., help="a checkpoint file (.safetensors, .pt, .pth, ...)")) -> None:
+    """Detect a checkpoint's architecture and match every tensor name and shape, without loading it."""
+    from robustwrap.architectures import check_checkpoint
+
+    try:
+        report = check_checkpoint(path)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+    table = Table(title=str(path), show_header=False)
+    table.add_row("architecture", f"{report.architecture or '[red]unrecognised[/red]'} ({report.kind or '?'})")
+    table.add_row("configuration", report.config or "-")
+    table.add_row("tensors in file", str(report.tensors))
+    table.add_row("parameters", f"{report.parameters:,}" if report.config else "-")
+    for name, items in (("missing", report.missing), ("unexpected", report.unexpected), ("other shape", report.mismatched)):
+        if items:
+            table.add_row(f"[red]{name}[/red]", f"{len(items)}: " + ", ".join(items[:5]) + (" ..." if len(items) > 5 else ""))
+    for note in report.notes:
+        table.add_row("note", note)
+    table.add_row("result", "[green]all keys and shapes match[/green]" if report.ok else "[red]does not load strictly[/red]")
+    console.print(table)
+    raise typer.Exit(0 if report.ok else 1)
 
 
 def main() -> None:

@@ -1,13 +1,18 @@
 """Build networks from short text specs (for the CLI) and load their weights safely.
 
-Classifier specs: ``mnist`` (shipped), ``timm:<name>``, ``torchvision:<name>``, ``small-resnet``.
-Diffusion specs: ``mnist`` (shipped), ``small-unet``, ``diffusers:<local folder>``.
+Classifier specs: ``mnist`` (shipped), ``cifar10-resnet18`` (pyautoattack's), ``timm:<name>``
+(weights from ``weights`` or an existing local hub cache), ``torchvision:<name>``,
+``small-resnet``, ``robustbench:<dataset>/<threat_model>/<name>`` (a file in the model store)
+and ``checkpoint:<file>`` (architecture detected from the tensors).
+Diffusion specs: ``mnist`` (shipped), ``small-unet``, ``diffusers:<local folder>`` and
+``checkpoint:<file>`` (guided-diffusion, score-SDE DDPM++, converted EDM, ...).
 The shipped specs load their weights from the model store unless weights are given.
-Weights: a safetensors file, or a ``.pt``/``.pth`` state dict read with ``weights_only=True``.
+Every file is read without executing code (:mod:`robustwrap.checkpoints`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Callable
@@ -15,41 +20,13 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .architectures import load_checkpoint
+from .checkpoints import load_state_dict, load_strict
 from .nets import SmallResNet, SmallUNet
-from .store import SHIPPED_CLASSIFIERS, SHIPPED_DIFFUSION, shipped_weights
+from .nets.cifar_resnet import CifarResNet18, pyautoattack_resnet18_weights
+from .store import SHIPPED_CLASSIFIERS, SHIPPED_DIFFUSION, model_dir, shipped_weights
 
-
-def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint, without executing code from it.
-
-    Reads safetensors, or a torch file with ``weights_only=True``; unwraps a ``state_dict``
-    entry and strips DataParallel's ``module.`` prefixes.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file is not a checkpoint, or would need code execution to load.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file  # noqa: PLC0415
-
-        state = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises UnpicklingError, RuntimeError or EOFError here
-            raise ValueError(
-                f"{path} could not be read as a weights-only checkpoint ({type(error).__name__}: "
-                f"{str(error).splitlines()[0][:200]}). If it pickles code, load it once in a trusted "
-                "environment and save `model.state_dict()` with safetensors.torch.save_file."
-            ) from error
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
-    return {key.removeprefix("module."): value for key, value in state.items()}
+logger = logging.getLogger(__name__)
 
 
 def _build(make: Callable[[], nn.Module], weights: str | None) -> nn.Module:
@@ -59,12 +36,14 @@ def _build(make: Callable[[], nn.Module], weights: str | None) -> nn.Module:
         torch.manual_seed(0)
         model = make()
     if weights:
-        model.load_state_dict(load_state_dict(weights), strict=True)
+        load_strict(model, load_state_dict(weights), weights, type(model).__name__)
     return model.eval()
 
 
 def build_classifier(spec: str, *, num_classes: int = 10, channels: int = 3, weights: str | None = None) -> nn.Module:
-    """A classifier from ``mnist``, ``timm:<name>``, ``torchvision:<name>`` or ``small-resnet``.
+    """A classifier from ``mnist``, ``cifar10-resnet18``, ``timm:<name>``, ``torchvision:<name>`` or ``small-resnet``.
+
+    ``cifar10-resnet18`` is the CIFAR-10 ResNet-18 bundled with ``pyautoattack`` (its weights by default).
 
     Without ``weights`` the network keeps its initialisation, drawn from seed 0 (the shipped
     ``mnist`` model loads its weights from the store).
@@ -72,7 +51,67 @@ def build_classifier(spec: str, *, num_classes: int = 10, channels: int = 3, wei
     if spec in SHIPPED_CLASSIFIERS:
         entry = SHIPPED_CLASSIFIERS[spec]
         return _build(entry.build, weights or str(shipped_weights(entry)))
+    if spec == "cifar10-resnet18":
+        return _build(lambda: CifarResNet18(num_classes), weights or str(pyautoattack_resnet18_weights()))
+    kind, _, name = spec.partition(":")
+    if kind == "checkpoint" and name:
+        return load_checkpoint(name, kind="classifier")[0]
+    if kind == "robustbench" and name:
+        return load_checkpoint(robustbench_path(name), kind="classifier")[0]
+    if kind == "timm" and name and weights is None:
+        weights = timm_cached_weights(name)
+        if weights is None:
+            logger.warning("no local weights for timm:%s (pass weights, or fill the hub cache): it stays untrained", name)
     return _build(lambda: _classifier(spec, num_classes, channels), weights)
+
+
+def robustbench_path(name: str) -> Path:
+    """``<model_dir>/<dataset>/<threat_model>/<name>.pt`` for ``name`` = ``dataset/threat_model/name``.
+
+    Raises:
+        ValueError: ``name`` does not have three parts.
+        FileNotFoundError: no such file, with where to put it.
+    """
+    parts = name.split("/")
+    if len(parts) != 3 or not all(parts):
+        raise ValueError(f"robustbench specs are robustbench:<dataset>/<threat_model>/<name>, e.g. cifar10/Linf/Standard; got {name!r}")
+    folder = model_dir() / parts[0] / parts[1]
+    for suffix in (".pt", ".pth", ".safetensors"):
+        if (folder / (parts[2] + suffix)).is_file():
+            return folder / (parts[2] + suffix)
+    raise FileNotFoundError(
+        f"no RobustBench checkpoint {folder / (parts[2] + '.pt')}: download it where you have network access "
+        "(RobustBench's model zoo) and copy it there, or set ROBUSTWRAP_MODEL_DIR to the folder that holds it"
+    )
+
+
+def timm_cached_weights(name: str) -> str | None:
+    """Path of timm's pretrained weights for ``name`` if a local cache already holds them.
+
+    Looks in the Hugging Face hub cache (``model.safetensors`` / ``pytorch_model.bin`` of the
+    model's ``hf_hub_id``) and in torch hub's ``checkpoints`` folder; never downloads.
+    """
+    import timm  # noqa: PLC0415
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except Exception:  # unknown names raise different errors across timm versions
+        return None
+    if cfg is None:
+        return None
+    if getattr(cfg, "hf_hub_id", None):
+        from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415
+
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            found = try_to_load_from_cache(cfg.hf_hub_id, filename)
+            if isinstance(found, str):
+                return found
+    url = getattr(cfg, "url", None)
+    if url:
+        candidate = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+        if candidate.is_file():
+            return str(candidate)
+    return None
 
 
 def _classifier(spec: str, num_classes: int, channels: int) -> nn.Module:
@@ -88,7 +127,8 @@ def _classifier(spec: str, num_classes: int, channels: int) -> nn.Module:
     elif spec == "small-resnet":
         model = SmallResNet(channels, num_classes)
     else:
-        raise ValueError(f"unknown classifier spec {spec!r}: use mnist, timm:<name>, torchvision:<name> or small-resnet")
+        raise ValueError(f"unknown classifier spec {spec!r}: use mnist, cifar10-resnet18, timm:<name>, torchvision:<name>, "
+                         "small-resnet, robustbench:<dataset>/<threat>/<name> or checkpoint:<file>")
     return model
 
 
@@ -101,6 +141,9 @@ def build_diffusion(spec: str, *, channels: int = 3, image_size: int = 32, weigh
     if spec in SHIPPED_DIFFUSION:
         entry = SHIPPED_DIFFUSION[spec]
         return _build(entry.build, weights or str(shipped_weights(entry)))
+    kind, _, name = spec.partition(":")
+    if kind == "checkpoint" and name:
+        return load_checkpoint(name, kind="diffusion")[0]
     return _build(lambda: _diffusion(spec, channels, image_size), weights)
 
 
@@ -115,5 +158,5 @@ def _diffusion(spec: str, channels: int, image_size: int) -> nn.Module:
             raise ImportError("diffusers is needed here: pip install 'robustwrap[diffusers]'") from error
         model = UNet2DModel.from_pretrained(location, local_files_only=True)
     else:
-        raise ValueError(f"unknown diffusion spec {spec!r}: use mnist, small-unet or diffusers:<local folder>")
+        raise ValueError(f"unknown diffusion spec {spec!r}: use mnist, small-unet, diffusers:<local folder> or checkpoint:<file>")
     return model

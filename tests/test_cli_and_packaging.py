@@ -65,7 +65,7 @@ def test_export_bad_specs_and_paths_fail_cleanly(tmp_path):
     bad = tmp_path / "page.pt"
     bad.write_text("<html>404 Not Found</html>")
     code, output = invoke("export", "--classifier-weights", str(bad), "--out", str(tmp_path / "m.onnx"))
-    assert code == 2 and "page.pt" in output and "weights-only" in output
+    assert code == 2 and "page.pt" in output and "HTML page" in output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["page.pt"]
 
 

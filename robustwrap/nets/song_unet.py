@@ -232,6 +232,7 @@ class EDMDenoiser(nn.Module):
         super().__init__()
         self.model = model
         self.sigma_data = sigma_data
+        self.in_channels, self.image_size = model.in_channels, model.img_resolution  # read by the wrapper
 
     @classmethod
     def cifar10_uncond_vp(cls) -> "EDMDenoiser":

@@ -1,0 +1,162 @@
+"""Read checkpoint files without running code from them, with errors that say what went wrong.
+
+Every load in the library goes through :func:`read_checkpoint`: safetensors, or a torch file
+read with ``torch.load(weights_only=True)``. Files that would need code execution (pickled
+classes, e.g. EDM's ``.pkl`` or an ``argparse.Namespace`` saved beside the weights) are refused
+with the one-time conversion that makes them safe. Common failures are recognised before torch
+sees them: a missing file, an empty or truncated download, an HTML page saved as ``.pt`` and a
+Git LFS pointer.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from pathlib import Path
+
+import torch
+
+CONVERT_HINT = (
+    "If you trust the file, convert it once in an environment that has the code it needs:\n"
+    "    import torch; from safetensors.torch import save_file\n"
+    "    obj = torch.load(PATH, weights_only=False)   # runs code from the file\n"
+    "    save_file({k: v.contiguous() for k, v in STATE_DICT_OF(obj).items()}, 'model.safetensors')\n"
+    "then pass the .safetensors file."
+)
+
+
+# BatchNorm's step counter: older checkpoints lack it and torch fills it in (it does not affect eval).
+OPTIONAL_SUFFIX = "num_batches_tracked"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used as it is; the message names the file and the fix."""
+
+
+def _sniff(path: Path) -> None:
+    """Refuse files whose first bytes show they are not checkpoints at all."""
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): the download or copy failed; fetch the file again")
+    with path.open("rb") as file:
+        head = file.read(1024)
+    lowered = head.lstrip().lower()
+    if lowered.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")) or b"<html" in lowered[:256]:
+        raise CheckpointError(
+            f"{path} is an HTML page ({size} bytes), not a checkpoint: a failed download (a login, quota or "
+            "redirect page) was saved under the checkpoint's name. Download it again with a direct link "
+            "(e.g. `wget -O` on the file URL, or the hub's CLI) and check its size"
+        )
+    if head.startswith(b"version https://git-lfs"):
+        raise CheckpointError(f"{path} is a Git LFS pointer, not the weights: run `git lfs pull` in its repository")
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The top-level object of a checkpoint file (a dict), loaded without executing code.
+
+    Args:
+        path: a ``.safetensors`` file, or a torch file (``.pt``, ``.pth``, ``.ckpt``, ``.bin``).
+
+    Returns:
+        For safetensors, the tensors by name; for torch files, whatever dict was saved (a state
+        dict, or a training checkpoint holding one, e.g. ``{"model": ..., "ema": ...}``).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: empty, truncated or corrupted file, HTML page, LFS pointer, a file that
+            needs code execution to load, or one that does not hold a dict.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; pass the checkpoint file in it (a diffusers folder is given as diffusers:{path})")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no checkpoint at {path}: check the path, or put the file there (the model store layout is "
+            "<model_dir>/<dataset>/<threat_model>/<name>.pt; `robustwrap models list` shows what it holds)"
+        )
+    _sniff(path)
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        what = f"it pickles {unsupported.group(1)}" if unsupported else "it is not a weights-only torch file"
+        raise CheckpointError(f"{path} was refused: loading it would execute code ({what}).\n{CONVERT_HINT}") from error
+    except (RuntimeError, EOFError, OSError) as error:
+        raise CheckpointError(
+            f"{path} is truncated or corrupted ({type(error).__name__}: {str(error).splitlines()[0][:120] or 'unexpected end of file'}): "
+            f"its {path.stat().st_size:,} bytes do not form a torch checkpoint. Download it again and compare its size "
+            "or checksum with the source's"
+        ) from error
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a dict of tensors; save `model.state_dict()` instead")
+    return state
+
+
+def _read_safetensors(path: Path) -> dict:
+    from safetensors import SafetensorError  # noqa: PLC0415
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(
+            f"{path} is truncated or corrupted ({error}); download it again and compare its size or checksum"
+        ) from error
+
+
+def state_dict_of(checkpoint: dict, path: str | os.PathLike = "checkpoint") -> dict[str, torch.Tensor]:
+    """The tensors of a state dict inside a loaded checkpoint.
+
+    Unwraps a ``state_dict`` (RobustBench, Lightning) or ``model`` entry holding tensors and
+    strips DataParallel's ``module.`` prefixes. Non-tensor entries at the top (an ``epoch``,
+    a ``step``) are dropped only when the unwrapped dict is all tensors.
+
+    Raises:
+        CheckpointError: no dict of tensors is found.
+    """
+    state = checkpoint
+    for key in ("state_dict", "model"):
+        inner = state.get(key) if isinstance(state, dict) else None
+        if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            state = inner
+            break
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        keys = ", ".join(list(checkpoint)[:8])
+        raise CheckpointError(f"{path} does not hold a state dict of tensors (top-level keys: {keys})")
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """:func:`read_checkpoint` then :func:`state_dict_of`: the tensors of a checkpoint by name."""
+    return state_dict_of(read_checkpoint(path), path)
+
+
+def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike, architecture: str) -> None:
+    """``model.load_state_dict(state, strict=True)`` with an error naming the file and what differs.
+
+    Raises:
+        CheckpointError: missing or unexpected keys, or shapes that differ.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith(OPTIONAL_SUFFIX)]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+             for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        def show(items: list[str]) -> str:
+            return ", ".join(items[:5]) + (f" ... ({len(items)} in all)" if len(items) > 5 else "")
+
+        parts = [f"{len(missing)} missing ({show(missing)})" if missing else "",
+                 f"{len(unexpected)} unexpected ({show(unexpected)})" if unexpected else "",
+                 f"{len(wrong)} of another shape ({show(wrong)})" if wrong else ""]
+        raise CheckpointError(
+            f"{path} does not fit {architecture}: " + "; ".join(p for p in parts if p) +
+            ". It is another architecture or configuration: `robustwrap models check FILE` shows what it holds"
+        )
+    model.load_state_dict(state, strict=True, assign=any(t.is_meta for t in expected.values()))
+
+
+__all__ = ["CheckpointError", "read_checkpoint", "state_dict_of", "load_state_dict", "load_strict", "CONVERT_HINT"]

@@ -1,0 +1,189 @@
+"""Checkpoint reading and architecture detection: safe loads, clear errors, strict matches.
+
+The real checkpoints are not available offline; their layouts are (tests/data/arch/*.txt,
+recorded from the public reference code). Detection is tested on meta tensors built from those
+recordings, so a file with exactly those names and shapes is known to be recognised and to fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from robustwrap.architectures import check_checkpoint, check_state, load_checkpoint
+from robustwrap.checkpoints import CheckpointError, load_state_dict, read_checkpoint
+from robustwrap.cli.app import app
+from robustwrap.nets import DMWideResNet, WideResNet
+from robustwrap.nets.cifar_resnet import CifarResNet18, pyautoattack_resnet18_weights
+
+ARCH = Path(__file__).parent / "data" / "arch"
+
+
+def recorded_meta_state(name: str) -> dict[str, torch.Tensor]:
+    """Meta tensors with the names and shapes of a recorded real checkpoint."""
+    state = {}
+    for line in (ARCH / name).read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, shape = line.split()
+            dims = () if shape == "()" else tuple(int(d) for d in shape.split(","))
+            state[key] = torch.empty(dims, device="meta")
+    return state
+
+
+@pytest.mark.parametrize(
+    ("recording", "architecture", "kind", "parameters"),
+    [
+        ("guided_diffusion_256_uncond.txt", "guided-diffusion UNet", "diffusion", 552_814_086),
+        ("score_sde_cifar10_ddpmpp_continuous.txt", "score-SDE DDPM++", "diffusion", 106_632_579),
+        ("edm_cifar10_uncond_vp.txt", "EDM DDPM++ (SongUNet)", "diffusion", 55_733_891),
+        ("robustbench_wrn_28_10.txt", "RobustBench WideResNet", "classifier", 36_479_194),
+        ("robustbench_dm_wrn_70_16.txt", "RobustBench DM WideResNet", "classifier", 266_796_506),
+    ],
+)
+def test_real_layouts_are_detected_and_fit_exactly(recording, architecture, kind, parameters):
+    report = check_state(recorded_meta_state(recording))
+    assert (report.architecture, report.kind) == (architecture, kind)
+    assert report.ok, (report.missing[:3], report.unexpected[:3], report.mismatched[:3])
+    assert report.parameters == parameters
+
+
+def test_score_sde_training_checkpoint_reports_its_ema():
+    state = recorded_meta_state("score_sde_cifar10_ddpmpp_continuous.txt")
+    raw = {"model": {"module." + k: v for k, v in state.items()}, "ema": {"shadow_params": [torch.empty(1)] * 3}, "step": 8}
+    report = check_state(raw)
+    assert report.ok and any("EMA with 3 shadow tensors" in note for note in report.notes)
+
+
+def test_a_layout_with_one_wrong_shape_is_named():
+    state = recorded_meta_state("robustbench_wrn_28_10.txt")
+    state["fc.weight"] = torch.empty(100, 640, device="meta")  # a CIFAR-100 head on a 10-class bias
+    report = check_state(state)
+    assert not report.ok and report.mismatched == ["fc.bias: file (10,), expected (100,)"]
+
+
+def test_checkpoints_load_strictly_with_depth_and_width_from_their_tensors(tmp_path):
+    for model, name in ((WideResNet(depth=10, widen_factor=2), "wrn.pt"), (DMWideResNet(depth=10, width=1, num_classes=100), "dm.pt")):
+        torch.save({"state_dict": {"module." + k: v for k, v in model.state_dict().items()}}, tmp_path / name)
+        loaded, report = load_checkpoint(tmp_path / name)
+        assert report.ok and type(loaded) is type(model)
+        x = torch.rand(2, 3, 32, 32)
+        torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_pyautoattack_resnet18_is_recognised():
+    report = check_checkpoint(pyautoattack_resnet18_weights())
+    assert report.ok and report.architecture == "CIFAR ResNet-18" and report.parameters == 11_173_962
+
+
+def test_shipped_models_are_recognised():
+    for path in ("models/mnist/Linf/Standard_SmallResNet.safetensors", "models/mnist/diffusion/DDPM_SmallUNet.safetensors"):
+        assert check_checkpoint(Path(__file__).parents[1] / path).ok
+
+
+def test_a_classifier_passed_as_diffusion_is_refused(tmp_path):
+    torch.save(CifarResNet18().state_dict(), tmp_path / "resnet.pt")
+    with pytest.raises(CheckpointError, match=r"resnet.pt holds a classifier \(CIFAR ResNet-18\), but a diffusion was asked for"):
+        load_checkpoint(tmp_path / "resnet.pt", kind="diffusion")
+
+
+def test_unknown_architecture_is_refused_with_its_keys(tmp_path):
+    torch.save({"encoder.weight": torch.zeros(2)}, tmp_path / "mystery.pt")
+    with pytest.raises(CheckpointError, match="mystery.pt: unrecognised architecture; first keys: encoder.weight"):
+        load_checkpoint(tmp_path / "mystery.pt")
+
+
+# --- files that are not usable checkpoints ------------------------------------------------------
+
+
+def test_missing_file_names_the_path_and_the_store_layout(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at .*absent.pt.*<dataset>/<threat_model>/<name>.pt"):
+        read_checkpoint(tmp_path / "absent.pt")
+
+
+def test_html_page_saved_as_pt_is_recognised(tmp_path):
+    page = tmp_path / "Standard.pt"
+    page.write_text("<!DOCTYPE html>\n<html><head><title>Google Drive - Quota exceeded</title></head></html>")
+    with pytest.raises(CheckpointError, match="Standard.pt is an HTML page .* failed download"):
+        read_checkpoint(page)
+
+
+def test_truncated_torch_file_is_reported_as_such(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.arange(10_000.0)}, good)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[:20_000])
+    with pytest.raises(CheckpointError, match="cut.pt is truncated or corrupted"):
+        read_checkpoint(cut)
+
+
+def test_truncated_safetensors_file_is_reported_as_such(tmp_path):
+    good = tmp_path / "good.safetensors"
+    save_file({"w": torch.arange(10_000.0)}, str(good))
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(good.read_bytes()[:20_000])
+    with pytest.raises(CheckpointError, match="cut.safetensors is truncated or corrupted"):
+        read_checkpoint(cut)
+
+
+def test_empty_file_and_lfs_pointer(tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty.pt is empty"):
+        read_checkpoint(tmp_path / "empty.pt")
+    (tmp_path / "lfs.pt").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 12\n")
+    with pytest.raises(CheckpointError, match="git lfs pull"):
+        read_checkpoint(tmp_path / "lfs.pt")
+
+
+def test_file_that_would_run_code_is_refused_with_the_conversion(tmp_path):
+    torch.save({"model": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=0.1)}, tmp_path / "code.pt")
+    with pytest.raises(CheckpointError, match=r"(?s)refused: loading it would execute code \(it pickles argparse.Namespace\).*save_file"):
+        read_checkpoint(tmp_path / "code.pt")
+
+
+def test_state_dict_is_unwrapped_and_prefixes_stripped(tmp_path):
+    torch.save({"state_dict": {"module.a": torch.ones(1)}, "epoch": 3}, tmp_path / "wrapped.pt")
+    assert list(load_state_dict(tmp_path / "wrapped.pt")) == ["a"]
+    torch.save({"epoch": 3, "note": "x"}, tmp_path / "nothing.pt")
+    with pytest.raises(CheckpointError, match="does not hold a state dict of tensors"):
+        load_state_dict(tmp_path / "nothing.pt")
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+
+def test_models_check_and_list_commands(tmp_path):
+    runner = CliRunner()
+    torch.save(CifarResNet18().state_dict(), tmp_path / "resnet.pt")
+    result = runner.invoke(app, ["models", "check", str(tmp_path / "resnet.pt")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "CIFAR ResNet-18" in result.output and "11,173,962" in result.output and "all keys and shapes match" in result.output
+
+    (tmp_path / "page.pt").write_text("<html><body>Sign in</body></html>")
+    result = runner.invoke(app, ["models", "check", str(tmp_path / "page.pt")], terminal_width=200)
+    assert result.exit_code == 2 and "HTML page" in result.output
+
+    store = tmp_path / "store" / "cifar10" / "Linf"
+    store.mkdir(parents=True)
+    torch.save(CifarResNet18().state_dict(), store / "Mine.pt")
+    (store / "Mine.md").write_text("# My CIFAR-10 ResNet-18\n\ndetails")
+    result = runner.invoke(app, ["models", "list", "--store", str(tmp_path / "store")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "cifar10/Linf/Mine.pt" in result.output and "My CIFAR-10 ResNet-18" in result.output
+
+
+def test_robustbench_spec_reads_the_store_layout(tmp_path, monkeypatch):
+    from robustwrap.specs import build_classifier
+
+    monkeypatch.setenv("ROBUSTWRAP_MODEL_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"no RobustBench checkpoint .*cifar10/Linf/Standard.pt"):
+        build_classifier("robustbench:cifar10/Linf/Standard")
+    (tmp_path / "cifar10" / "Linf").mkdir(parents=True)
+    model = WideResNet(depth=10, widen_factor=1)
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "cifar10" / "Linf" / "Standard.pt")
+    loaded = build_classifier("robustbench:cifar10/Linf/Standard")
+    assert isinstance(loaded, WideResNet) and not loaded.training
