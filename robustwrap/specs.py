@@ -156,7 +156,12 @@ def _diffusion(spec: str, channels: int, image_size: int) -> nn.Module:
             from diffusers import UNet2DModel  # noqa: PLC0415
         except ImportError as error:
             raise ImportError("diffusers is needed here: pip install 'robustwrap[diffusers]'") from error
-        model = UNet2DModel.from_pretrained(location, local_files_only=True)
+        if not (Path(location) / "config.json").is_file():
+            raise FileNotFoundError(
+                f"no diffusers model folder at {location}: it must hold config.json and the weights "
+                "(diffusion_pytorch_model.safetensors), as `UNet2DModel.save_pretrained` writes them"
+            )
+        model = UNet2DModel.from_pretrained(location, local_files_only=True)  # .bin files: weights_only=True
     else:
         raise ValueError(f"unknown diffusion spec {spec!r}: use mnist, small-unet, diffusers:<local folder> or checkpoint:<file>")
     return model

@@ -187,3 +187,18 @@ def test_robustbench_spec_reads_the_store_layout(tmp_path, monkeypatch):
     torch.save({"state_dict": model.state_dict()}, tmp_path / "cifar10" / "Linf" / "Standard.pt")
     loaded = build_classifier("robustbench:cifar10/Linf/Standard")
     assert isinstance(loaded, WideResNet) and not loaded.training
+
+
+def test_diffusers_folder_loads_offline_and_a_missing_one_is_named(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    from robustwrap.specs import build_diffusion
+
+    unet = diffusers.UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(8, 16),
+                                 down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                                 layers_per_block=1, norm_num_groups=8)
+    unet.save_pretrained(tmp_path / "ddpm")  # config.json + diffusion_pytorch_model.safetensors
+    loaded = build_diffusion(f"diffusers:{tmp_path / 'ddpm'}")
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([10.0])
+    torch.testing.assert_close(loaded(x, t).sample, unet.eval()(x, t).sample)
+    with pytest.raises(FileNotFoundError, match="no diffusers model folder at .*nowhere.*config.json"):
+        build_diffusion(f"diffusers:{tmp_path / 'nowhere'}")
