@@ -10,6 +10,7 @@ Git LFS pointer.
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import re
@@ -79,7 +80,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_globals(path)):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
         what = f"it pickles {unsupported.group(1)}" if unsupported else "it is not a weights-only torch file"
@@ -93,6 +95,39 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a dict of tensors; save `model.state_dict()` instead")
     return state
+
+
+# numpy values that training scripts save beside the weights (``best_prec1``, ``epoch``): data only.
+_NUMPY_DATA_GLOBALS = ("multiarray.scalar", "multiarray._reconstruct", "numpy.ndarray", "numpy.dtype", "numpy.dtypes.")
+
+
+def _numpy_globals(path: Path) -> list:
+    """(object, name) pairs for the numpy scalar/array/dtype globals a torch file references.
+
+    They rebuild plain numeric data, so the weights-only unpickler may accept them; every other
+    global stays refused. Names are resolved as written in the file (``numpy.core`` from numpy 1
+    or ``numpy._core`` from numpy 2), whichever the installed numpy provides.
+    """
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip file (legacy format) or unreadable: let torch.load report it
+        return []
+    allowed = []
+    for name in names:
+        if not (name.startswith("numpy.") and any(part in name for part in _NUMPY_DATA_GLOBALS)):
+            continue
+        module_name, _, attribute = name.rpartition(".")
+        for candidate in (module_name, module_name.replace("numpy.core", "numpy._core"), module_name.replace("numpy._core", "numpy.core")):
+            try:
+                allowed.append((getattr(importlib.import_module(candidate), attribute), name))
+                break
+            except (ImportError, AttributeError):
+                continue
+    if "numpy.dtype" in names:  # unpickling a dtype builds its concrete class (e.g. Float64DType)
+        import numpy  # noqa: PLC0415
+
+        allowed += [cls for cls in vars(numpy.dtypes).values() if isinstance(cls, type) and issubclass(cls, numpy.dtype)]
+    return allowed
 
 
 def _read_safetensors(path: Path) -> dict:

@@ -202,3 +202,15 @@ def test_diffusers_folder_loads_offline_and_a_missing_one_is_named(tmp_path):
     torch.testing.assert_close(loaded(x, t).sample, unet.eval()(x, t).sample)
     with pytest.raises(FileNotFoundError, match="no diffusers model folder at .*nowhere.*config.json"):
         build_diffusion(f"diffusers:{tmp_path / 'nowhere'}")
+
+
+def test_numpy_values_saved_beside_the_weights_load_but_objects_in_arrays_do_not(tmp_path):
+    np = pytest.importorskip("numpy")
+    torch.save({"state_dict": {"w": torch.ones(2)}, "best_prec1": np.float64(0.95), "epoch": np.int64(3),
+                "curve": np.zeros(3)}, tmp_path / "numbers.pt")
+    raw = read_checkpoint(tmp_path / "numbers.pt")
+    assert float(raw["best_prec1"]) == 0.95 and list(load_state_dict(tmp_path / "numbers.pt")) == ["w"]
+    hidden = np.array([argparse.Namespace(lr=0.1)], dtype=object)
+    torch.save({"state_dict": {"w": torch.ones(2)}, "args": hidden}, tmp_path / "hidden.pt")
+    with pytest.raises(CheckpointError, match="would execute code"):
+        read_checkpoint(tmp_path / "hidden.pt")
