@@ -85,11 +85,12 @@ def robustbench_path(name: str) -> Path:
     )
 
 
-def timm_cached_weights(name: str) -> str | None:
+def timm_cached_weights(name: str, hub_cache: str | os.PathLike | None = None) -> str | None:
     """Path of timm's pretrained weights for ``name`` if a local cache already holds them.
 
     Looks in the Hugging Face hub cache (``model.safetensors`` / ``pytorch_model.bin`` of the
-    model's ``hf_hub_id``) and in torch hub's ``checkpoints`` folder; never downloads.
+    model's ``hf_hub_id``; ``hub_cache`` overrides the default cache folder) and in torch hub's
+    ``checkpoints`` folder; never downloads.
     """
     import timm  # noqa: PLC0415
 
@@ -103,7 +104,7 @@ def timm_cached_weights(name: str) -> str | None:
         from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415
 
         for filename in ("model.safetensors", "pytorch_model.bin"):
-            found = try_to_load_from_cache(cfg.hf_hub_id, filename)
+            found = try_to_load_from_cache(cfg.hf_hub_id, filename, cache_dir=hub_cache)
             if isinstance(found, str):
                 return found
     url = getattr(cfg, "url", None)

@@ -214,3 +214,17 @@ def test_numpy_values_saved_beside_the_weights_load_but_objects_in_arrays_do_not
     torch.save({"state_dict": {"w": torch.ones(2)}, "args": hidden}, tmp_path / "hidden.pt")
     with pytest.raises(CheckpointError, match="would execute code"):
         read_checkpoint(tmp_path / "hidden.pt")
+
+
+def test_timm_weights_come_from_an_existing_hub_cache_only(tmp_path):
+    import timm
+
+    from robustwrap.specs import timm_cached_weights
+
+    assert timm_cached_weights("resnet18", hub_cache=tmp_path) is None  # empty cache: nothing, no download
+    snapshot = tmp_path / "models--timm--resnet18.a1_in1k" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (tmp_path / "models--timm--resnet18.a1_in1k" / "refs").mkdir()
+    (tmp_path / "models--timm--resnet18.a1_in1k" / "refs" / "main").write_text("0123abcd")
+    save_file(timm.create_model("resnet18").state_dict(), str(snapshot / "model.safetensors"))
+    assert timm_cached_weights("resnet18", hub_cache=tmp_path) == str(snapshot / "model.safetensors")
