@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .adapters import EDMDenoiserEps, as_eps_model
-from .checkpoints import OPTIONAL_SUFFIX, CheckpointError, load_strict, read_checkpoint, state_dict_of
+from .checkpoints import CheckpointError, is_optional, load_strict, read_checkpoint, state_dict_of
 from .inputs import IMAGENET_MEAN, IMAGENET_STD
 from .nets import DMWideResNet, EDMDenoiser, GuidedDiffusionUNet, NCSNpp, SmallResNet, SmallUNet, WideResNet
 from .nets.cifar_resnet import CifarResNet18
@@ -135,7 +135,7 @@ def _score_sde_state(raw: dict) -> tuple[State, list[str]]:
 
 def _compare(model: nn.Module, state: State) -> tuple[list[str], list[str], list[str]]:
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith(OPTIONAL_SUFFIX)]
+    missing = [k for k in expected if k not in state and not is_optional(k)]
     unexpected = [k for k in state if k not in expected]
     mismatched = [f"{k}: file {tuple(state[k].shape)}, expected {tuple(expected[k].shape)}"
                   for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
@@ -145,6 +145,22 @@ def _compare(model: nn.Module, state: State) -> tuple[list[str], list[str], list
 def identify(state: State) -> Architecture | None:
     """The first architecture whose signature keys are all in ``state``."""
     return next((a for a in ARCHITECTURES if all(k in state for k in a.signature)), None)
+
+
+# Prefixes some releases put before every key (RobustBench strips "model."; DiffPure's own
+# classifiers sit in an nn.Sequential after a normalisation layer: "0." or "1.").
+EXTRA_PREFIXES = ("model.", "0.", "1.")
+
+
+def _unprefixed(state: State) -> State:
+    """``state`` with a shared extra prefix removed when that makes it recognisable."""
+    if identify(state) is not None:
+        return state
+    for prefix in EXTRA_PREFIXES:
+        kept = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if kept and identify(kept) is not None:
+            return kept
+    return state
 
 
 def check_checkpoint(path: str | os.PathLike) -> CheckReport:
@@ -162,6 +178,7 @@ def check_state(raw: dict, path: str | os.PathLike = "<state dict>") -> CheckRep
     """:func:`check_checkpoint` on an already loaded checkpoint dict (only shapes are read, so
     meta tensors will do)."""
     state, notes = _score_sde_state(raw)
+    state = _unprefixed(state)
     report = CheckReport(path=str(path), tensors=len(state), notes=notes)
     architecture = identify(state)
     if architecture is None:
@@ -214,7 +231,7 @@ def load_checkpoint(path: str | os.PathLike, *, kind: Kind | None = None) -> tup
         )
     architecture = next(a for a in ARCHITECTURES if a.name == report.architecture)
     raw = read_checkpoint(path)
-    state, _ = _score_sde_state(raw)
+    state = _unprefixed(_score_sde_state(raw)[0])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = architecture.configs[report.config](state)

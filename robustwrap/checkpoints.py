@@ -27,8 +27,18 @@ CONVERT_HINT = (
 )
 
 
-# BatchNorm's step counter: older checkpoints lack it and torch fills it in (it does not affect eval).
+# Entries a checkpoint may lack; the model keeps its own value. BatchNorm's step counter (older
+# files lack it; it does not affect eval) and the DM WideResNet's input mean/std (DeepMind's own
+# files keep them outside the state dict; RobustBench's store them as buffers).
 OPTIONAL_SUFFIX = "num_batches_tracked"
+OPTIONAL_KEYS = ("mean", "std")
+# Entries of a training checkpoint that hold the network's state dict, tried in this order.
+STATE_DICT_ENTRIES = ("state_dict", "model_state_dict", "model", "last", "best")
+
+
+def is_optional(key: str) -> bool:
+    """Whether a checkpoint may leave out ``key`` (see OPTIONAL_SUFFIX and OPTIONAL_KEYS)."""
+    return key.endswith(OPTIONAL_SUFFIX) or key in OPTIONAL_KEYS
 
 
 class CheckpointError(ValueError):
@@ -87,6 +97,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         what = f"it pickles {unsupported.group(1)}" if unsupported else "it is not a weights-only torch file"
         raise CheckpointError(f"{path} was refused: loading it would execute code ({what}).\n{CONVERT_HINT}") from error
     except (RuntimeError, EOFError, OSError) as error:
+        message = str(error)
+        if "legacy .tar format" in message or "TorchScript" in message:
+            kind = "a pre-1.0 torch .tar file" if "legacy .tar" in message else "a TorchScript archive"
+            raise CheckpointError(
+                f"{path} is {kind}, which cannot be read without executing code.\n{CONVERT_HINT}"
+            ) from error
         raise CheckpointError(
             f"{path} is truncated or corrupted ({type(error).__name__}: {str(error).splitlines()[0][:120] or 'unexpected end of file'}): "
             f"its {path.stat().st_size:,} bytes do not form a torch checkpoint. Download it again and compare its size "
@@ -145,15 +161,16 @@ def _read_safetensors(path: Path) -> dict:
 def state_dict_of(checkpoint: dict, path: str | os.PathLike = "checkpoint") -> dict[str, torch.Tensor]:
     """The tensors of a state dict inside a loaded checkpoint.
 
-    Unwraps a ``state_dict`` (RobustBench, Lightning) or ``model`` entry holding tensors and
-    strips DataParallel's ``module.`` prefixes. Non-tensor entries at the top (an ``epoch``,
+    Unwraps the first of ``state_dict`` (RobustBench, Lightning), ``model_state_dict``,
+    ``model``, ``last`` or ``best`` that holds tensors, and strips DataParallel's ``module.``
+    prefixes. (Other prefixes are tried by :func:`robustwrap.architectures.check_state`.) Non-tensor entries at the top (an ``epoch``,
     a ``step``) are dropped only when the unwrapped dict is all tensors.
 
     Raises:
         CheckpointError: no dict of tensors is found.
     """
     state = checkpoint
-    for key in ("state_dict", "model"):
+    for key in STATE_DICT_ENTRIES:
         inner = state.get(key) if isinstance(state, dict) else None
         if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
             state = inner
@@ -176,7 +193,7 @@ def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: st
         CheckpointError: missing or unexpected keys, or shapes that differ.
     """
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith(OPTIONAL_SUFFIX)]
+    missing = [k for k in expected if k not in state and not is_optional(k)]
     unexpected = [k for k in state if k not in expected]
     wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
              for k in expected if k in state and state[k].shape != expected[k].shape]
@@ -191,6 +208,7 @@ def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: st
             f"{path} does not fit {architecture}: " + "; ".join(p for p in parts if p) +
             ". It is another architecture or configuration: `robustwrap models check FILE` shows what it holds"
         )
+    state = {**{k: v for k, v in expected.items() if k not in state and is_optional(k)}, **state}
     model.load_state_dict(state, strict=True, assign=any(t.is_meta for t in expected.values()))
 
 

@@ -228,3 +228,18 @@ def test_timm_weights_come_from_an_existing_hub_cache_only(tmp_path):
     (tmp_path / "models--timm--resnet18.a1_in1k" / "refs" / "main").write_text("0123abcd")
     save_file(timm.create_model("resnet18").state_dict(), str(snapshot / "model.safetensors"))
     assert timm_cached_weights("resnet18", hub_cache=tmp_path) == str(snapshot / "model.safetensors")
+
+
+def test_release_variants_load(tmp_path):
+    """DeepMind's files lack the DM WRN's mean/std; DiffPure's classifiers sit after a
+    normalisation layer ("0." prefix) inside "model_state_dict"; RobustBench strips "model."."""
+    model = DMWideResNet(depth=10, width=1)
+    bare = {k: v for k, v in model.state_dict().items() if k not in ("mean", "std")}
+    torch.save(bare, tmp_path / "deepmind.pt")
+    torch.save({"model_state_dict": {"module.0." + k: v for k, v in model.state_dict().items()}}, tmp_path / "diffpure.pt")
+    torch.save({"state_dict": {"model." + k: v for k, v in model.state_dict().items()}}, tmp_path / "prefixed.pt")
+    x = torch.rand(2, 3, 32, 32)
+    for name in ("deepmind.pt", "diffpure.pt", "prefixed.pt"):
+        loaded, report = load_checkpoint(tmp_path / name)
+        assert report.ok, name
+        torch.testing.assert_close(loaded(x), model.eval()(x))

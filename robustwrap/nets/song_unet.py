@@ -232,7 +232,9 @@ class EDMDenoiser(nn.Module):
         super().__init__()
         self.model = model
         self.sigma_data = sigma_data
-        self.in_channels, self.image_size = model.in_channels, model.img_resolution  # read by the wrapper
+        # read by the wrapper (diffusion_input_spec); absent on stand-in networks
+        self.in_channels = getattr(model, "in_channels", None)
+        self.image_size = getattr(model, "img_resolution", None)
 
     @classmethod
     def cifar10_uncond_vp(cls) -> "EDMDenoiser":
