@@ -425,7 +425,8 @@ def models_list(
     table.add_column("card", overflow="fold")
     for path in files:
         card = path.with_suffix(".md")
-        summary = card.read_text().splitlines()[0].lstrip("# ").strip() if card.is_file() else "[dim]no card[/dim]"
+        lines = card.read_text().splitlines() if card.is_file() else []
+        summary = lines[0].lstrip("# ").strip() if lines else "[dim]no card[/dim]"
         table.add_row(str(path.relative_to(root)), f"{path.stat().st_size / 2**20:.1f} MiB", summary)
     console.print(table if files else f"{root} holds no checkpoints (*.safetensors, *.pt, *.pth, *.ckpt, *.bin)")
 

@@ -61,10 +61,16 @@ def _robustbench_wrn(state: State) -> nn.Module:
     return WideResNet(depth=6 * blocks + 4, widen_factor=width, num_classes=state["fc.weight"].shape[0])
 
 
+# RobustBench's CIFAR-100 statistics, used when a 100-class DM WRN file lacks its mean/std.
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+
+
 def _dm_wrn(state: State) -> nn.Module:
     blocks = _count(state, "layer.0.block.{}.conv_0.weight")
     width = state["layer.0.block.0.conv_0.weight"].shape[0] // 16
-    return DMWideResNet(depth=6 * blocks + 4, width=width, num_classes=state["logits.weight"].shape[0])
+    num_classes = state["logits.weight"].shape[0]
+    statistics = {"mean": CIFAR100_MEAN, "std": CIFAR100_STD} if num_classes == 100 else {}
+    return DMWideResNet(depth=6 * blocks + 4, width=width, num_classes=num_classes, **statistics)
 
 
 def _torchvision_resnet(state: State) -> nn.Module:
@@ -125,12 +131,11 @@ class CheckReport:
         return self.config is not None and not (self.missing or self.unexpected or self.mismatched)
 
 
-def _score_sde_state(raw: dict) -> tuple[State, list[str]]:
-    """The ``model`` tensors of a score-SDE training checkpoint, and notes on its EMA."""
+def _network_state(raw: dict, path: str | os.PathLike) -> State:
+    """The network's tensors in a loaded checkpoint (a score-SDE training checkpoint's ``model``)."""
     if isinstance(raw.get("model"), dict) and isinstance(raw.get("ema"), dict):
-        shadow = raw["ema"].get("shadow_params", [])
-        return state_dict_of({"model": raw["model"]}), [f"score-SDE training checkpoint: EMA with {len(shadow)} shadow tensors (the weights used)"]
-    return state_dict_of(raw), []
+        return state_dict_of({"model": raw["model"]}, path)
+    return state_dict_of(raw, path)
 
 
 def _compare(model: nn.Module, state: State) -> tuple[list[str], list[str], list[str]]:
@@ -152,21 +157,23 @@ def identify(state: State) -> Architecture | None:
 EXTRA_PREFIXES = ("model.", "0.", "1.")
 
 
-def _unprefixed(state: State) -> State:
-    """``state`` with a shared extra prefix removed when that makes it recognisable."""
+def _unprefixed(state: State) -> tuple[State, list[str]]:
+    """``state`` with an extra prefix removed when that makes it recognisable, and the keys
+    without that prefix (e.g. a normalisation layer's ``0.mean``), which then cannot load."""
     if identify(state) is not None:
-        return state
+        return state, []
     for prefix in EXTRA_PREFIXES:
         kept = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if kept and identify(kept) is not None:
-            return kept
-    return state
+            return kept, [k for k in state if not k.startswith(prefix)]
+    return state, []
 
 
 def check_checkpoint(path: str | os.PathLike) -> CheckReport:
     """Read ``path`` safely, detect its architecture and compare every tensor name and shape.
 
-    Nothing is materialised: candidate networks are built on the meta device.
+    The file's tensors are read into memory; the candidate networks are built on the meta
+    device (no weights allocated, even for guided-diffusion's 553M parameters).
 
     Raises:
         FileNotFoundError, CheckpointError: the file cannot be read (see :func:`read_checkpoint`).
@@ -177,18 +184,25 @@ def check_checkpoint(path: str | os.PathLike) -> CheckReport:
 def check_state(raw: dict, path: str | os.PathLike = "<state dict>") -> CheckReport:
     """:func:`check_checkpoint` on an already loaded checkpoint dict (only shapes are read, so
     meta tensors will do)."""
-    state, notes = _score_sde_state(raw)
-    state = _unprefixed(state)
-    report = CheckReport(path=str(path), tensors=len(state), notes=notes)
+    state, outside = _unprefixed(_network_state(raw, path))
+    report = CheckReport(path=str(path), tensors=len(state) + len(outside))
     architecture = identify(state)
     if architecture is None:
         report.notes.append("unrecognised architecture; first keys: " + ", ".join(list(state)[:6]))
         return report
     report.architecture, report.kind = architecture.name, architecture.kind
+    if architecture.name == "score-SDE DDPM++" and isinstance(raw.get("ema"), dict):
+        shadow = raw["ema"].get("shadow_params", [])
+        report.notes.append(f"score-SDE training checkpoint: EMA with {len(shadow)} shadow tensors (the weights loaded)")
     best: tuple[int, str, tuple] | None = None
     for config, build in architecture.configs.items():
-        with torch.device("meta"):
-            model = build(state)
+        try:
+            with torch.device("meta"):
+                model = build(state)
+        except KeyError as error:  # a key the configuration is read from is absent: a partial file
+            report.missing = [str(error.args[0])]
+            report.notes.append(f"the file lacks {error.args[0]}, needed to read its configuration")
+            return report
         differences = _compare(model, state)
         size = sum(map(len, differences))
         if best is None or size < best[0]:
@@ -198,7 +212,12 @@ def check_state(raw: dict, path: str | os.PathLike = "<state dict>") -> CheckRep
             break
     assert best is not None
     _, config, (report.missing, report.unexpected, report.mismatched) = best
+    report.unexpected += outside
     report.config = config
+    optional_absent = [k for k in ("mean", "std") if k not in state and architecture.name == "RobustBench DM WideResNet"]
+    if optional_absent:
+        report.notes.append("the file has no input mean/std: the DM WRN normalises with RobustBench's "
+                            "CIFAR-10 statistics (CIFAR-100's for 100 classes)")
     return report
 
 
@@ -216,22 +235,21 @@ def load_checkpoint(path: str | os.PathLike, *, kind: Kind | None = None) -> tup
     Raises:
         CheckpointError: unreadable file, unknown architecture, wrong kind, or a mismatch.
     """
-    report = check_checkpoint(path)
+    raw = read_checkpoint(path)
+    report = check_state(raw, path)
     if report.architecture is None:
         raise CheckpointError(f"{path}: {report.notes[-1]}. Supported: " + ", ".join(a.name for a in ARCHITECTURES))
     if kind is not None and report.kind != kind:
         raise CheckpointError(f"{path} holds a {report.kind} ({report.architecture}), but a {kind} was asked for")
     if not report.ok:
-        problems = [f"{len(report.missing)} missing" * bool(report.missing), f"{len(report.unexpected)} unexpected" * bool(report.unexpected),
-                    f"{len(report.mismatched)} of another shape" * bool(report.mismatched)]
+        counts = {"missing": report.missing, "unexpected": report.unexpected, "of another shape": report.mismatched}
+        problems = ", ".join(f"{len(keys)} {what} ({', '.join(keys[:3])})" for what, keys in counts.items() if keys)
         raise CheckpointError(
             f"{path} looks like a {report.architecture} but fits none of its known configurations "
-            f"(closest: {report.config}; tensors: {', '.join(p for p in problems if p)}): "
-            f"see `robustwrap models check {path}`"
+            f"(closest: {report.config}; tensors: {problems}): see `robustwrap models check {path}`"
         )
     architecture = next(a for a in ARCHITECTURES if a.name == report.architecture)
-    raw = read_checkpoint(path)
-    state = _unprefixed(_score_sde_state(raw)[0])
+    state = _unprefixed(_network_state(raw, path))[0]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = architecture.configs[report.config](state)
@@ -253,7 +271,7 @@ def load_checkpoint(path: str | os.PathLike, *, kind: Kind | None = None) -> tup
 def model_files(root: str | os.PathLike) -> list[Path]:
     """Checkpoint files under ``root`` (safetensors and torch files), sorted."""
     suffixes = {".safetensors", ".pt", ".pth", ".ckpt", ".bin"}
-    return sorted(p for p in Path(root).rglob("*") if p.is_file() and p.suffix in suffixes)
+    return sorted(p for p in Path(root).rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
 
 
 __all__ = ["Architecture", "ARCHITECTURES", "CheckReport", "identify", "check_checkpoint", "check_state", "load_checkpoint", "model_files"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import pickle
 import re
 from pathlib import Path
 
@@ -61,6 +60,37 @@ def _sniff(path: Path) -> None:
         )
     if head.startswith(b"version https://git-lfs"):
         raise CheckpointError(f"{path} is a Git LFS pointer, not the weights: run `git lfs pull` in its repository")
+    if path.suffix.lower() != ".safetensors" and not head.startswith((b"PK\x03\x04", b"\x80")):
+        raise CheckpointError(
+            f"{path} is not a torch checkpoint (it starts with {head[:16]!r}, neither a zip archive nor a pickle): "
+            "a failed download or another file saved under this name; fetch it again and check its size"
+        )
+
+
+def _importable(name: str) -> bool:
+    module, _, attribute = name.rpartition(".")
+    try:
+        return hasattr(importlib.import_module(module), attribute)
+    except Exception:  # noqa: BLE001 - any failure means "not a real global"
+        return False
+
+
+def _load_error(path: Path, error: Exception) -> CheckpointError:
+    """The user-facing reason ``torch.load(weights_only=True)`` failed on ``path``."""
+    message = str(error)
+    unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    if unsupported and _importable(unsupported.group(1)) or "Can only build Tensor" in message:
+        what = f"it pickles {unsupported.group(1)}" if unsupported else "it pickles a class"
+        return CheckpointError(f"{path} was refused: loading it would execute code ({what}).\n{CONVERT_HINT}")
+    if "legacy .tar format" in message or "TorchScript" in message:
+        kind = "a pre-1.0 torch .tar file" if "legacy .tar" in message else "a TorchScript archive"
+        return CheckpointError(f"{path} is {kind}, which cannot be read without executing code.\n{CONVERT_HINT}")
+    first_line = next((line for line in message.splitlines() if line.strip()), "unexpected end of file")
+    return CheckpointError(
+        f"{path} is truncated or corrupted ({type(error).__name__}: {first_line[:120]}): its "
+        f"{path.stat().st_size:,} bytes do not form a torch checkpoint. Download it again and compare its "
+        "size or checksum with the source's"
+    )
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -87,27 +117,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             "<model_dir>/<dataset>/<threat_model>/<name>.pt; `robustwrap models list` shows what it holds)"
         )
     _sniff(path)
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         return _read_safetensors(path)
     try:
         with torch.serialization.safe_globals(_numpy_globals(path)):
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-        what = f"it pickles {unsupported.group(1)}" if unsupported else "it is not a weights-only torch file"
-        raise CheckpointError(f"{path} was refused: loading it would execute code ({what}).\n{CONVERT_HINT}") from error
-    except (RuntimeError, EOFError, OSError) as error:
-        message = str(error)
-        if "legacy .tar format" in message or "TorchScript" in message:
-            kind = "a pre-1.0 torch .tar file" if "legacy .tar" in message else "a TorchScript archive"
-            raise CheckpointError(
-                f"{path} is {kind}, which cannot be read without executing code.\n{CONVERT_HINT}"
-            ) from error
-        raise CheckpointError(
-            f"{path} is truncated or corrupted ({type(error).__name__}: {str(error).splitlines()[0][:120] or 'unexpected end of file'}): "
-            f"its {path.stat().st_size:,} bytes do not form a torch checkpoint. Download it again and compare its size "
-            "or checksum with the source's"
-        ) from error
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, KeyError, ... here
+        raise _load_error(path, error) from error
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a dict of tensors; save `model.state_dict()` instead")
     return state

@@ -46,7 +46,9 @@ def build_classifier(spec: str, *, num_classes: int = 10, channels: int = 3, wei
     ``cifar10-resnet18`` is the CIFAR-10 ResNet-18 bundled with ``pyautoattack`` (its weights by default).
 
     Without ``weights`` the network keeps its initialisation, drawn from seed 0 (the shipped
-    ``mnist`` model loads its weights from the store).
+    ``mnist`` model loads its weights from the store; ``timm:<name>`` takes cached pretrained
+    weights, with their number of classes). ``checkpoint:`` and ``robustbench:`` specs read
+    everything, classes included, from their file.
     """
     if spec in SHIPPED_CLASSIFIERS:
         entry = SHIPPED_CLASSIFIERS[spec]
@@ -62,6 +64,10 @@ def build_classifier(spec: str, *, num_classes: int = 10, channels: int = 3, wei
         weights = timm_cached_weights(name)
         if weights is None:
             logger.warning("no local weights for timm:%s (pass weights, or fill the hub cache): it stays untrained", name)
+        else:  # the cached weights decide the head: timm's pretrained classes, not ``num_classes``
+            import timm  # noqa: PLC0415
+
+            num_classes = timm.models.get_pretrained_cfg(name).num_classes or num_classes
     return _build(lambda: _classifier(spec, num_classes, channels), weights)
 
 

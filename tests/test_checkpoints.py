@@ -216,12 +216,13 @@ def test_numpy_values_saved_beside_the_weights_load_but_objects_in_arrays_do_not
         read_checkpoint(tmp_path / "hidden.pt")
 
 
-def test_timm_weights_come_from_an_existing_hub_cache_only(tmp_path):
+def test_timm_weights_come_from_an_existing_hub_cache_only(tmp_path, monkeypatch):
     import timm
 
     from robustwrap.specs import timm_cached_weights
 
-    assert timm_cached_weights("resnet18", hub_cache=tmp_path) is None  # empty cache: nothing, no download
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch-hub"))
+    assert timm_cached_weights("resnet18", hub_cache=tmp_path) is None  # empty caches: nothing (and no download)
     snapshot = tmp_path / "models--timm--resnet18.a1_in1k" / "snapshots" / "0123abcd"
     snapshot.mkdir(parents=True)
     (tmp_path / "models--timm--resnet18.a1_in1k" / "refs").mkdir()
@@ -231,15 +232,68 @@ def test_timm_weights_come_from_an_existing_hub_cache_only(tmp_path):
 
 
 def test_release_variants_load(tmp_path):
-    """DeepMind's files lack the DM WRN's mean/std; DiffPure's classifiers sit after a
-    normalisation layer ("0." prefix) inside "model_state_dict"; RobustBench strips "model."."""
+    """Prefixes "model." (RobustBench strips it) and "module.0." inside "model_state_dict"."""
     model = DMWideResNet(depth=10, width=1)
-    bare = {k: v for k, v in model.state_dict().items() if k not in ("mean", "std")}
-    torch.save(bare, tmp_path / "deepmind.pt")
-    torch.save({"model_state_dict": {"module.0." + k: v for k, v in model.state_dict().items()}}, tmp_path / "diffpure.pt")
+    torch.save({"model_state_dict": {"module.0." + k: v for k, v in model.state_dict().items()}}, tmp_path / "indexed.pt")
     torch.save({"state_dict": {"model." + k: v for k, v in model.state_dict().items()}}, tmp_path / "prefixed.pt")
     x = torch.rand(2, 3, 32, 32)
-    for name in ("deepmind.pt", "diffpure.pt", "prefixed.pt"):
+    for name in ("indexed.pt", "prefixed.pt"):
         loaded, report = load_checkpoint(tmp_path / name)
         assert report.ok, name
         torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_dm_wrn_without_mean_std_uses_the_datasets_statistics_and_says_so(tmp_path):
+    from robustwrap.architectures import CIFAR100_MEAN
+
+    for classes, mean in ((10, (0.4914, 0.4822, 0.4465)), (100, CIFAR100_MEAN)):
+        weights = {k: v for k, v in DMWideResNet(depth=10, width=1, num_classes=classes).state_dict().items() if k not in ("mean", "std")}
+        torch.save(weights, tmp_path / "deepmind.pt")
+        loaded, report = load_checkpoint(tmp_path / "deepmind.pt")
+        assert report.ok and any("no input mean/std" in note for note in report.notes)
+        torch.testing.assert_close(loaded.mean.flatten(), torch.tensor(mean))
+
+
+def test_layers_outside_the_recognised_network_are_not_dropped_silently(tmp_path):
+    """A Sequential(normalisation, network) file: the network is found under "1.", but the
+    normalisation's "0.mean"/"0.std" have nowhere to go, so the file does not load as is."""
+    network = WideResNet(depth=10, widen_factor=1)
+    state = {"0.mean": torch.zeros(3), "0.std": torch.ones(3), **{"1." + k: v for k, v in network.state_dict().items()}}
+    torch.save(state, tmp_path / "sequential.pt")
+    report = check_checkpoint(tmp_path / "sequential.pt")
+    assert report.architecture == "RobustBench WideResNet" and not report.ok and report.unexpected == ["0.mean", "0.std"]
+    with pytest.raises(CheckpointError, match=r"2 unexpected \(0.mean, 0.std\)"):
+        load_checkpoint(tmp_path / "sequential.pt")
+
+
+def test_a_partial_file_is_reported_not_crashed_on(tmp_path):
+    state = {k: v for k, v in WideResNet(depth=10, widen_factor=1).state_dict().items() if not k.startswith("block1.layer.0.conv1")}
+    torch.save(state, tmp_path / "partial.pt")
+    report = check_checkpoint(tmp_path / "partial.pt")
+    assert not report.ok and report.missing == ["block1.layer.0.conv1.weight"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"hello, this is text", "is not a torch checkpoint"),
+        (b'{"error": "quota exceeded"}', "is not a torch checkpoint"),
+        (b"\x80\x02\x8a\x0alz", "is truncated or corrupted"),  # a legacy torch file cut after 7 bytes
+    ],
+)
+def test_non_checkpoints_get_named_errors_not_crashes(tmp_path, content, message):
+    (tmp_path / "bad.pt").write_bytes(content)
+    with pytest.raises(CheckpointError, match=message):
+        read_checkpoint(tmp_path / "bad.pt")
+
+
+def test_a_legacy_file_cut_inside_a_class_name_is_corrupted_not_code(tmp_path):
+    from collections import OrderedDict
+
+    torch.save(OrderedDict(w=torch.ones(100)), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    data = (tmp_path / "legacy.pt").read_bytes()
+    cut = data.index(b"OrderedDict") + 8  # the stream ends in "collections OrderedD"
+    (tmp_path / "cut.pt").write_bytes(data[:cut])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        read_checkpoint(tmp_path / "cut.pt")
+    assert list(read_checkpoint(tmp_path / "legacy.pt")) == ["w"]
