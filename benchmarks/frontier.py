@@ -1,7 +1,7 @@
 """Robust vs clean accuracy frontiers on held-out MNIST: uniform DiffPure vs heterogeneous noise.
 
     python benchmarks/frontier.py            # about 1.5 hours on 2 cores; resumable
-    python benchmarks/frontier.py --quick    # smoke run (2 configs, 16 images), writes nothing
+    python benchmarks/frontier.py --quick    # smoke run (3 configs, 16 images) under out/.../quick, no report
 
 Protocol (fixed before any number was seen; see the RESULTS.md section for the outcome):
 - Models: the shipped MNIST SmallResNet classifier and SmallUNet DDPM (models/mnist/).
@@ -74,14 +74,28 @@ def sweep() -> list[Defense]:
 
 
 class Records:
-    """Append-only JSON lines keyed by (phase, name); reruns skip what is recorded."""
+    """Append-only JSON lines keyed by (phase, name); reruns skip what is recorded.
 
-    def __init__(self, path: Path) -> None:
+    The folder's ``settings.json`` pins the attack settings: a rerun with other settings is
+    refused instead of mixing numbers. A half-written last line (a crash mid-write) is dropped.
+    """
+
+    def __init__(self, path: Path, settings: dict) -> None:
         self.path = path
         self.entries: dict[tuple[str, str], dict] = {}
+        pinned = path.with_name("settings.json")
+        if pinned.exists() and json.loads(pinned.read_text()) != settings:
+            raise SystemExit(f"{path.parent} holds a run with other settings ({pinned}); use another --out")
+        pinned.write_text(json.dumps(settings, indent=1))
         if path.exists():
-            for line in path.read_text().splitlines():
-                entry = json.loads(line)
+            lines = path.read_text().splitlines()
+            for number, line in enumerate(lines):
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    if number == len(lines) - 1:
+                        break  # the unit in flight when the last run stopped
+                    raise
                 self.entries[(entry["phase"], entry["name"])] = entry
 
     def get(self, phase: str, name: str) -> dict | None:
@@ -112,7 +126,10 @@ def predict(wrapper: RobustWrapper, defense: Defense, x: torch.Tensor, seed: int
 
 
 def pgd_curve(model, wrapper, defense, x, y, x_start, iters, step, eot, every, seed) -> tuple[torch.Tensor, list]:
-    """L-inf PGD+EOT from ``x_start``; robust accuracy of the iterate every ``every`` iterations."""
+    """L-inf PGD+EOT from ``x_start``; robust accuracy of the iterate every ``every`` iterations.
+
+    Gradient noise comes from the global RNG seeded once here; each scoring pass reseeds it
+    (``seed + 1000 + i``), so scoring never replays a draw the attack used."""
     torch.manual_seed(seed)
     x_adv = x_start.clone()
     curve = []
@@ -155,7 +172,8 @@ def main() -> None:
         args.out = args.out / "quick"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "adv").mkdir(exist_ok=True)
-    records = Records(args.out / "records.jsonl")
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "quick")}
+    records = Records(args.out / "records.jsonl", settings)
     subset = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[: args.n_attack].sort().values
     x, y = images[subset], labels[subset]
     classifier, diffusion = build_classifier("mnist"), build_diffusion("mnist")
@@ -186,7 +204,8 @@ def main() -> None:
                                      1 if defense.family == "none" else args.eot, 5, seed=3)
             torch.save(x_adv, args.out / "adv" / f"{defense.name}.pt")
             records.add({"phase": "pgd", "name": defense.name, "curve": curve, "n": len(x), "iters": args.iters,
-                         "step": args.step, "eot": args.eot, "seconds": round(time.perf_counter() - start, 1)})
+                         "step": args.step, "eot": 1 if defense.family == "none" else args.eot,
+                         "seconds": round(time.perf_counter() - start, 1)})
             log(f"pgd {defense.name}: {curve}")
 
     def final(name: str, phase: str = "pgd") -> float:
@@ -233,12 +252,14 @@ def main() -> None:
     if args.quick:
         budgets = {"~10": (1, 1), "~40": (1, 4)}
     for label, (steps_factor, votes) in budgets.items():
-        if records.get("cost", label) is None:
+        recorded = records.get("cost", label)
+        if recorded is None or recorded["setting"] != base.name:
             start = time.perf_counter()
             wrapper = RobustWrapper(classifier, diffusion, replace(base.config(), steps=base.steps * steps_factor, votes=votes))
             clean = (predict(wrapper, base, x, seed=7, batch=32) == y).float().mean().item()
             robust = (predict(wrapper, base, x_adv, seed=8, batch=32) == y).float().mean().item()
             calls = wrapper.plan.denoiser_calls * votes
+            wrapper.close()
             records.add({"phase": "cost", "name": label, "setting": base.name, "steps": base.steps * steps_factor,
                          "votes": votes, "calls": calls, "clean": clean, "robust": robust,
                          "seconds": round(time.perf_counter() - start, 1)})
@@ -252,7 +273,7 @@ def main() -> None:
 
 def report(records: Records, defenses: list[Defense], best: dict, args: argparse.Namespace) -> None:
     """The table, the plot and the RESULTS.md section."""
-    n = args.n_attack
+    n = args.n_attack  # every attack record holds this many images (the settings are pinned)
     rows = ["| defense | denoiser calls | clean (1,000) | robust, PGD curve (iters: acc) | robust, final ± s.e. |",
             "|---|---|---|---|---|"]
     points = []
@@ -277,15 +298,15 @@ def report(records: Records, defenses: list[Defense], best: dict, args: argparse
         if entry:
             cost.append(f"| {label} | {entry['steps']} x {entry['votes']} | {entry['calls']} | {100 * entry['clean']:.1f} "
                         f"| {100 * entry['robust']:.1f} ± {100 * standard_error(entry['robust'], n):.1f} |")
-    plot(points, Path(__file__).with_name("frontier.png"))
+    plot(points, Path(__file__).with_name(f"frontier-eps{EPS}.png"))
     body = "\n".join([
         f"Held-out MNIST, L-inf eps {EPS}. Clean accuracy on all 1,000 held-out images; attacks on {n} of them "
         f"(random, seed 0). PGD: {args.iters} iterations, step {args.step}, EOT {args.eot}, random start.",
         "", *rows, "", "Convergence check and AutoAttack on the best defense of each family:", "", *extra,
         "", f"Cost frontier of `{best['heterogeneous'].name}`:", "", *cost, "",
-        "Plot: `benchmarks/frontier.png` (robust vs clean accuracy; one curve per family).",
+        f"Plot: `benchmarks/frontier-eps{EPS}.png` (robust vs clean accuracy; one curve per family).",
     ])
-    write_section("Frontier: uniform vs heterogeneous noise (MNIST)", body)
+    write_section(f"Frontier: uniform vs heterogeneous noise (MNIST, L-inf {EPS})", body)
 
 
 def plot(points: list, path: Path) -> None:
@@ -304,7 +325,7 @@ def plot(points: list, path: Path) -> None:
             axes.annotate(tag, (100 * c, 100 * r), fontsize=7, xytext=(3, 3), textcoords="offset points")
     axes.set_xlabel("clean accuracy (%)")
     axes.set_ylabel("robust accuracy under PGD+EOT (%)")
-    axes.set_title("MNIST held-out, L-inf 0.3, ~10 denoiser calls")
+    axes.set_title(f"MNIST held-out, L-inf {EPS}, ~10 denoiser calls")
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
