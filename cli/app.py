@@ -354,8 +354,9 @@ def purify_command(
     diffusion: str = typer.Option("mnist", help="mnist (shipped), small-unet, diffusers:<local folder> or checkpoint:<file>"),
     diffusion_weights: Optional[Path] = typer.Option(None),
     num_classes: int = typer.Option(10, min=2),
-    channels: int = typer.Option(1, min=1, help="the models' channels (1 for the shipped MNIST models)"),
-    image_size: int = typer.Option(28, min=8, help="the models' input size"),
+    channels: Optional[int] = typer.Option(None, min=1, help="the models' channels; default: 1 for mnist, else 3"),
+    image_size: Optional[int] = typer.Option(None, min=8, help="the models' input size; default: 28 for mnist, "
+                                             "32 for cifar10-resnet18 and small models, else what the classifier declares"),
     steps: int = typer.Option(50, min=1),
     t_l: float = typer.Option(0.2),
     t_s: float = typer.Option(0.1),
@@ -372,8 +373,11 @@ def purify_command(
     missing = [str(p) for p in images if not p.is_file()]
     if missing:
         _fail(f"no such image file: {', '.join(missing)}")
+    channels = channels or (1 if classifier == "mnist" else 3)
+    image_size = image_size or (28 if classifier == "mnist" else 32)
     wrapper = _build_wrapper(classifier, classifier_weights, diffusion, diffusion_weights, num_classes, channels,
                              image_size, PurifyConfig(steps=steps, t_l=t_l, t_s=t_s))
+    image_size = wrapper.image_size[0] if wrapper.image_size else image_size
     out.mkdir(parents=True, exist_ok=True)
     table = Table(title="purified")
     for column in ("image", "label before", "label after", "attended", "figure"):

@@ -67,3 +67,16 @@ def test_cifar10_path_end_to_end_through_the_cli(tmp_path):
     none = json.loads((out / "none" / "report.json").read_text())
     assert none["n_samples"] == 4 and none["clean_accuracy"]["mean"] == 1.0
     assert (out / "heterogeneous" / "report.json").is_file()
+
+
+def test_purify_takes_the_cifar10_models_sizes_by_default(tmp_path):
+    images, _ = foolbox_samples("cifar10")
+    from PIL import Image
+
+    picture = tmp_path / "cat.png"
+    Image.fromarray((images[0].numpy().transpose(1, 2, 0) * 255).round().astype("uint8")).save(picture)
+    result = CliRunner().invoke(app, ["purify", str(picture), "--classifier", "cifar10-resnet18", "--diffusion", "small-unet",
+                                      "--steps", "10", "--out", str(tmp_path / "out")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "resized" not in result.output  # 32 x 32 input, 32 x 32 models
+    assert Image.open(tmp_path / "out" / "cat.purified.png").size == (32, 32)
