@@ -12,7 +12,6 @@ import math
 import pickle
 from pathlib import Path
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,29 +21,10 @@ from robustwrap.nets import EDMDenoiser, SongUNet
 from robustwrap.nets.song_unet import _Conv2d
 from robustwrap.specs import load_state_dict
 
+from .recordings import layout, layout_diff, recorded
+
 ROOT = Path(__file__).resolve().parents[1]
-ARCH = Path(__file__).parent / "data" / "arch"
 EDM_CIFAR10_PARAMS = 55_733_891  # "DDPM++, about 56M" (EDM paper); exact value from the reference layout
-
-
-def recorded(name: str) -> list[tuple[str, tuple[int, ...]]]:
-    entries = []
-    for line in (ARCH / name).read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        key, shape = line.split()
-        entries.append((key, () if shape == "()" else tuple(int(d) for d in shape.split(","))))
-    return entries
-
-
-def layout_diff(ours: list, real: list) -> str:
-    mine, theirs = dict(ours), dict(real)
-    lines = [f"- missing from ours: {key} {theirs[key]}" for key in theirs if key not in mine]
-    lines += [f"+ not in checkpoint: {key} {mine[key]}" for key in mine if key not in theirs]
-    lines += [f"~ {key}: ours {mine[key]} vs checkpoint {theirs[key]}" for key in theirs if key in mine and mine[key] != theirs[key]]
-    if not lines and [k for k, _ in ours] != [k for k, _ in real]:
-        lines.append("same entries, different order")
-    return "\n".join(lines[:40]) + (f"\n... {len(lines) - 40} more" if len(lines) > 40 else "")
 
 
 def tiny_songunet(augment_dim: int = 9) -> SongUNet:
@@ -55,7 +35,7 @@ def tiny_songunet(augment_dim: int = 9) -> SongUNet:
 def test_cifar10_uncond_vp_matches_the_recorded_layout():
     with torch.device("meta"):
         denoiser = EDMDenoiser.cifar10_uncond_vp()
-    ours = [(key, tuple(value.shape)) for key, value in denoiser.state_dict().items()]
+    ours = layout(denoiser)
     real = recorded("edm_cifar10_uncond_vp.txt")
     assert ours == real, "state-dict layout differs from EDM's:\n" + layout_diff(ours, real)
     params = sum(p.numel() for p in denoiser.parameters())

@@ -7,9 +7,7 @@ publicly quoted parameter count of that checkpoint (x 4 bytes fits its 2,211,383
 
 from __future__ import annotations
 
-import difflib
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +15,9 @@ import torch
 from robustwrap.adapters import LearnedSigmaEps, as_eps_model
 from robustwrap.nets.guided_unet import AttentionBlock, GuidedDiffusionUNet, timestep_embedding
 
-RECORDED = Path(__file__).parent / "data" / "arch" / "guided_diffusion_256_uncond.txt"
+from .recordings import layout, layout_diff, recorded, recorded_meta_state
+
+RECORDING = "guided_diffusion_256_uncond.txt"
 REAL_TOTAL = 552_814_086
 TINY = dict(
     image_size=32,
@@ -29,19 +29,6 @@ TINY = dict(
 )
 
 
-def _recorded() -> list[tuple[str, tuple[int, ...]]]:
-    rows = []
-    for line in RECORDED.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, shape = line.split()
-            rows.append((name, tuple(int(d) for d in shape.split(","))))
-    return rows
-
-
-def _lines(rows: list[tuple[str, tuple[int, ...]]]) -> list[str]:
-    return [f"{name} {','.join(map(str, shape))}" for name, shape in rows]
-
-
 @pytest.fixture(scope="module")
 def real_net() -> GuidedDiffusionUNet:
     with torch.device("meta"):
@@ -49,32 +36,22 @@ def real_net() -> GuidedDiffusionUNet:
 
 
 def test_recorded_list_is_self_consistent() -> None:
-    rows = _recorded()
+    rows = recorded(RECORDING)
     assert len(rows) == len({name for name, _ in rows}) == 566
     assert sum(math.prod(shape) for _, shape in rows) == REAL_TOTAL
 
 
 def test_real_config_state_dict_matches_checkpoint_layout(real_net: GuidedDiffusionUNet) -> None:
-    ours = [(name, tuple(t.shape)) for name, t in real_net.state_dict().items()]
-    expected = _recorded()
+    ours, expected = layout(real_net), recorded(RECORDING)
     if sorted(ours) != sorted(expected):
-        diff = "\n".join(
-            difflib.unified_diff(
-                sorted(_lines(expected)),
-                sorted(_lines(ours)),
-                "checkpoint",
-                "GuidedDiffusionUNet",
-                lineterm="",
-            )
-        )
-        pytest.fail(f"state dict differs from the recorded checkpoint layout:\n{diff}")
+        pytest.fail("state dict differs from the recorded checkpoint layout:\n" + layout_diff(ours, expected))
     assert ours == expected  # same registration order too (not needed for loading, but exact)
     assert sum(p.numel() for p in real_net.parameters()) == REAL_TOTAL
     assert not list(real_net.buffers())
 
 
 def test_real_config_loads_recorded_state_dict_strictly(real_net: GuidedDiffusionUNet) -> None:
-    state = {name: torch.empty(shape, device="meta") for name, shape in _recorded()}
+    state = recorded_meta_state(RECORDING)
     result = real_net.load_state_dict(state, strict=True, assign=True)
     assert not result.missing_keys and not result.unexpected_keys
 

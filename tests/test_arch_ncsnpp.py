@@ -11,7 +11,6 @@ for its rectified-flow baseline built on score_sde's ncsnpp DDPM++ CIFAR-10 conf
 
 from __future__ import annotations
 
-import difflib
 import math
 from pathlib import Path
 
@@ -23,22 +22,11 @@ from robustwrap.nets import NCSNpp
 from robustwrap.nets.ncsnpp import ScoreSDEEps, ddpm_step_to_vp_time, load_score_sde_checkpoint, sinusoidal_embedding
 from robustwrap.schedule import linear_alphas_cumprod
 
-RECORDED = Path(__file__).parent / "data" / "arch" / "score_sde_cifar10_ddpmpp_continuous.txt"
+from .recordings import layout, layout_diff, recorded, recorded_meta_state
+
+RECORDING = "score_sde_cifar10_ddpmpp_continuous.txt"
 DEEP_TOTAL = 106_632_579  # vp/cifar10_ddpmpp_deep_continuous (num_res_blocks 8): checkpoint_8.pth
 SHALLOW_TOTAL = 61_804_419  # vp/cifar10_ddpmpp_continuous (num_res_blocks 4)
-
-
-def _recorded() -> list[tuple[str, tuple[int, ...]]]:
-    rows = []
-    for line in RECORDED.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, shape = line.split()
-            rows.append((name, tuple(int(d) for d in shape.split(","))))
-    return rows
-
-
-def _lines(rows: list[tuple[str, tuple[int, ...]]]) -> list[str]:
-    return [f"{name} {','.join(map(str, shape))}" for name, shape in rows]
 
 
 @pytest.fixture(scope="module")
@@ -63,20 +51,16 @@ def _checkpoint(source: NCSNpp, shadow_offset: float = 1.0) -> dict:
 
 
 def test_recorded_list_is_self_consistent() -> None:
-    rows = _recorded()
+    rows = recorded(RECORDING)
     assert len(rows) == len({name for name, _ in rows}) == 957
     assert rows[0] == ("sigmas", (1000,))
     assert sum(math.prod(shape) for name, shape in rows if name != "sigmas") == DEEP_TOTAL
 
 
 def test_real_config_state_dict_matches_checkpoint_layout(real_net: NCSNpp) -> None:
-    ours = [(name, tuple(t.shape)) for name, t in real_net.state_dict().items()]
-    expected = _recorded()
+    ours, expected = layout(real_net), recorded(RECORDING)
     if ours != expected:
-        diff = "\n".join(
-            difflib.unified_diff(_lines(expected), _lines(ours), "checkpoint", "NCSNpp", lineterm="")
-        )
-        pytest.fail(f"state dict differs from the recorded checkpoint layout (order matters):\n{diff}")
+        pytest.fail("state dict differs from the recorded checkpoint layout (order matters):\n" + layout_diff(ours, expected))
     # parameter order (= EMA shadow_params order) is the recorded order without the buffer
     assert [name for name, _ in real_net.named_parameters()] == [name for name, _ in expected[1:]]
     assert sum(p.numel() for p in real_net.parameters()) == DEEP_TOTAL
@@ -92,7 +76,7 @@ def test_shallow_variant_has_the_public_ddpmpp_size() -> None:
 
 
 def test_real_config_loads_recorded_state_dict_strictly(real_net: NCSNpp) -> None:
-    state = {name: torch.empty(shape, device="meta") for name, shape in _recorded()}
+    state = recorded_meta_state(RECORDING)
     result = real_net.load_state_dict(state, strict=True, assign=True)
     assert not result.missing_keys and not result.unexpected_keys
 

@@ -18,34 +18,11 @@ from robustwrap import StageHooks, infer_stage_modules
 from robustwrap.nets import DMWideResNet, WideResNet
 from robustwrap.specs import load_state_dict
 
-ARCH = Path(__file__).parent / "data" / "arch"
+from .recordings import layout, layout_diff, recorded
+
 WRN_28_10_PARAMS = 36_479_194  # publicly quoted for WRN-28-10 (36.5M)
 WRN_70_16_PARAMS = 266_796_506  # publicly quoted for WRN-70-16 (266.8M, "267M")
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def recorded(name: str) -> list[tuple[str, tuple[int, ...]]]:
-    entries = []
-    for line in (ARCH / name).read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        key, shape = line.split()
-        entries.append((key, () if shape == "()" else tuple(int(d) for d in shape.split(","))))
-    return entries
-
-
-def layout(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
-    return [(key, tuple(value.shape)) for key, value in model.state_dict().items()]
-
-
-def layout_diff(ours: list, real: list) -> str:
-    mine, theirs = dict(ours), dict(real)
-    lines = [f"- missing from ours: {key} {theirs[key]}" for key in theirs if key not in mine]
-    lines += [f"+ not in checkpoint: {key} {mine[key]}" for key in mine if key not in theirs]
-    lines += [f"~ {key}: ours {mine[key]} vs checkpoint {theirs[key]}" for key in theirs if key in mine and mine[key] != theirs[key]]
-    if not lines and [k for k, _ in ours] != [k for k, _ in real]:
-        lines.append("same entries, different order")
-    return "\n".join(lines[:40]) + (f"\n... {len(lines) - 40} more" if len(lines) > 40 else "")
 
 
 def recorded_params(entries: list) -> int:

@@ -21,18 +21,8 @@ from robustwrap.cli.app import app
 from robustwrap.nets import DMWideResNet, WideResNet
 from robustwrap.nets.cifar_resnet import CifarResNet18, pyautoattack_resnet18_weights
 
-ARCH = Path(__file__).parent / "data" / "arch"
+from .recordings import recorded_meta_state
 
-
-def recorded_meta_state(name: str) -> dict[str, torch.Tensor]:
-    """Meta tensors with the names and shapes of a recorded real checkpoint."""
-    state = {}
-    for line in (ARCH / name).read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            key, shape = line.split()
-            dims = () if shape == "()" else tuple(int(d) for d in shape.split(","))
-            state[key] = torch.empty(dims, device="meta")
-    return state
 
 
 @pytest.mark.parametrize(
