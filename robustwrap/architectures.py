@@ -184,12 +184,17 @@ def check_checkpoint(path: str | os.PathLike) -> CheckReport:
 def check_state(raw: dict, path: str | os.PathLike = "<state dict>") -> CheckReport:
     """:func:`check_checkpoint` on an already loaded checkpoint dict (only shapes are read, so
     meta tensors will do)."""
+    return _inspect(raw, path)[0]
+
+
+def _inspect(raw: dict, path: str | os.PathLike) -> tuple[CheckReport, State]:
+    """The report on ``raw`` and the network's tensors it judged (unwrapped, prefixes removed)."""
     state, outside = _unprefixed(_network_state(raw, path))
     report = CheckReport(path=str(path), tensors=len(state) + len(outside))
     architecture = identify(state)
     if architecture is None:
         report.notes.append("unrecognised architecture; first keys: " + ", ".join(list(state)[:6]))
-        return report
+        return report, state
     report.architecture, report.kind = architecture.name, architecture.kind
     if architecture.name == "score-SDE DDPM++" and isinstance(raw.get("ema"), dict):
         shadow = raw["ema"].get("shadow_params", [])
@@ -202,7 +207,7 @@ def check_state(raw: dict, path: str | os.PathLike = "<state dict>") -> CheckRep
         except KeyError as error:  # a key the configuration is read from is absent: a partial file
             report.missing = [str(error.args[0])]
             report.notes.append(f"the file lacks {error.args[0]}, needed to read its configuration")
-            return report
+            return report, state
         differences = _compare(model, state)
         size = sum(map(len, differences))
         if best is None or size < best[0]:
@@ -214,11 +219,10 @@ def check_state(raw: dict, path: str | os.PathLike = "<state dict>") -> CheckRep
     _, config, (report.missing, report.unexpected, report.mismatched) = best
     report.unexpected += outside
     report.config = config
-    optional_absent = [k for k in ("mean", "std") if k not in state and architecture.name == "RobustBench DM WideResNet"]
-    if optional_absent:
+    if architecture.name == "RobustBench DM WideResNet" and not {"mean", "std"} <= state.keys():
         report.notes.append("the file has no input mean/std: the DM WRN normalises with RobustBench's "
                             "CIFAR-10 statistics (CIFAR-100's for 100 classes)")
-    return report
+    return report, state
 
 
 def load_checkpoint(path: str | os.PathLike, *, kind: Kind | None = None) -> tuple[nn.Module, CheckReport]:
@@ -236,7 +240,7 @@ def load_checkpoint(path: str | os.PathLike, *, kind: Kind | None = None) -> tup
         CheckpointError: unreadable file, unknown architecture, wrong kind, or a mismatch.
     """
     raw = read_checkpoint(path)
-    report = check_state(raw, path)
+    report, state = _inspect(raw, path)
     if report.architecture is None:
         raise CheckpointError(f"{path}: {report.notes[-1]}. Supported: " + ", ".join(a.name for a in ARCHITECTURES))
     if kind is not None and report.kind != kind:
@@ -249,10 +253,7 @@ def load_checkpoint(path: str | os.PathLike, *, kind: Kind | None = None) -> tup
             f"(closest: {report.config}; tensors: {problems}): see `robustwrap models check {path}`"
         )
     architecture = next(a for a in ARCHITECTURES if a.name == report.architecture)
-    state = _unprefixed(_network_state(raw, path))[0]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = architecture.configs[report.config](state)
+    model = architecture.configs[report.config](state)  # its initial values are all overwritten below
     if isinstance(model, NCSNpp):
         source = raw if "ema" in raw else {"model": state}
         load_score_sde_checkpoint(source, model, use_ema="ema" in raw)
