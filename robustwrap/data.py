@@ -10,6 +10,10 @@ Specs (for the CLI):
   ``fashionMNIST`` or ``imagenet`` shipped in the ``foolbox`` wheel (label in the file name),
   read with PIL from the installed package without importing foolbox.
 - ``tensors:<file>`` — a safetensors or weights-only torch file holding ``images`` and ``labels``.
+
+Subsets for evaluation are drawn with :func:`stratified_subset` (seeded, per-class proportional)
+and described for reports by :func:`describe_subset`; never take "the first N" of a data set,
+whose order may be by class.
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ def tensor_file(path: str | Path) -> tuple[Tensor, Tensor]:
     """``images`` (N, C, H, W) float in [0, 1] and ``labels`` (N,) int from a tensor file."""
     from .specs import load_state_dict  # noqa: PLC0415
 
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"data file {path} not found (tensors:<file> names a safetensors or .pt file "
+                                "holding 'images' and 'labels')")
     tensors = load_state_dict(path)
     missing = {"images", "labels"} - set(tensors)
     if missing:
@@ -91,13 +98,18 @@ def image_folder(root: str | Path) -> tuple[Tensor, Tensor]:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     if not classes:
         raise FileNotFoundError(f"expected class folders in {root} (layout: {root}/<class>/<image>.png)")
+    suffixes = (".png", ".jpg", ".jpeg", ".bmp")
+    files = {name: [f for f in sorted((root / name).iterdir()) if f.suffix.lower() in suffixes] for name in classes}
+    empty = [name for name in classes if not files[name]]
+    if empty:
+        raise ValueError(f"class folder(s) {', '.join(str(root / n) for n in empty[:5])} hold no images "
+                         f"({', '.join(suffixes)}): every class folder needs at least one image")
     images, labels = [], []
     for label, name in enumerate(classes):
-        for file in sorted((root / name).iterdir()):
-            if file.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"):
-                array = np.asarray(Image.open(file), dtype=np.float32) / 255.0
-                images.append(torch.from_numpy((array[None] if array.ndim == 2 else array.transpose(2, 0, 1)).copy()))
-                labels.append(label)
+        for file in files[name]:
+            array = np.asarray(Image.open(file), dtype=np.float32) / 255.0
+            images.append(torch.from_numpy((array[None] if array.ndim == 2 else array.transpose(2, 0, 1)).copy()))
+            labels.append(label)
     sizes = {tuple(image.shape) for image in images}
     if len(sizes) != 1:
         raise ValueError(f"images in {root} must share one shape (C, H, W), found {sorted(sizes)[:4]}")
@@ -133,6 +145,72 @@ def cifar10_batches(root: str | Path, split: str = "test") -> tuple[Tensor, Tens
         images.append(torch.from_numpy(np.asarray(batch[b"data"], dtype=np.float32).reshape(-1, 3, 32, 32) / 255.0))
         labels.append(torch.tensor(batch[b"labels"]))
     return torch.cat(images), torch.cat(labels)
+
+
+def stratified_subset(labels: Tensor, n: int, seed: int) -> Tensor:
+    """Indices of a seeded sample of ``n`` items with each class in its data-set proportion.
+
+    Rule: class c, with N_c of the N items, gets floor(n * N_c / N) places; the places left
+    over go to the classes with the largest remainders (ties broken by a seeded class order).
+    Within each class the items are a seeded uniform sample without replacement. The same
+    (labels, n, seed) always give the same indices; no global random state is used.
+
+    Args:
+        labels: (N,) integer class labels of the whole data set.
+        n: subset size; 0 (or n >= N) means every item.
+        seed: seed of the draw.
+
+    Returns:
+        (n,) int64 indices into the data set, sorted ascending (dataset order).
+    """
+    if labels.dim() != 1 or labels.numel() == 0 or labels.is_floating_point():
+        raise ValueError(f"labels must be a non-empty 1-D integer tensor, got shape {tuple(labels.shape)}, "
+                         f"dtype {labels.dtype}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be an int >= 0 (0 = all), got {n!r}")
+    total = labels.numel()
+    if n == 0 or n >= total:
+        return torch.arange(total)
+    generator = torch.Generator().manual_seed(int(seed))
+    classes, counts = labels.cpu().unique(return_counts=True)
+    quota = [n * int(c) // total for c in counts]
+    remainder = [n * int(c) % total for c in counts]
+    order = torch.randperm(len(classes), generator=generator).tolist()  # seeded tie-break
+    for position in sorted(order, key=lambda i: -remainder[i])[: n - sum(quota)]:
+        quota[position] += 1
+    chosen = []
+    for cls, take in zip(classes.tolist(), quota):
+        members = (labels.cpu() == cls).nonzero().flatten()
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:take]])
+    return torch.cat(chosen).sort().values
+
+
+def describe_subset(labels: Tensor, indices: Tensor, *, seed: int | None, requested: int, spec: str | None = None) -> dict:
+    """JSON-able record of a subset drawn by :func:`stratified_subset` (for ``report.json``).
+
+    Args:
+        labels: (N,) labels of the whole data set; indices: (n,) the subset's indices into it.
+        seed: the seed it was drawn with (None: not drawn); requested: the n asked for (0 = all).
+        spec: the data spec it was drawn from, if any.
+    """
+    picked = labels[indices]
+    classes, counts = picked.unique(return_counts=True)
+    everything = int(indices.numel()) == int(labels.numel())
+    return {
+        "data": spec,
+        "rule": "all" if everything else "stratified: per-class proportional (largest remainder), seeded uniform within class",
+        "seed": None if seed is None else int(seed),
+        "requested": int(requested),
+        "size": int(indices.numel()),
+        "of": int(labels.numel()),
+        "per_class": {str(int(c)): int(k) for c, k in zip(classes, counts)},
+        "indices": [int(i) for i in indices],
+    }
+
+
+def is_mnist(spec: str) -> bool:
+    """True for the data specs that hold MNIST digits (whose standard L-inf radius is 0.3)."""
+    return spec.startswith("mnist5k:") or spec == "foolbox:mnist"
 
 
 def load_dataset(spec: str) -> tuple[Tensor, Tensor]:
