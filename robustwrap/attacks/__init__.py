@@ -1,6 +1,6 @@
 """Adaptive attacks on the whole defended pipeline (images in [0, 1] -> logits).
 
-- :func:`pgd_eot` — PGD with EOT, L-inf and L2, on any ``model(x) -> logits``.
+- :func:`pgd_eot` — PGD with EOT, L-inf and L2, CE / CW-margin / DLR loss, on any ``model(x) -> logits``.
 - :func:`autoattack` — AutoAttack (``pyautoattack``), ``rand`` or ``standard``.
 - Targets: :class:`DefenseLogits` (full gradient through every denoiser call),
   :class:`BPDALogits` (identity backward through the purifier), :class:`MaskAwareLogits`
@@ -9,10 +9,13 @@
 """
 
 from .autoattack import autoattack
-from .pgd import eot_gradient, pgd_eot, project
+from .pgd import LOSSES, attack_loss, default_step_size, eot_gradient, pgd_eot, project
 from .targets import BPDALogits, DefenseLogits, MaskAwareLogits, Undefended
 
 __all__ = [
+    "LOSSES",
+    "attack_loss",
+    "default_step_size",
     "autoattack",
     "eot_gradient",
     "pgd_eot",

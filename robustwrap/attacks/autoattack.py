@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 Version = Literal["rand", "standard"]
@@ -37,6 +38,9 @@ def autoattack(
     this one; ``"standard"`` (APGD-CE, APGD-T, FAB-T, Square) for deterministic models.
     ``iterations`` and ``eot`` reduce the cost for quick checks (defaults: the paper's 100 and 20).
 
+    pyautoattack seeds the global RNG with ``seed`` inside; this function runs it in a forked
+    RNG state (CPU and ``x``'s CUDA device), so the caller's random state is left unchanged.
+
     Returns:
         (B, C, H, W) adversarial images (AutoAttack returns the clean image where it fails).
     """
@@ -52,5 +56,7 @@ def autoattack(
     adversary.fab.n_iter = iterations
     if version == "rand":
         adversary.apgd.eot_iter = eot
-    x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
     return x_adv.detach()

@@ -1,7 +1,20 @@
-"""PGD with Expectation over Transformation (EOT), L-inf and L2, for randomized defenses."""
+"""PGD with Expectation over Transformation (EOT), L-inf and L2, for randomized defenses.
+
+Losses (all ascended; each image's loss is summed over the batch, so its gradient does not
+depend on the batch it sits in), on logits-like scores z (B, K), true class y:
+- ``"ce"``: cross-entropy of softmax(z).
+- ``"margin"``: the Carlini-Wagner margin max_{j != y} z_j - z_y (positive once misclassified).
+- ``"dlr"``: the Difference of Logits Ratio of Croce & Hein (2020),
+  -(z_y - max_{j != y} z_j) / (z_(1) - z_(3) + 1e-12) with z_(i) the i-th largest score;
+  invariant to shifting and scaling the scores; needs K >= 3.
+
+Default step (``step_size=None``): 2.5 * eps / steps for both norms (Madry et al.), so the
+iterates can cross the ball within the budget whatever eps and the number of steps.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Literal
 
 import torch
@@ -9,18 +22,45 @@ import torch.nn.functional as F
 from torch import Tensor
 
 Norm = Literal["Linf", "L2"]
+Loss = Literal["ce", "margin", "dlr"]
+LOSSES = ("ce", "margin", "dlr")
 Model = Callable[[Tensor], Tensor]
 
 
-def eot_gradient(model: Model, x: Tensor, y: Tensor, samples: int) -> Tensor:
-    """Mean over ``samples`` stochastic forward passes of d CE(model(x), y) / dx.
+def default_step_size(eps: float, steps: int) -> float:
+    """2.5 * eps / steps (Madry et al.): the step that lets an iterate cross the ball in budget."""
+    return 2.5 * eps / steps if steps > 0 else 0.0
+
+
+def attack_loss(scores: Tensor, y: Tensor, loss: Loss = "ce") -> Tensor:
+    """Per-image loss to ascend, (B,), from logits-like ``scores`` (B, K) and labels ``y`` (B,).
+
+    See the module docstring for the definitions of ``"ce"``, ``"margin"`` and ``"dlr"``.
+    """
+    if loss == "ce":
+        return F.cross_entropy(scores, y, reduction="none")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    true = scores.gather(1, y[:, None]).squeeze(1)
+    others = scores.masked_fill(F.one_hot(y, scores.shape[1]).bool(), float("-inf")).amax(dim=1)
+    if loss == "margin":
+        return others - true
+    if scores.shape[1] < 3:
+        raise ValueError(f"the DLR loss needs at least 3 classes, got {scores.shape[1]}")
+    ranked = scores.sort(dim=1, descending=True).values
+    return -(true - others) / (ranked[:, 0] - ranked[:, 2] + 1e-12)
+
+
+def eot_gradient(model: Model, x: Tensor, y: Tensor, samples: int, loss: Loss = "ce") -> Tensor:
+    """Mean over ``samples`` stochastic forward passes of d loss(model(x), y) / dx.
 
     The loss is summed over the batch, so each image's gradient does not depend on the
     batch it sits in.
 
     Args:
-        model: images (B, C, H, W) in [0, 1] -> logits (B, K).
+        model: images (B, C, H, W) in [0, 1] -> logits-like scores (B, K).
         x: (B, C, H, W) images; y: (B,) int64 labels.
+        loss: ``"ce"``, ``"margin"`` or ``"dlr"`` (see :func:`attack_loss`).
 
     Returns:
         (B, C, H, W) averaged gradient.
@@ -28,8 +68,8 @@ def eot_gradient(model: Model, x: Tensor, y: Tensor, samples: int) -> Tensor:
     total = torch.zeros_like(x)
     for _ in range(samples):
         point = x.detach().requires_grad_(True)
-        loss = F.cross_entropy(model(point), y, reduction="sum")
-        total += torch.autograd.grad(loss, point)[0]
+        value = attack_loss(model(point), y, loss).sum()
+        total += torch.autograd.grad(value, point)[0]
     return total / samples
 
 
@@ -57,19 +97,24 @@ def pgd_eot(
     steps: int = 200,
     step_size: float | None = None,
     eot: int = 20,
+    loss: Loss = "ce",
     random_start: bool = True,
     generator: torch.Generator | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> Tensor:
-    """Projected gradient ascent on the cross-entropy, each step on an EOT-averaged gradient.
+    """Projected gradient ascent on ``loss``, each step on an EOT-averaged gradient.
 
     Args:
-        model: images in [0, 1] -> logits (for the defense: :class:`DefenseLogits` & co).
+        model: images in [0, 1] -> logits (for the defense: :class:`DefenseLogits` & co; give
+            it its own generator for reproducible noise).
         x: (B, C, H, W) clean images in [0, 1]; y: (B,) true labels.
         eps: radius of the threat model (8/255 for L-inf, 0.5 for L2 in the paper).
-        step_size: default 0.007 (L-inf, the paper's) or eps / 4 (L2).
+        step_size: default 2.5 * eps / steps (both norms; :func:`default_step_size`); the
+            paper's L-inf 0.007 must be asked for.
         eot: stochastic gradient samples averaged per step.
+        loss: ``"ce"`` (cross-entropy), ``"margin"`` (CW margin) or ``"dlr"`` (Croce & Hein).
         random_start: start from a uniform (L-inf) or random-direction (L2) point in the ball.
+        generator: draws the random start (the global RNG is never used when given).
         on_step: called with the step index after each step (progress reporting).
 
     Returns:
@@ -77,9 +122,13 @@ def pgd_eot(
     """
     if norm not in ("Linf", "L2"):
         raise ValueError(f"norm must be 'Linf' or 'L2', got {norm!r}")
-    if eps < 0 or steps < 0 or eot < 1:
-        raise ValueError(f"need eps >= 0, steps >= 0 and eot >= 1; got {eps}, {steps}, {eot}")
-    step_size = step_size if step_size is not None else (0.007 if norm == "Linf" else eps / 4)
+    if not math.isfinite(eps) or eps < 0 or steps < 0 or eot < 1:
+        raise ValueError(f"need a finite eps >= 0, steps >= 0 and eot >= 1; got {eps}, {steps}, {eot}")
+    if step_size is not None and not (math.isfinite(step_size) and step_size > 0):
+        raise ValueError(f"step_size must be a finite number > 0 (or None for 2.5 * eps / steps), got {step_size}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    step_size = step_size if step_size is not None else default_step_size(eps, steps)
     x = x.detach()
     x_adv = x.clone()
     if random_start and eps > 0:
@@ -88,7 +137,7 @@ def pgd_eot(
             noise = noise / _l2_norm(noise) * eps * torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
         x_adv = project(x + eps * noise if norm == "Linf" else x + noise, x, eps, norm)
     for step in range(steps):
-        grad = eot_gradient(model, x_adv, y, eot)
+        grad = eot_gradient(model, x_adv, y, eot, loss)
         ascent = grad.sign() if norm == "Linf" else grad / _l2_norm(grad)
         x_adv = project(x_adv + step_size * ascent, x, eps, norm).detach()
         if on_step is not None:
