@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import platform
@@ -23,23 +24,27 @@ import torch
 from torch import Tensor
 
 from .attacks import BPDALogits, DefenseLogits, MaskAwareLogits, Undefended, autoattack, pgd_eot
+from .attacks.pgd import LOSSES, default_step_size
 from .wrapper import RobustWrapper
 
 Attack = Literal["none", "pgd-eot", "bpda", "autoattack", "mask-aware"]
 ATTACKS = ("none", "pgd-eot", "bpda", "autoattack", "mask-aware")
+STEPPED = ("pgd-eot", "bpda", "mask-aware")  # the attacks that take a step size and a loss
 DEFAULT_EPS = {"Linf": 8 / 255, "L2": 0.5}
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """How to attack and how to score (defaults: the paper's protocol)."""
+    """How to attack and how to score (defaults: the paper's protocol, with a budget-aware step)."""
 
-    attack: Attack = "pgd-eot"            # what crafts the adversarial examples
+    attack: str = "pgd-eot"               # one of ATTACKS, or a comma list ("pgd-eot,bpda"): each is run
     norm: Literal["Linf", "L2"] = "Linf"  # threat model
     eps: float | None = None              # radius; None = 8/255 (L-inf) or 0.5 (L2)
     iters: int = 200                      # attack iterations (AutoAttack: APGD iterations)
-    step_size: float | None = None        # PGD step; None = 0.007 (L-inf) or eps / 4 (L2)
+    step_size: float | None = None        # PGD step; None = 2.5 * eps / iters (both norms; Madry et al.)
     eot: int = 20                         # gradient samples per iteration
+    loss: Literal["ce", "margin", "dlr"] = "ce"  # PGD loss: cross-entropy, CW margin or DLR
     surrogate_steps: int | None = None    # attack through a wrapper with this many `steps`
     runs: int = 1                         # R repeated evaluations of the final examples
     seed: int = 0                         # every batch's randomness derives from it
@@ -49,22 +54,65 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.attack not in ATTACKS:
-            problems.append(f"attack must be one of {ATTACKS}, got {self.attack!r}")
+        if isinstance(self.attack, (list, tuple)):
+            object.__setattr__(self, "attack", ",".join(self.attack))
+        if not isinstance(self.attack, str):
+            problems.append(f"attack must be a string, got {self.attack!r}")
+        else:
+            names = [a.strip() for a in self.attack.split(",")]
+            unknown = [a for a in names if a not in ATTACKS]
+            if unknown or not names:
+                problems.append(f"attack must be one of {ATTACKS} or a comma list of them, got {self.attack!r}")
+            elif len(set(names)) != len(names):
+                problems.append(f"attack lists an attack twice: {self.attack!r}")
+            else:
+                object.__setattr__(self, "attack", ",".join(names))
         if self.norm not in DEFAULT_EPS:
             problems.append(f"norm must be 'Linf' or 'L2', got {self.norm!r}")
-        if self.eps is not None and self.eps < 0:
-            problems.append(f"eps must be >= 0, got {self.eps}")
-        if self.iters < 0 or self.eot < 1 or self.runs < 1 or self.batch_size < 1:
-            problems.append("need iters >= 0, eot >= 1, runs >= 1 and batch_size >= 1")
-        if self.surrogate_steps is not None and self.surrogate_steps < 1:
-            problems.append(f"surrogate_steps must be >= 1, got {self.surrogate_steps}")
+        if self.loss not in LOSSES:
+            problems.append(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        for name in ("eps", "step_size", "mask_temperature"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                problems.append(f"{name} must be a finite number, got {value!r}")
+            elif name == "eps" and value < 0:
+                problems.append(f"eps must be >= 0, got {value}")
+            elif name != "eps" and value <= 0:
+                problems.append(f"{name} must be > 0, got {value}")
+        for name in ("iters", "eot", "runs", "seed", "batch_size", "surrogate_steps"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                problems.append(f"{name} must be an int, got {value!r}")
+        if not problems:
+            if self.iters < 0 or self.eot < 1 or self.runs < 1 or self.batch_size < 1:
+                problems.append("need iters >= 0, eot >= 1, runs >= 1 and batch_size >= 1")
+            if self.surrogate_steps is not None and self.surrogate_steps < 1:
+                problems.append(f"surrogate_steps must be >= 1, got {self.surrogate_steps}")
         if problems:
             raise ValueError("invalid evaluation settings: " + "; ".join(problems))
 
     @property
+    def attacks(self) -> tuple[str, ...]:
+        """The attacks to run, in order."""
+        return tuple(self.attack.split(","))
+
+    @property
     def radius(self) -> float:
+        """The eps actually used."""
         return DEFAULT_EPS[self.norm] if self.eps is None else self.eps
+
+    @property
+    def step(self) -> float | None:
+        """The PGD step actually used (None when no attack takes a step, or iters is 0)."""
+        if self.iters == 0 or not any(a in STEPPED for a in self.attacks):
+            return None
+        return self.step_size if self.step_size is not None else default_step_size(self.radius, self.iters)
+
+    def resolved(self) -> dict:
+        """The settings as a JSON-able dict, with the eps and step actually used filled in."""
+        return {**dataclasses.asdict(self), "eps": self.radius, "step_size": self.step}
 
 
 def check_inputs(wrapper: RobustWrapper, images: Tensor, labels: Tensor, num_classes: int) -> None:
@@ -86,46 +134,81 @@ def _seed(*parts: int) -> int:
     return value
 
 
-def attack_images(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: EvalConfig) -> Tensor:
-    """Adversarial images for one batch under ``cfg`` (the clean ones for attack 'none')."""
-    if cfg.attack == "none" or cfg.iters == 0:
+def make_generator(device: torch.device | str, *parts: int) -> torch.Generator:
+    """A fresh generator on ``device`` seeded from ``parts`` (the global RNG is never touched)."""
+    return torch.Generator(device=device).manual_seed(_seed(*parts))
+
+
+def attack_images(
+    wrapper: RobustWrapper,
+    images: Tensor,
+    labels: Tensor,
+    cfg: EvalConfig,
+    *,
+    attack: str | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Adversarial images for one batch under ``cfg`` (the clean ones for attack 'none').
+
+    Args:
+        images: (B, C, H, W) in [0, 1]; labels: (B,).
+        attack: which of ``cfg.attacks`` to run (default: the first).
+        generator: all the attack's and the defense's randomness comes from it (default: a
+            generator seeded with ``cfg.seed`` on the images' device).
+    """
+    attack = cfg.attacks[0] if attack is None else attack
+    if attack not in ATTACKS:
+        raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
+    if attack == "none" or cfg.iters == 0:
         return images
+    generator = generator if generator is not None else make_generator(images.device, cfg.seed)
     attacked = wrapper
     if cfg.surrogate_steps is not None:
         attacked = wrapper.with_config(dataclasses.replace(wrapper.config, steps=cfg.surrogate_steps))
     if not cfg.defended:
         model = Undefended(attacked)
-    elif cfg.attack == "bpda":
-        model = BPDALogits(attacked)
-    elif cfg.attack == "mask-aware":
-        model = MaskAwareLogits(attacked, cfg.mask_temperature)
+    elif attack == "bpda":
+        model = BPDALogits(attacked, generator=generator)
+    elif attack == "mask-aware":
+        model = MaskAwareLogits(attacked, cfg.mask_temperature, generator=generator)
     else:
-        model = DefenseLogits(attacked)
-    if cfg.attack == "autoattack":
+        model = DefenseLogits(attacked, generator=generator)
+    if attack == "autoattack":
         version = "rand" if cfg.defended else "standard"
         return autoattack(model, images, labels, eps=cfg.radius, norm=cfg.norm, version=version,
-                          iterations=cfg.iters, eot=cfg.eot, seed=cfg.seed, batch_size=images.shape[0])
+                          iterations=cfg.iters, eot=cfg.eot, seed=generator.initial_seed() % (2**31 - 1),
+                          batch_size=images.shape[0])
     return pgd_eot(model, images, labels, eps=cfg.radius, norm=cfg.norm, steps=cfg.iters,
-                   step_size=cfg.step_size, eot=cfg.eot if cfg.defended else 1)
+                   step_size=cfg.step, eot=cfg.eot if cfg.defended else 1, loss=cfg.loss, generator=generator)
 
 
 def evaluate_batch(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: EvalConfig, index: int) -> dict:
-    """Per-image correctness on clean and adversarial images, for each of the R runs."""
-    start = time.perf_counter()
-    torch.manual_seed(_seed(cfg.seed, index, 0))
-    adversarial = attack_images(wrapper, images, labels, cfg)
+    """Per-image correctness on clean images and under each attack, for each of the R runs.
 
-    def correct(x: Tensor, run: int, tag: int) -> list[bool]:
-        torch.manual_seed(_seed(cfg.seed, index, tag, run))
+    Every random draw comes from generators seeded by (cfg.seed, index, ...): the record does
+    not depend on the process, on other batches, or on the global RNG (which is left alone).
+    """
+    start = time.perf_counter()
+    device = images.device
+
+    def correct(x: Tensor, *parts: int) -> list[bool]:
         with torch.no_grad():
-            predicted = wrapper.predict(x) if cfg.defended else wrapper.classify(x).argmax(1)
+            if cfg.defended:
+                predicted = wrapper.predict(x, generator=make_generator(device, cfg.seed, index, *parts))
+            else:
+                predicted = wrapper.classify(x).argmax(1)
         return (predicted == labels).tolist()
 
+    robust = {}
+    for number, attack in enumerate(cfg.attacks):
+        adversarial = attack_images(wrapper, images, labels, cfg, attack=attack,
+                                    generator=make_generator(device, cfg.seed, index, 0, number))
+        robust[attack] = [correct(adversarial, 2, run, number) for run in range(cfg.runs)]
     return {
         "batch": index,
         "size": int(images.shape[0]),
-        "clean": [correct(images, run, 1) for run in range(cfg.runs)],
-        "robust": [correct(adversarial, run, 2) for run in range(cfg.runs)],
+        "clean": [correct(images, 1, run) for run in range(cfg.runs)],
+        "robust": robust,
         "seconds": round(time.perf_counter() - start, 3),
     }
 
@@ -142,28 +225,101 @@ def _results_file(out: Path, rank: int, world: int) -> Path:
     return out / ("results.jsonl" if world == 1 else f"results.rank{rank}-of-{world}.jsonl")
 
 
-def read_records(path: Path, header: dict) -> dict[int, dict]:
-    """Batches recorded in ``path`` (by index); the file must start with the same header.
+def _record_problem(entry: object, header: dict) -> str | None:
+    """What is wrong with one results line for this header (None: a valid batch record)."""
+    settings = header["eval"]
+    runs, size_of_batch, n = settings["runs"], settings["batch_size"], header["n_samples"]
+    attacks = settings["attack"].split(",")
+    if not isinstance(entry, dict) or not {"batch", "size", "clean", "robust"} <= set(entry):
+        return "is not a batch record (expected an object with batch, size, clean and robust)"
+    batch, size = entry["batch"], entry["size"]
+    batches = math.ceil(n / size_of_batch)
+    if not isinstance(batch, int) or isinstance(batch, bool) or not 0 <= batch < batches:
+        return f"has batch {batch!r}, expected an index in [0, {batches})"
+    expected = min(size_of_batch, n - batch * size_of_batch)
+    if size != expected:
+        return f"has size {size!r} for batch {batch}, expected {expected}"
+
+    def table_problem(name: str, table: object) -> str | None:
+        if not isinstance(table, list) or len(table) != runs:
+            return f"{name} must hold {runs} run(s)"
+        if any(not isinstance(row, list) or len(row) != size or not all(isinstance(v, bool) for v in row) for row in table):
+            return f"{name} must hold {size} true/false values per run"
+        return None
+
+    robust = entry["robust"]
+    if not isinstance(robust, dict) or sorted(robust) != sorted(attacks):
+        return f"robust must map the attacks {attacks} to results"
+    for name, table in (("clean", entry["clean"]), *((f"robust[{a}]", robust[a]) for a in attacks)):
+        problem = table_problem(name, table)
+        if problem:
+            return problem
+    return None
+
+
+def read_records(path: Path, header: dict) -> tuple[dict[int, dict], int, bool]:
+    """Batches recorded in ``path`` (by index), validated against ``header``.
+
+    Blank lines are ignored. A last line that is not valid JSON is what a crash in the middle
+    of a write leaves: it is dropped (its batch is recomputed) and a warning is logged.
+
+    Returns:
+        (records by batch index, the number of bytes of the file that are kept, whether the
+        file starts with a header). An empty file has no header and no records.
 
     Raises:
-        ValueError: a line is not JSON, or the file was written with other settings.
+        ValueError: a line other than the last is not JSON, a record is malformed, or the file
+            was written with other settings; the message names the file and the line.
     """
     records: dict[int, dict] = {}
-    with path.open() as file:
-        for number, line in enumerate(file, start=1):
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"{path} line {number} is not valid JSON ({error.msg}): the file is corrupted; "
-                    "move it away to start over, or delete that line to resume"
-                ) from error
-            if number == 1:
-                if entry.get("header") != header:
-                    raise ValueError(f"{path} was written with other settings; use another --out or remove it")
-                continue
+    data = path.read_bytes()
+    lines = data.splitlines(keepends=True)
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    offset, has_header = 0, False
+    advice = "the file is corrupted: move it away to start over, or delete that line to resume"
+    for position, raw in enumerate(lines):
+        number = position + 1
+        line_start, offset = offset, offset + len(raw)
+        if not raw.strip():
+            continue
+        try:
+            entry = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            if position == last:
+                logger.warning("%s line %d is incomplete (an interrupted write); dropping it, its batch is recomputed",
+                               path, number)
+                return records, line_start, has_header
+            message = getattr(error, "msg", str(error))
+            raise ValueError(f"{path} line {number} is not valid JSON ({message}): {advice}") from error
+        if not has_header:
+            if not isinstance(entry, dict) or "header" not in entry:
+                raise ValueError(f"{path} line {number} should be the header of a results file: {advice}")
+            if entry["header"] != header:
+                raise ValueError(f"{path} was written with other settings; use another --out or remove it")
+            has_header = True
+        else:
+            problem = _record_problem(entry, header)
+            if problem:
+                raise ValueError(f"{path} line {number} {problem}: {advice}")
             records[entry["batch"]] = entry
-    return records
+    return records, len(data), has_header
+
+
+def _prepare_results_file(path: Path, header: dict) -> dict[int, dict]:
+    """Records already in ``path``, after dropping a torn last line; writes the header if missing."""
+    done, kept, has_header = read_records(path, header) if path.exists() else ({}, 0, False)
+    if not has_header:  # a new file, an empty one, or one whose only line (the header) is torn
+        path.write_text(json.dumps({"header": header, "versions": versions()}) + "\n")
+        return {}
+    if kept < path.stat().st_size:
+        with path.open("r+b") as file:
+            file.truncate(kept)
+    with path.open("rb") as file:
+        file.seek(-1, os.SEEK_END)
+        if file.read(1) != b"\n":
+            with path.open("ab") as append:
+                append.write(b"\n")
+    return done
 
 
 def run_evaluation(
@@ -175,16 +331,23 @@ def run_evaluation(
     *,
     num_classes: int,
     resume: bool = False,
+    subset: dict | None = None,
     description: dict | None = None,
     on_batch: Callable[[int, int], None] | None = None,
     stop_after: int | None = None,
 ) -> dict | None:
     """Attack and score every batch, appending each to the results file; return the report.
 
+    No global random state is read or changed: every draw comes from generators seeded by
+    ``cfg.seed`` and the batch index (AutoAttack, which seeds the global RNG, runs in a fork).
+
     Args:
         images: (N, C, H, W) in [0, 1]; labels: (N,) in [0, num_classes).
         out: results folder (created); holds ``results*.jsonl`` and, at the end, ``report.json``.
-        resume: continue an existing run (same settings) instead of refusing to touch it.
+        resume: continue an existing run (same settings) instead of refusing to touch it. An
+            empty results file starts over; a torn last line is dropped and its batch recomputed.
+        subset: which items of a data set ``images`` are (:func:`robustwrap.data.describe_subset`);
+            default: all of them, as given.
         description: extra JSON-able facts for the header (model specs, data spec).
         on_batch: called with (batches done by this process, batches it has in all).
         stop_after: stop after this many new batches (for tests of resumption).
@@ -193,22 +356,30 @@ def run_evaluation(
         The report on rank 0 once every batch is recorded; None on other ranks or when stopped early.
     """
     check_inputs(wrapper, images, labels, num_classes)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file; the results need a folder")
+    if subset is None:
+        from .data import describe_subset  # noqa: PLC0415
+
+        subset = describe_subset(labels, torch.arange(labels.shape[0]), seed=None, requested=0)
+    elif subset.get("size", images.shape[0]) != images.shape[0]:
+        raise ValueError(f"subset describes {subset.get('size')} items but {images.shape[0]} images were given")
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     header = {
-        "eval": dataclasses.asdict(cfg),
+        "eval": cfg.resolved(),
         "defense": dataclasses.asdict(wrapper.config),
         "n_samples": int(images.shape[0]),
+        "subset": subset,
         **(description or {}),
     }
+    header = json.loads(json.dumps(header))  # as it reads back from the file (tuples become lists)
     path = _results_file(out, rank, world)
     if path.exists() and not resume:
         raise FileExistsError(f"{path} exists: pass resume=True (--resume) to continue it, or choose another folder")
-    done = read_records(path, header) if path.exists() else {}
-    if not path.exists():
-        path.write_text(json.dumps({"header": header, "versions": versions()}) + "\n")
+    done = _prepare_results_file(path, header)
 
     batches = math.ceil(images.shape[0] / cfg.batch_size)
     mine = [i for i in range(batches) if i % world == rank]
@@ -235,7 +406,7 @@ def run_evaluation(
         return None
     records: dict[int, dict] = {}
     for results in sorted(out.glob("results*.jsonl")):
-        records.update(read_records(results, header))
+        records.update(read_records(results, header)[0])
     missing = sorted(set(range(batches)) - set(records))
     if missing:
         raise RuntimeError(f"batches {missing[:10]} are missing from {out}: rerun with --resume")
@@ -244,27 +415,48 @@ def run_evaluation(
     return report
 
 
+def _stats(values: list[float], n: int) -> dict:
+    """Mean, std over runs, per-run values, and the binomial standard error of the mean over n images."""
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return {"mean": mean, "std": std, "per_run": values, "stderr": math.sqrt(mean * (1 - mean) / n)}
+
+
 def summarize(records: list[dict], header: dict) -> dict:
-    """Accuracy over all images: per run, mean ± std over runs, worst case, standard error."""
-    runs = len(records[0]["clean"])
+    """Accuracy over all images: per run, mean ± std over runs, worst case, standard error.
+
+    ``robust_accuracy`` counts an image as robust in a run when it is classified correctly
+    after every attack (the per-image worst case over attacks, as AutoAttack reports its
+    ensemble); ``robust_accuracy_by_attack`` gives each attack alone; ``*_all_runs`` is the
+    fraction of images robust in all R runs (the risk of resubmitting an example).
+    """
+    settings = header["eval"]
+    runs, attacks = settings["runs"], settings["attack"].split(",")
     n = sum(r["size"] for r in records)
 
-    def per_run(key: str) -> list[float]:
-        return [sum(sum(r[key][run]) for r in records) / n for run in range(runs)]
+    def survived(record: dict, names: list[str], run: int, i: int) -> bool:
+        return all(record["robust"][a][run][i] for a in names)
 
-    def stats(values: list[float]) -> dict:
-        mean = sum(values) / len(values)
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-        return {"mean": mean, "std": std, "per_run": values, "stderr": math.sqrt(mean * (1 - mean) / n)}
+    def summary(names: list[str]) -> dict:
+        per_run = [sum(survived(r, names, run, i) for r in records for i in range(r["size"])) / n for run in range(runs)]
+        every_run = sum(all(survived(r, names, run, i) for run in range(runs)) for r in records for i in range(r["size"])) / n
+        return {**_stats(per_run, n), "worst_run": min(per_run), "all_runs": every_run,
+                "stderr_all_runs": math.sqrt(every_run * (1 - every_run) / n)}
 
-    every_run = sum(sum(all(r["robust"][run][i] for run in range(runs)) for i in range(r["size"])) for r in records) / n
+    clean = [sum(sum(r["clean"][run]) for r in records) / n for run in range(runs)]
+    worst = summary(attacks)
     return {
         "n_samples": n,
         "runs": runs,
-        "clean_accuracy": stats(per_run("clean")),
-        "robust_accuracy": stats(per_run("robust")),
-        "robust_accuracy_worst_run": min(per_run("robust")),
-        "robust_accuracy_all_runs": every_run,
+        "subset": header.get("subset"),
+        "attacks": attacks,
+        "threat": {key: settings[key] for key in ("norm", "eps", "step_size", "iters", "eot", "loss", "surrogate_steps")},
+        "clean_accuracy": _stats(clean, n),
+        "robust_accuracy": {key: worst[key] for key in ("mean", "std", "per_run", "stderr")},
+        "robust_accuracy_by_attack": {a: summary([a]) for a in attacks},
+        "robust_accuracy_worst_run": worst["worst_run"],
+        "robust_accuracy_all_runs": worst["all_runs"],
+        "robust_accuracy_all_runs_stderr": worst["stderr_all_runs"],
         "seconds": round(sum(r["seconds"] for r in records), 1),
         "settings": header,
         "versions": versions(),

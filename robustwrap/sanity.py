@@ -1,4 +1,9 @@
-"""The checks a careful reviewer runs on a robustness claim; failures are reported, not hidden."""
+"""The checks a careful reviewer runs on a robustness claim; failures are reported, not hidden.
+
+Each check attacks the given images anew with generators seeded from ``cfg.seed`` (the
+global random state is never used). Keep the images to a batch or two, drawn with
+:func:`robustwrap.data.stratified_subset`.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .attacks import DefenseLogits, eot_gradient
-from .evaluation import EvalConfig, attack_images
+from .attacks import DefenseLogits, Undefended, eot_gradient
+from .evaluation import EvalConfig, attack_images, make_generator
 from .wrapper import RobustWrapper
+
+UNDEFENDED_CEILING = 0.05  # the attack must drive the bare classifier to at most this accuracy
+HUGE_RADIUS_CEILING = 0.10  # ... and the defense to at most this at a radius that can erase the image
 
 
 @dataclass(frozen=True)
@@ -23,45 +31,92 @@ class Check:
     detail: str
 
 
-def _accuracy(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: EvalConfig) -> float:
-    torch.manual_seed(cfg.seed)
-    adversarial = attack_images(wrapper, images, labels, cfg)
+def _stderr(p: float, n: int) -> float:
+    """Binomial standard error, at least that of one image in n (so 0% and 100% are not exact)."""
+    return math.sqrt(max(p * (1 - p), (1 / n) * (1 - 1 / n)) / n)
+
+
+def _accuracy(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: EvalConfig, tag: int) -> float:
+    """Accuracy of ``wrapper`` (the defense, or the bare classifier when not cfg.defended) under cfg's attack."""
+    adversarial = attack_images(wrapper, images, labels, cfg, generator=make_generator(images.device, cfg.seed, tag, 0))
     with torch.no_grad():
-        return float((wrapper.predict(adversarial) == labels).float().mean())
+        if cfg.defended:
+            predicted = wrapper.predict(adversarial, generator=make_generator(images.device, cfg.seed, tag, 1))
+        else:
+            predicted = wrapper.classify(adversarial).argmax(1)
+    return float((predicted == labels).float().mean())
+
+
+def sanity_attack(cfg: EvalConfig) -> str:
+    """The gradient attack the checks run: the first of cfg's PGD attacks (AutoAttack and 'none' -> pgd-eot)."""
+    for attack in cfg.attacks:
+        if attack in ("pgd-eot", "bpda", "mask-aware"):
+            return attack
+    return "pgd-eot"
 
 
 def sanity_checks(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: EvalConfig) -> list[Check]:
-    """Run the four checks on ``images`` (keep it to a batch or two: each attacks them anew).
+    """Run the checks on ``images`` (B, C, H, W) in [0, 1] with labels (B,) under ``cfg``'s budget.
+
+    With ``cfg.defended`` (the defense):
 
     1. Gradients through the full pipeline are finite and non-zero.
-    2. At a very large radius the attack reaches ~0% robust accuracy (<= 10%).
-    3. Twice the iterations never give higher robust accuracy (beyond 2 standard errors).
-    4. BPDA vs the full gradient: BPDA much stronger hints at obfuscated gradients.
+    2. The same attack (same eps, iterations, step rule, EOT, loss) drives the *undefended*
+       classifier to at most 5% accuracy: otherwise the attack is too weak for any claim.
+    3. At a radius that can erase the image (L-inf 1, L2 1000) it reaches <= 10%.
+    4. Robust accuracy at 1x, 2x and 4x the iterations (the default step follows the budget,
+       2.5 * eps / iterations) is reported; flagged if it still falls by more than two
+       standard errors from 2x to 4x (the attack has not converged: the claim is optimistic).
+    5. More iterations never give higher robust accuracy (1x vs 4x, beyond 2 standard errors).
+    6. BPDA is not much stronger than the full gradient (that would hint at obfuscated gradients).
+
+    Without ``cfg.defended`` (the bare classifier): checks 1-5 on the classifier itself.
+    Standard errors are binomial over the images, at least that of one image.
+
+    Returns:
+        The checks in that order; nothing is raised for a failed check.
     """
-    checks = []
+    iters_zero = cfg.iters == 0
+    if iters_zero:  # nothing to check an attack of 0 iterations by: run 1 and fail check 2
+        cfg = dataclasses.replace(cfg, iters=1)
+    attack = sanity_attack(cfg)
+    pgd = dataclasses.replace(cfg, attack=attack, runs=1)
     n = images.shape[0]
-    slack = 2 * math.sqrt(0.25 / n)  # two standard errors at worst (p = 0.5)
-    gradient = eot_gradient(DefenseLogits(wrapper), images, labels, samples=1)
+    budget = (f"{attack} {cfg.norm} eps={pgd.radius:g}, {pgd.iters} iterations, step {pgd.step:.3g}, "
+              f"EOT {pgd.eot}, loss {pgd.loss}")
+    checks = []
+
+    target = (DefenseLogits(wrapper, generator=make_generator(images.device, cfg.seed, 1)) if cfg.defended
+              else Undefended(wrapper))
+    gradient = eot_gradient(target, images, labels, samples=1, loss=cfg.loss)
     finite, norm = bool(torch.isfinite(gradient).all()), float(gradient.abs().sum())
     checks.append(Check("gradient finite and non-zero", finite and norm > 0, f"finite={finite}, sum |grad|={norm:.3g}"))
 
-    pgd = dataclasses.replace(cfg, attack="pgd-eot" if cfg.attack in ("none", "autoattack") else cfg.attack)
-    huge = dataclasses.replace(pgd, eps=1.0 if cfg.norm == "Linf" else 1e3, step_size=0.1 if cfg.norm == "Linf" else 10.0)
-    large = _accuracy(wrapper, images, labels, huge)
-    checks.append(Check("robust accuracy ~0 at a huge radius", large <= 0.1, f"{large:.1%} at eps={huge.radius:g}"))
+    bare = _accuracy(wrapper, images, labels, dataclasses.replace(pgd, defended=False), tag=2)
+    checks.append(Check(f"attack drives the undefended classifier to <= {UNDEFENDED_CEILING:.0%}",
+                        bare <= UNDEFENDED_CEILING and not iters_zero,
+                        f"{bare:.1%} ± {_stderr(bare, n):.1%} of {n} images under {budget}"
+                        + (" (--iters 0: no attack was asked for)" if iters_zero else "")))
 
-    base_iters = max(1, cfg.iters // 2)
-    fewer = _accuracy(wrapper, images, labels, dataclasses.replace(pgd, iters=base_iters))
-    more = _accuracy(wrapper, images, labels, dataclasses.replace(pgd, iters=2 * base_iters))
-    checks.append(
-        Check("more iterations do not raise robust accuracy", more <= fewer + slack,
-              f"{fewer:.1%} at {base_iters} iterations, {more:.1%} at {2 * base_iters}")
-    )
+    huge = dataclasses.replace(pgd, eps=1.0 if cfg.norm == "Linf" else 1e3, step_size=None)
+    large = _accuracy(wrapper, images, labels, huge, tag=3)
+    checks.append(Check(f"robust accuracy <= {HUGE_RADIUS_CEILING:.0%} at a huge radius", large <= HUGE_RADIUS_CEILING,
+                        f"{large:.1%} at eps={huge.radius:g} ({huge.iters} iterations, step {huge.step:.3g})"))
 
-    full = _accuracy(wrapper, images, labels, dataclasses.replace(pgd, attack="pgd-eot"))
-    bpda = _accuracy(wrapper, images, labels, dataclasses.replace(pgd, attack="bpda"))
-    checks.append(
-        Check("BPDA not much stronger than the full gradient", bpda >= full - slack,
-              f"full gradient {full:.1%}, BPDA {bpda:.1%}")
-    )
+    accuracy = {k: _accuracy(wrapper, images, labels, dataclasses.replace(pgd, iters=k * pgd.iters), tag=4)
+                for k in (1, 2, 4)}
+    ladder = ", ".join(f"{accuracy[k]:.1%} at {k * pgd.iters}" for k in (1, 2, 4)) + f" iterations ({n} images)"
+    falling = accuracy[2] - accuracy[4]
+    slack = 2 * _stderr(accuracy[2], n)
+    checks.append(Check("robust accuracy converged (2x -> 4x iterations falls by <= 2 se)", falling <= slack,
+                        f"{ladder}; fell {falling:.1%} from 2x to 4x, 2 se = {slack:.1%}"))
+    rise = accuracy[4] - accuracy[1]
+    checks.append(Check("more iterations do not raise robust accuracy", rise <= 2 * _stderr(accuracy[1], n),
+                        f"{ladder}; 4x - 1x = {rise:+.1%}"))
+
+    if cfg.defended:
+        full = _accuracy(wrapper, images, labels, dataclasses.replace(pgd, attack="pgd-eot"), tag=5)
+        bpda = _accuracy(wrapper, images, labels, dataclasses.replace(pgd, attack="bpda"), tag=5)
+        checks.append(Check("BPDA not much stronger than the full gradient", bpda >= full - 2 * _stderr(full, n),
+                            f"full gradient {full:.1%}, BPDA {bpda:.1%} ({pgd.iters} iterations)"))
     return checks

@@ -3,11 +3,16 @@
 import json
 import os
 import socket
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+import robustwrap
+from robustwrap.attacks import attack_loss, pgd_eot
+from robustwrap.data import describe_subset, stratified_subset
 from robustwrap.evaluation import EvalConfig, run_evaluation
 from robustwrap.sanity import sanity_checks
 
@@ -58,17 +63,74 @@ def test_resume_after_a_crash_gives_the_identical_report(tmp_path):
 
 def test_corrupted_or_foreign_results_are_refused_not_overwritten(tmp_path):
     images, labels = _data()
-    run_evaluation(tiny_wrapper(), images, labels, CFG, tmp_path, num_classes=10, stop_after=1)
+    run_evaluation(tiny_wrapper(), images, labels, CFG, tmp_path, num_classes=10, stop_after=2)
     results = tmp_path / "results.jsonl"
-    results.write_text(results.read_text() + '{"batch": 1, "clean": [[tru\n')
-    before = results.read_text()
-    with pytest.raises(ValueError, match="corrupted"):
-        run_evaluation(tiny_wrapper(), images, labels, CFG, tmp_path, num_classes=10, resume=True)
-    assert results.read_text() == before
-    results.write_text(before.splitlines()[0] + "\n")
+    header, first, second = results.read_text().splitlines()
+    for bad, match in [
+        ('{"batch": 1, "clean": [[tru', "line 2 is not valid JSON"),  # corrupt line that is not the last
+        ("{}", "line 2 is not a batch record"),
+        ("[1, 2]", "line 2 is not a batch record"),
+        (first.replace('"batch": 0', '"batch": 99'), "line 2 has batch 99"),
+    ]:
+        results.write_text("\n".join([header, bad, second]) + "\n")
+        before = results.read_text()
+        with pytest.raises(ValueError, match=match) as caught:
+            run_evaluation(tiny_wrapper(), images, labels, CFG, tmp_path, num_classes=10, resume=True)
+        assert str(results) in str(caught.value)
+        assert results.read_text() == before
+    results.write_text(header + "\n")
     other = EvalConfig(attack="bpda", iters=2, eot=1, batch_size=2)
     with pytest.raises(ValueError, match="other settings"):
         run_evaluation(tiny_wrapper(), images, labels, other, tmp_path, num_classes=10, resume=True)
+
+
+def test_a_shortened_robust_list_is_refused_naming_the_line(tmp_path):
+    images, labels = _data()
+    run_evaluation(tiny_wrapper(), images, labels, CFG, tmp_path, num_classes=10, stop_after=1)
+    results = tmp_path / "results.jsonl"
+    header, first = results.read_text().splitlines()
+    record = json.loads(first)
+    record["robust"]["pgd-eot"][0] = record["robust"]["pgd-eot"][0][:-1]
+    results.write_text(header + "\n" + json.dumps(record) + "\n")
+    with pytest.raises(ValueError, match="line 2 .*robust\\[pgd-eot\\] must hold 2 true/false values"):
+        run_evaluation(tiny_wrapper(), images, labels, CFG, tmp_path, num_classes=10, resume=True)
+
+
+def test_resume_survives_a_torn_last_line_a_blank_line_and_an_empty_file(tmp_path):
+    images, labels = _data()
+    straight = run_evaluation(tiny_wrapper(), images, labels, CFG, tmp_path / "straight", num_classes=10)
+
+    torn = tmp_path / "torn"
+    run_evaluation(tiny_wrapper(), images, labels, CFG, torn, num_classes=10, stop_after=2)
+    lines = (torn / "results.jsonl").read_text().splitlines()
+    (torn / "results.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])  # crash mid-write
+    calls = []
+    resumed = run_evaluation(tiny_wrapper(), images, labels, CFG, torn, num_classes=10, resume=True,
+                             on_batch=lambda done, total: calls.append(done))
+    assert calls == [2, 3, 4]  # batch 1 (the torn line) recomputed, batch 0 kept
+    assert _comparable(resumed) == _comparable(straight)
+    assert all(json.loads(line) for line in (torn / "results.jsonl").read_text().splitlines())
+
+    blank = tmp_path / "blank"
+    run_evaluation(tiny_wrapper(), images, labels, CFG, blank, num_classes=10, stop_after=2)
+    with (blank / "results.jsonl").open("a") as file:
+        file.write("\n")
+    assert _comparable(run_evaluation(tiny_wrapper(), images, labels, CFG, blank, num_classes=10, resume=True)) == \
+        _comparable(straight)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "results.jsonl").write_text("")
+    assert _comparable(run_evaluation(tiny_wrapper(), images, labels, CFG, empty, num_classes=10, resume=True)) == \
+        _comparable(straight)
+
+
+def test_an_existing_file_as_the_results_folder_is_refused(tmp_path):
+    images, labels = _data()
+    (tmp_path / "taken").write_text("mine")
+    with pytest.raises(ValueError, match="is a file"):
+        run_evaluation(tiny_wrapper(), images, labels, CFG, tmp_path / "taken", num_classes=10)
+    assert (tmp_path / "taken").read_text() == "mine"
 
 
 @pytest.mark.parametrize(
@@ -77,6 +139,14 @@ def test_corrupted_or_foreign_results_are_refused_not_overwritten(tmp_path):
         (dict(attack="cw"), "attack must be one of"),
         (dict(norm="L1"), "norm must be"),
         (dict(eps=-0.1), "eps must be >= 0"),
+        (dict(eps=float("nan")), "eps must be a finite number"),
+        (dict(eps=float("inf")), "eps must be a finite number"),
+        (dict(step_size=float("nan")), "step_size must be a finite number"),
+        (dict(step_size=0.0), "step_size must be > 0"),
+        (dict(mask_temperature=-1.0), "mask_temperature must be > 0"),
+        (dict(loss="hinge"), "loss must be one of"),
+        (dict(attack="pgd-eot,cw"), "attack must be one of"),
+        (dict(attack="bpda,bpda"), "twice"),
         (dict(runs=0), "runs >= 1"),
     ],
 )
@@ -129,13 +199,134 @@ def test_two_process_evaluation_equals_single_process(tmp_path):
     assert _comparable(merged) == _comparable(json.loads(json.dumps(single)))
 
 
+def test_stratified_subset_is_seeded_proportional_and_not_the_first_class():
+    labels = torch.arange(10).repeat_interleave(100)  # ordered by class, like the held-out split
+    indices = stratified_subset(labels, 64, seed=0)
+    counts = torch.bincount(labels[indices], minlength=10)
+    assert len(indices) == 64 and len(set(indices.tolist())) == 64
+    assert counts.min() >= 6 and counts.max() <= 7  # every class, in proportion (the first 64 are all 0s)
+    assert torch.equal(indices, stratified_subset(labels, 64, seed=0))
+    assert not torch.equal(indices, stratified_subset(labels, 64, seed=1))
+    assert torch.equal(stratified_subset(labels, 0, seed=0), torch.arange(1000))  # 0 = all
+    uneven = torch.tensor([0] * 80 + [1] * 20)
+    assert torch.bincount(uneven[stratified_subset(uneven, 10, seed=3)]).tolist() == [8, 2]
+    state = torch.get_rng_state()
+    stratified_subset(labels, 64, seed=5)
+    assert torch.equal(torch.get_rng_state(), state)
+    with pytest.raises(ValueError, match="n must be"):
+        stratified_subset(labels, -1, seed=0)
+
+
+def test_report_records_the_subset_and_the_eps_and_step_actually_used(tmp_path):
+    all_images, all_labels = _data(20)
+    indices = stratified_subset(all_labels, 6, seed=4)
+    subset = describe_subset(all_labels, indices, seed=4, requested=6, spec="tensors:x")
+    cfg = EvalConfig(iters=4, eot=1, batch_size=3)
+    report = run_evaluation(tiny_wrapper(), all_images[indices], all_labels[indices], cfg, tmp_path,
+                            num_classes=10, subset=subset)
+    assert report["subset"]["indices"] == indices.tolist() and report["subset"]["seed"] == 4
+    assert sum(report["subset"]["per_class"].values()) == 6 and report["subset"]["rule"].startswith("stratified")
+    assert report["threat"]["eps"] == pytest.approx(8 / 255)
+    assert report["threat"]["step_size"] == pytest.approx(2.5 * (8 / 255) / 4)
+    assert report["settings"]["eval"]["eps"] == pytest.approx(8 / 255)
+    paper = run_evaluation(tiny_wrapper(), all_images[:3], all_labels[:3], replace(cfg, step_size=0.007),
+                           tmp_path / "paper", num_classes=10)
+    assert paper["threat"]["step_size"] == 0.007 and paper["subset"]["rule"] == "all"
+
+
+@pytest.mark.parametrize("norm, eps", [("Linf", 0.3), ("L2", 2.0)])
+def test_default_step_lets_the_attack_cross_the_ball(norm, eps):
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 10))
+    x, y = torch.full((2, 3, 16, 16), 0.5), torch.tensor([0, 1])
+    x_adv = pgd_eot(model, x, y, eps=eps, norm=norm, steps=10, eot=1, random_start=False)
+    delta = (x_adv - x).flatten(1)
+    reached = delta.abs().amax(1) if norm == "Linf" else delta.norm(dim=1)
+    assert reached.min() >= 0.99 * eps  # the old L-inf default (0.007) stopped at 0.07 of 0.3
+
+
+def test_margin_and_dlr_losses():
+    scores = torch.tensor([[3.0, 1.0, 0.0, -1.0], [0.0, 2.0, 1.0, -4.0]])
+    y = torch.tensor([0, 0])
+    torch.testing.assert_close(attack_loss(scores, y, "margin"), torch.tensor([-2.0, 2.0]))
+    torch.testing.assert_close(attack_loss(scores, y, "dlr"), torch.tensor([-2.0 / 3.0, 2.0 / 2.0]))
+    torch.testing.assert_close(attack_loss(3 * scores + 7, y, "dlr"), attack_loss(scores, y, "dlr"))  # scale-free
+    with pytest.raises(ValueError, match="loss must be"):
+        attack_loss(scores, y, "hinge")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 10))
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 3, 16, 16, generator=generator)
+    y = model(x).argmax(1)
+    for loss in ("margin", "dlr"):
+        x_adv = pgd_eot(model, x, y, eps=0.3, steps=10, eot=1, loss=loss, generator=generator)
+        assert (model(x_adv).argmax(1) == y).float().mean() <= 0.1
+
+
+def test_several_attacks_report_each_and_the_per_image_worst_case(tmp_path):
+    images, labels = _data(4)
+    cfg = replace(CFG, attack="none,pgd-eot", loss="margin", runs=2)
+    report = run_evaluation(tiny_wrapper(), images, labels, cfg, tmp_path, num_classes=10)
+    by_attack = report["robust_accuracy_by_attack"]
+    assert list(by_attack) == ["none", "pgd-eot"] and report["attacks"] == ["none", "pgd-eot"]
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()[1:]]
+    every = [sum(all(r["robust"][a][run][i] for a in ("none", "pgd-eot")) for r in records for i in range(r["size"])) / 4
+             for run in range(2)]
+    assert report["robust_accuracy"]["per_run"] == every
+    assert report["robust_accuracy"]["mean"] <= min(v["mean"] for v in by_attack.values())
+    assert report["threat"]["loss"] == "margin"
+    for stats in by_attack.values():
+        assert {"mean", "stderr", "all_runs", "worst_run"} <= set(stats)
+
+
+def test_evaluation_leaves_the_callers_random_state_alone_and_ignores_it(tmp_path):
+    pytest.importorskip("pyautoattack")
+    images, labels = _data(4)
+    cfg = replace(CFG, attack="pgd-eot,bpda,mask-aware,autoattack", iters=1)
+    wrapper = tiny_wrapper()  # (building the tiny models seeds the global RNG: do it first)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = run_evaluation(wrapper, images, labels, cfg, tmp_path / "a", num_classes=10)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(456)
+    second = run_evaluation(wrapper, images, labels, cfg, tmp_path / "b", num_classes=10)
+    assert _comparable(first) == _comparable(second)  # the results come from cfg.seed, not the global RNG
+    state = torch.get_rng_state()
+    sanity_checks(wrapper, images, labels, EvalConfig(iters=1, eot=1))
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_no_global_seeding_in_the_library():
+    root = Path(robustwrap.__file__).parent
+    for name in ("evaluation.py", "sanity.py", "attacks/pgd.py", "attacks/autoattack.py", "data.py"):
+        assert "manual_seed(" not in (root / name).read_text().replace("Generator().manual_seed(", "") \
+            .replace("Generator(device=device).manual_seed(", ""), name
+
+
+SANITY_NAMES = [
+    "gradient finite and non-zero",
+    "attack drives the undefended classifier to <= 5%",
+    "robust accuracy <= 10% at a huge radius",
+    "robust accuracy converged (2x -> 4x iterations falls by <= 2 se)",
+    "more iterations do not raise robust accuracy",
+]
+
+
 def test_sanity_checks_run_and_report():
     images, labels = _data(4)
     checks = sanity_checks(tiny_wrapper(), images, labels, EvalConfig(iters=2, eot=1))
-    assert [c.name for c in checks] == [
-        "gradient finite and non-zero",
-        "robust accuracy ~0 at a huge radius",
-        "more iterations do not raise robust accuracy",
-        "BPDA not much stronger than the full gradient",
-    ]
+    assert [c.name for c in checks] == SANITY_NAMES + ["BPDA not much stronger than the full gradient"]
     assert checks[0].passed
+    assert "at 2, " in checks[3].detail and "at 4, " in checks[3].detail and "at 8 iterations" in checks[3].detail
+    bare = sanity_checks(tiny_wrapper(), images, labels, EvalConfig(iters=2, eot=1, defended=False))
+    assert [c.name for c in bare] == SANITY_NAMES
+
+
+def test_sanity_flags_an_attack_that_does_nothing():
+    wrapper = tiny_wrapper()
+    images, _ = _data(6)
+    labels = wrapper.classify(images).argmax(1)  # the bare classifier is right on every image
+    weak = EvalConfig(iters=4, eot=1, eps=0.1, step_size=1e-6)  # moves nothing, like 4 iterations of a tiny step
+    checks = {c.name: c for c in sanity_checks(wrapper, images, labels, weak)}
+    assert not checks["attack drives the undefended classifier to <= 5%"].passed
+    strong = EvalConfig(iters=4, eot=1, eps=0.5, loss="margin")
+    checks = {c.name: c for c in sanity_checks(wrapper, images, labels, strong)}
+    assert checks["attack drives the undefended classifier to <= 5%"].passed
