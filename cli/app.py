@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import NoReturn, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -93,11 +94,8 @@ def _build_wrapper(classifier: str, classifier_weights: Optional[Path], diffusio
     untrained = (classifier_weights is None and not carries_weights(classifier, SHIPPED_CLASSIFIERS)) or (
         diffusion_weights is None and not carries_weights(diffusion, SHIPPED_DIFFUSION)
     )
-    if untrained and os.environ.get("RANK", "0") == "0":
-        console.print("[yellow]note:[/yellow] networks without --*-weights have random weights: "
-                      "this exercises the pipeline, its accuracy means nothing")
     try:
-        return RobustWrapper(
+        wrapper = RobustWrapper(
             build_classifier(classifier, num_classes=num_classes, channels=channels,
                              weights=str(classifier_weights) if classifier_weights else None),
             build_diffusion(diffusion, channels=channels, image_size=image_size,
@@ -107,6 +105,10 @@ def _build_wrapper(classifier: str, classifier_weights: Optional[Path], diffusio
         )
     except (ValueError, FileNotFoundError, RuntimeError, ImportError) as error:
         _fail(str(error))
+    if untrained and os.environ.get("RANK", "0") == "0":  # only once the specs are known to be valid
+        console.print("[yellow]note:[/yellow] networks without --*-weights have random weights: "
+                      "this exercises the pipeline, its accuracy means nothing")
+    return wrapper
 
 
 @app.command("export")
@@ -209,20 +211,46 @@ def export_command(
     console.print(summary)
 
 
-class AttackName(str, Enum):
-    none = "none"
-    pgd_eot = "pgd-eot"
-    bpda = "bpda"
-    autoattack = "autoattack"
-    mask_aware = "mask-aware"
-
-
 class NormName(str, Enum):
     linf = "Linf"
     l2 = "L2"
 
 
+class LossName(str, Enum):
+    ce = "ce"
+    margin = "margin"
+    dlr = "dlr"
+
+
 DEFENSES = ("none", "uniform", "heterogeneous")
+ATTACK_HELP = ("comma list of pgd-eot (full gradient through every denoiser call, with EOT), bpda (identity "
+               "backward through the purifier), mask-aware (gradient through a relaxed mask too), autoattack "
+               "(APGD-CE + APGD-DLR with EOT, needs pyautoattack) or none (clean); each is run, and an image "
+               "counts as robust only if it survives every one")
+
+
+def _num(value: float, stderr: float) -> str:
+    """A fraction as a percentage with its standard error: '62.5 ± 8.6'."""
+    return f"{100 * value:.1f} ± {100 * stderr:.1f}"
+
+
+def _require_finite(**values: Optional[float]) -> None:
+    """End the command (exit 2) on a NaN or infinite float option, before anything is built or written."""
+    import math
+
+    bad = [f"--{name.replace('_', '-')} {value}" for name, value in values.items()
+           if value is not None and not math.isfinite(value)]
+    if bad:
+        _fail(f"{', '.join(bad)}: settings must be finite numbers")
+
+
+def _subset_words(subset: dict) -> str:
+    """'64 of 1000 images of mnist5k:heldout (stratified, seed 0; 6-7 per class)'."""
+    counts = list(subset["per_class"].values())
+    spread = f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
+    how = "all" if subset["rule"] == "all" else f"stratified, seed {subset['seed']}"
+    return (f"{subset['size']} of {subset['of']} images of {subset['data']} "
+            f"({how}; {spread} per class, {len(counts)} classes)")
 
 
 @app.command("eval")
@@ -236,29 +264,36 @@ def eval_command(
     num_classes: int = typer.Option(10, min=2),
     defenses: str = typer.Option("none,uniform,heterogeneous", help="comma list of none (bare classifier), "
                                  "uniform (DiffPure baseline, same denoiser calls), heterogeneous"),
-    attack: AttackName = typer.Option(AttackName.pgd_eot),
-    norm: NormName = typer.Option(NormName.linf),
-    eps: Optional[float] = typer.Option(None, help="default 8/255 (Linf) or 0.5 (L2); 0.3 Linf for MNIST data"),
-    n_samples: Optional[int] = typer.Option(64, min=1, help="first N images of the data (0 or less: all)"),
-    batch_size: int = typer.Option(16, min=1),
+    attack: str = typer.Option("pgd-eot", help=ATTACK_HELP),
+    norm: NormName = typer.Option(NormName.linf, help="threat model: Linf (max pixel change) or L2 (Euclidean norm of the change)"),
+    eps: Optional[float] = typer.Option(None, help="radius of the threat model; default 0.3 (Linf) for MNIST data "
+                                        "(mnist5k:*, foolbox:mnist), else 8/255 (Linf) or 0.5 (L2)"),
+    loss: LossName = typer.Option(LossName.ce, help="loss PGD ascends: ce (cross-entropy), margin (Carlini-Wagner "
+                                  "margin on the scores), dlr (Croce & Hein's difference of logits ratio)"),
+    n_samples: int = typer.Option(64, min=0, help="images drawn from the data by a seeded stratified sample "
+                                  "(each class in proportion, see --seed); 0: all"),
+    batch_size: int = typer.Option(16, min=1, help="images per batch (the unit of resumption); --sanity checks one batch"),
     iters: int = typer.Option(10, min=0, help="attack iterations (the paper: 200)"),
-    step_size: Optional[float] = typer.Option(None),
+    step_size: Optional[float] = typer.Option(None, help="PGD step; default 2.5 * eps / iters, which can cross the "
+                                              "ball within the budget (Madry et al.); the paper's Linf step is 0.007"),
     eot: int = typer.Option(2, min=1, help="EOT samples per iteration (the paper: 20)"),
     surrogate_steps: Optional[int] = typer.Option(None, min=1, help="attack through `steps`=this; defend at --steps"),
     runs: int = typer.Option(1, min=1, help="R repeated evaluations of the final adversarial examples"),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="seeds the subset, every attack and the defense's noise"),
     steps: int = typer.Option(50, min=1, help="defense DDIM grid (t_l=0.2: steps/5 denoiser calls; the paper: 500)"),
-    t_l: float = typer.Option(0.2),
-    t_s: float = typer.Option(0.1),
-    votes: int = typer.Option(1, min=1),
+    t_l: float = typer.Option(0.2, help="strong-noise level t_l as a fraction of the 1000 diffusion steps (attended pixels)"),
+    t_s: float = typer.Option(0.1, help="weak-noise level t_s, fraction of 1000: below it the inpainting stage ends"),
+    votes: int = typer.Option(1, min=1, help="S purifications per image, combined by majority vote"),
     out: Path = typer.Option(Path("eval-results"), help="folder: one subfolder of results per defense"),
     resume: bool = typer.Option(False, help="continue the runs recorded in --out"),
-    sanity: bool = typer.Option(False, help="run the reviewer's sanity checks on one batch instead"),
+    sanity: bool = typer.Option(False, help="run the reviewer's sanity checks on one stratified batch of each "
+                                "--defenses instead (exit code 1 when any check fails)"),
 ) -> None:
     """Attack each defense and report clean and robust accuracy (resumable; torchrun-aware).
 
-    With no options: the shipped MNIST models on 64 held-out digits under PGD+EOT (L-inf 0.3),
-    for no defense, the uniform DiffPure baseline and the heterogeneous defense.
+    With no options: the shipped MNIST models on 64 held-out digits (a stratified sample) under
+    PGD+EOT (L-inf 0.3, 10 iterations, step 2.5 * eps / iters), for no defense, the uniform
+    DiffPure baseline and the heterogeneous defense.
     """
     import dataclasses
 
@@ -266,38 +301,58 @@ def eval_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from robustwrap import PurifyConfig
-    from robustwrap.data import load_dataset
+    from robustwrap.data import describe_subset, is_mnist, load_dataset, stratified_subset
     from robustwrap.evaluation import EvalConfig, run_evaluation
 
     chosen = [d.strip() for d in defenses.split(",") if d.strip()]
     if not chosen or any(d not in DEFENSES for d in chosen):
         _fail(f"--defenses takes a comma list of {DEFENSES}, got {defenses!r}")
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out} is a file: give a folder (one subfolder of results per defense)")
+    _require_finite(eps=eps, step_size=step_size, t_l=t_l, t_s=t_s)
+    if eps is None and norm is NormName.linf and is_mnist(data):
+        eps = 0.3  # the standard MNIST threat model
     try:
-        images, labels = load_dataset(data)
-        if eps is None and norm is NormName.linf and data.startswith("mnist"):
-            eps = 0.3  # the standard MNIST threat model
-        base = EvalConfig(attack=attack.value, norm=norm.value, eps=eps, iters=iters, step_size=step_size, eot=eot,
-                          surrogate_steps=surrogate_steps, runs=runs, seed=seed, batch_size=batch_size)
+        base = EvalConfig(attack=attack, norm=norm.value, eps=eps, iters=iters, step_size=step_size, eot=eot,
+                          loss=loss.value, surrogate_steps=surrogate_steps, runs=runs, seed=seed, batch_size=batch_size)
         defense = PurifyConfig(steps=steps, t_l=t_l, t_s=t_s, votes=votes)
+        all_images, all_labels = load_dataset(data)
+        size = min(batch_size, n_samples or batch_size) if sanity else n_samples
+        indices = stratified_subset(all_labels, size, seed)
     except (ValueError, ImportError, FileNotFoundError) as error:
         _fail(str(error))
-    if n_samples is not None and n_samples > 0:
-        images, labels = images[:n_samples], labels[:n_samples]
+    images, labels = all_images[indices], all_labels[indices]
+    subset = describe_subset(all_labels, indices, seed=seed, requested=size, spec=data)
     wrapper = _build_wrapper(classifier, classifier_weights, diffusion, diffusion_weights,
                              num_classes, images.shape[1], images.shape[-1], defense)
+    budget = (f"{norm.value} eps={base.radius:.4g}, {iters} iterations, "
+              f"step {'-' if base.step is None else f'{base.step:.3g}'}, EOT {eot}, loss {loss.value}"
+              + (f", surrogate steps {surrogate_steps}" if surrogate_steps else ""))
 
     if sanity:
-        from robustwrap.sanity import sanity_checks
+        from robustwrap.evaluation import check_inputs
+        from robustwrap.sanity import sanity_attack, sanity_checks
 
-        with console.status("running sanity checks (each attacks the batch anew)..."):
-            checks = sanity_checks(wrapper, images[:batch_size], labels[:batch_size], base)
-        table = Table(title="sanity checks")
-        for column in ("check", "result", "measured"):
-            table.add_column(column)
-        for check in checks:
-            table.add_row(check.name, "[green]ok[/green]" if check.passed else "[red]FLAGGED[/red]", check.detail)
-        console.print(table)
-        raise typer.Exit(0 if all(c.passed for c in checks) else 1)
+        try:
+            check_inputs(wrapper, images, labels, num_classes)
+        except ValueError as error:
+            _fail(str(error))
+        failed = False
+        for name in chosen:
+            cfg = dataclasses.replace(base, defended=name != "none")
+            view = wrapper.with_config(dataclasses.replace(defense, mode=name)) if name != "none" else wrapper
+            with console.status(f"{name}: running sanity checks (each attacks the batch anew)..."):
+                checks = sanity_checks(view, images, labels, cfg)
+            table = Table(title=f"sanity checks, defense {name}: {sanity_attack(cfg)} ({budget})",
+                          caption=f"on {_subset_words(subset)}; ± is one binomial standard error")
+            for column in ("check", "result", "measured"):
+                table.add_column(column)
+            for check in checks:
+                table.add_row(check.name, "[green]ok[/green]" if check.passed else "[red]FLAGGED[/red]", check.detail)
+            console.print(table)
+            failed = failed or not all(c.passed for c in checks)
+        console.print("[red]some checks FLAGGED[/red]: exit code 1" if failed else "all checks passed")
+        raise typer.Exit(1 if failed else 0)
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
@@ -313,35 +368,111 @@ def eval_command(
             for name in chosen:
                 cfg = dataclasses.replace(base, defended=name != "none")
                 view = wrapper.with_config(dataclasses.replace(defense, mode=name)) if name != "none" else wrapper
-                task = progress.add_task(f"{name}: {attack.value} on {len(labels)} images", total=None)
+                task = progress.add_task(f"{name}: {base.attack} on {len(labels)} images", total=None)
                 reports[name] = run_evaluation(
-                    view, images, labels, cfg, out / name, num_classes=num_classes, resume=resume,
+                    view, images, labels, cfg, out / name, num_classes=num_classes, resume=resume, subset=subset,
                     description={**description, "defense_name": name},
                     on_batch=lambda done, total, task=task: progress.update(task, completed=done, total=total),
                 )
-    except (ValueError, FileExistsError, RuntimeError, ImportError, FileNotFoundError) as error:
+    except (ValueError, FileExistsError, RuntimeError, ImportError, FileNotFoundError, NotADirectoryError) as error:
         _fail(str(error))
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     if rank != 0:
         return
-    table = Table(title=f"{attack.value} ({norm.value}, eps={base.radius:.4g}, {iters} iterations, EOT {eot}) "
-                        f"on {len(labels)} images of {data}")
-    for column in ("defense", "denoiser calls", "clean accuracy", "robust accuracy", "worst of runs", "time"):
-        table.add_column(column, no_wrap=column == "defense")
+    attacks = base.attacks
+    defended = [n for n in reports if n != "none"]
+    calls = (f"; {' and '.join(defended)}: {wrapper.plan.denoiser_calls} denoiser calls x {defense.votes} vote(s)"
+             if defended else "")
+    times = ", ".join(f"{name} {report['seconds']:.0f} s" for name, report in reports.items())
+    table = Table(title=f"accuracy (%) under {', '.join(attacks)} ({budget})", box=box.SIMPLE_HEAD, pad_edge=False,
+                  caption=f"on {_subset_words(subset)}; ± is one binomial standard error over the images"
+                          + (f"; accuracies are means over {runs} runs" if runs > 1 else "")
+                          + ("; all attacks: robust to every attack (per-image worst case)" if len(attacks) > 1 else "")
+                          + (f"; worst run: the lowest of the {runs} runs; all {runs} runs: robust in every run"
+                             if runs > 1 else "") + calls + f"; time: {times}")
+    for column in ("defense", "clean", "attack", "robust"):
+        table.add_column(column, no_wrap=True)
+    if runs > 1:
+        table.add_column("worst run", no_wrap=True)
+        table.add_column(f"all {runs} runs", no_wrap=True)
     for name, report in reports.items():
-        clean, robust = report["clean_accuracy"], report["robust_accuracy"]
-        table.add_row(
-            name,
-            "0" if name == "none" else f"{wrapper.plan.denoiser_calls} x {defense.votes}",
-            f"{clean['mean']:.1%} ± {clean['std']:.1%}",
-            f"{robust['mean']:.1%} ± {robust['std']:.1%} (se {robust['stderr']:.1%})",
-            f"{report['robust_accuracy_worst_run']:.1%}",
-            f"{report['seconds']:.0f} s",
-        )
+        clean = report["clean_accuracy"]
+        rows = [(a, report["robust_accuracy_by_attack"][a]) for a in attacks]
+        if len(attacks) > 1:
+            rows.append(("all attacks", {**report["robust_accuracy"], "worst_run": report["robust_accuracy_worst_run"],
+                                         "all_runs": report["robust_accuracy_all_runs"],
+                                         "stderr_all_runs": report["robust_accuracy_all_runs_stderr"]}))
+        for position, (label, stats) in enumerate(rows):
+            row = [name if position == 0 else "", _num(clean["mean"], clean["stderr"]) if position == 0 else "",
+                   label, _num(stats["mean"], stats["stderr"])]
+            if runs > 1:
+                worst = stats["worst_run"]
+                row += [_num(worst, (worst * (1 - worst) / len(labels)) ** 0.5),
+                        _num(stats["all_runs"], stats["stderr_all_runs"])]
+            table.add_row(*row, end_section=position == len(rows) - 1 and len(rows) > 1)
     console.print(table)
     console.print(f"reports: {out}/<defense>/report.json")
+
+
+class Background(str, Enum):
+    auto = "auto"
+    black = "black"
+    white = "white"
+
+
+DARK_BACKGROUND_MODELS = ("mnist",)  # classifier specs trained on light digits on a dark background
+
+
+def _unique_stems(paths: list[Path]) -> list[str]:
+    """Output stems, one per input, never the same twice (same-named inputs get -2, -3, ...)."""
+    used: set[str] = set()
+    stems = []
+    for path in paths:
+        stem, count = path.stem, 1
+        while stem in used:
+            count += 1
+            stem = f"{path.stem}-{count}"
+        used.add(stem)
+        stems.append(stem)
+    return stems
+
+
+def load_picture(path: Path, *, channels: int, background: int, invert: bool = False):
+    """An image file as a PIL image of ``channels`` (1: "L", else "RGB"), and warnings about it.
+
+    Transparent pixels are composited on ``background`` (0 black, 255 white: what the model was
+    trained on), after ``invert`` (which inverts colours, not alpha). On a black background
+    (MNIST-like models: light strokes on dark) a mostly bright image is warned about, and so is
+    an image whose opaque pixels are about as dark as the background (they would vanish).
+    """
+    import numpy as np
+    from PIL import Image, ImageChops
+
+    picture = Image.open(path)
+    picture.load()
+    warnings = []
+    has_alpha = picture.mode in ("RGBA", "LA", "PA") or (picture.mode == "P" and "transparency" in picture.info)
+    if has_alpha:
+        rgba = picture.convert("RGBA")
+        colour, alpha = rgba.convert("RGB"), rgba.getchannel("A")
+        if invert:
+            colour = ImageChops.invert(colour)
+        grey, opacity = np.asarray(colour.convert("L"), dtype=np.float32), np.asarray(alpha)
+        opaque = grey[opacity >= 128]
+        if background == 0 and opaque.size and opaque.mean() < 64:
+            warnings.append("its opaque pixels are about as dark as the model's black background, so the picture "
+                            "all but vanishes once transparency is filled; pass --invert for dark strokes")
+        picture = Image.composite(colour, Image.new("RGB", rgba.size, (background,) * 3), alpha)
+    elif invert:
+        picture = ImageChops.invert(picture.convert("RGB"))
+    picture = picture.convert("L" if channels == 1 else "RGB")
+    brightness = float(np.asarray(picture.convert("L"), dtype=np.float32).mean()) / 255
+    if background == 0 and brightness > 0.5:
+        warnings.append(f"it is mostly bright (mean {brightness:.2f}) but the model was trained on light strokes on "
+                        "a dark background (MNIST): its labels and mask mean little; pass --invert for dark-on-light")
+    return picture, warnings
 
 
 @app.command("purify")
@@ -357,10 +488,13 @@ def purify_command(
     channels: Optional[int] = typer.Option(None, min=1, help="the models' channels; default: 1 for mnist, else 3"),
     image_size: Optional[int] = typer.Option(None, min=8, help="the models' input size; default: 28 for mnist, "
                                              "32 for cifar10-resnet18 and small models, else what the classifier declares"),
-    steps: int = typer.Option(50, min=1),
-    t_l: float = typer.Option(0.2),
-    t_s: float = typer.Option(0.1),
-    seed: int = typer.Option(0),
+    steps: int = typer.Option(50, min=1, help="DDIM grid over 1000 steps (t_l=0.2: steps/5 denoiser calls)"),
+    t_l: float = typer.Option(0.2, help="strong-noise level t_l as a fraction of the 1000 diffusion steps (attended pixels)"),
+    t_s: float = typer.Option(0.1, help="weak-noise level t_s, fraction of 1000: below it the inpainting stage ends"),
+    background: Background = typer.Option(Background.auto, help="what transparent pixels become: auto = the model's "
+                                          "training background (black for mnist, else white)"),
+    invert: bool = typer.Option(False, help="invert the images first (e.g. dark digits on white paper for mnist)"),
+    seed: int = typer.Option(0, help="seeds the purification noise"),
 ) -> None:
     """Purify images and draw input | attention map | mask | purified for each (the paper's Figure 5)."""
     import numpy as np
@@ -373,21 +507,36 @@ def purify_command(
     missing = [str(p) for p in images if not p.is_file()]
     if missing:
         _fail(f"no such image file: {', '.join(missing)}")
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out} is a file: give a folder for the purified images and figures")
+    _require_finite(t_l=t_l, t_s=t_s)
     channels = channels or (1 if classifier == "mnist" else 3)
     image_size = image_size or (28 if classifier == "mnist" else 32)
+    try:
+        config = PurifyConfig(steps=steps, t_l=t_l, t_s=t_s)
+    except ValueError as error:
+        _fail(str(error))
     wrapper = _build_wrapper(classifier, classifier_weights, diffusion, diffusion_weights, num_classes, channels,
-                             image_size, PurifyConfig(steps=steps, t_l=t_l, t_s=t_s))
+                             image_size, config)
     image_size = wrapper.image_size[0] if wrapper.image_size else image_size
+    if background is Background.auto:
+        background = Background.black if classifier in DARK_BACKGROUND_MODELS else Background.white
+    fill = 0 if background is Background.black else 255
+    pictures = []
+    for path in images:
+        try:
+            picture, warnings = load_picture(path, channels=channels, background=fill, invert=invert)
+        except OSError as error:
+            _fail(f"{path} is not an image PIL can read ({error})")
+        for warning in warnings:
+            console.print(f"[yellow]warning:[/yellow] {path.name}: {warning}")
+        pictures.append(picture)
     out.mkdir(parents=True, exist_ok=True)
     table = Table(title="purified")
     for column in ("image", "label before", "label after", "attended", "figure"):
         table.add_column(column)
     generator = torch.Generator().manual_seed(seed)
-    for path in images:
-        try:
-            picture = Image.open(path).convert("L" if channels == 1 else "RGB")
-        except OSError as error:
-            _fail(f"{path} is not an image PIL can read ({error})")
+    for path, stem_name, picture in zip(images, _unique_stems(images), pictures):
         if picture.size != (image_size, image_size):
             console.print(f"note: {path.name} is {picture.size[0]}x{picture.size[1]}; resized to {image_size}x{image_size}")
             picture = picture.resize((image_size, image_size), Image.BILINEAR)
@@ -399,11 +548,13 @@ def purify_command(
             before, after = wrapper.classify(x).argmax(1).item(), wrapper.classify(purified).argmax(1).item()
         resize = torch.nn.functional.interpolate
         attention, mask = (resize(m, size=x.shape[-2:], mode="nearest") for m in (attention, mask))
-        stem = out / path.stem
+        stem = out / stem_name
         purified_png = (purified[0].clamp(0, 1).numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8)
         Image.fromarray(purified_png.squeeze(-1) if channels == 1 else purified_png).save(f"{stem}.purified.png")
-        Image.fromarray(defense_figure(x[0], attention[0], mask[0], purified[0])).save(f"{stem}.figure.png")
-        table.add_row(path.name, str(before), str(after), f"{mask.mean().item():.0%}", f"{stem}.figure.png")
+        titles = (f"input: label {before}", "attention", f"mask ({mask.mean().item():.0%} attended)",
+                  f"purified: label {after}")
+        Image.fromarray(defense_figure(x[0], attention[0], mask[0], purified[0], titles=titles)).save(f"{stem}.figure.png")
+        table.add_row(str(path), str(before), str(after), f"{mask.mean().item():.0%}", f"{stem}.figure.png")
     console.print(table)
 
 

@@ -1,4 +1,4 @@
-"""Pictures of what the defense does (the paper's Figure 5): input | attention | mask | purified."""
+"""Pictures of what the defense does (the paper's Figure 5): input | attention | mask | purified, titled."""
 
 from __future__ import annotations
 
@@ -15,7 +15,11 @@ def to_rgb_uint8(image: Tensor) -> np.ndarray:
 
 def heat(values: Tensor) -> np.ndarray:
     """(1, H, W) map in [0, 1] -> (H, W, 3) uint8, dark blue (0) through red to yellow (1)."""
-    v = values.detach().float().clamp(0, 1).cpu().numpy()[0]
+    return _heat(values.detach().float().clamp(0, 1).cpu().numpy()[0])
+
+
+def _heat(v: np.ndarray) -> np.ndarray:
+    """(H, W) array in [0, 1] -> (H, W, 3) uint8 (the colour map of :func:`heat`)."""
     rgb = np.stack([np.clip(2 * v, 0, 1), np.clip(2 * v - 1, 0, 1), np.clip(0.5 - v, 0, 1)], axis=-1)
     return (rgb * 255).round().astype(np.uint8)
 
@@ -31,10 +35,68 @@ def panel_strip(panels: list[np.ndarray], scale: int = 4, gap: int = 4) -> np.nd
     return np.concatenate(pieces, axis=1)
 
 
-def defense_figure(image: Tensor, attention: Tensor, mask: Tensor, purified: Tensor, scale: int = 4) -> np.ndarray:
-    """(H', W', 3) uint8 strip: input | attention map | mask | purified, all at the input size.
+PANEL_MIN = 160  # the smallest side a panel is drawn at, in pixels (readable without zooming)
+
+
+def _font(size: int):
+    from PIL import ImageFont  # noqa: PLC0415
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: a fixed bitmap font
+        return ImageFont.load_default()
+
+
+def defense_figure(
+    image: Tensor,
+    attention: Tensor,
+    mask: Tensor,
+    purified: Tensor,
+    scale: int | None = None,
+    titles: tuple[str, str, str, str] = ("input", "attention", "mask", "purified"),
+) -> np.ndarray:
+    """(H', W', 3) uint8 figure: input | attention map + colour bar | mask | purified, titled.
+
+    Each panel is upscaled (nearest) to at least :data:`PANEL_MIN` pixels; a colour bar gives the
+    attention scale (0 to 1), and a note under the panels says that white in the mask marks the
+    attended pixels, which get the strong noise (t_l), and black the weak noise (t_s).
 
     Args:
-        image, purified: (C, H, W) in [0, 1]; attention, mask: (1, H, W) in [0, 1].
+        image, purified: (C, H, W) in [0, 1]; attention, mask: (1, H, W) in [0, 1], same H, W.
+        scale: upscaling factor (default: the smallest that reaches PANEL_MIN).
+        titles: the four panel titles (e.g. with the predicted labels).
     """
-    return panel_strip([to_rgb_uint8(image), heat(attention), to_rgb_uint8(mask), to_rgb_uint8(purified)], scale)
+    from PIL import Image, ImageDraw  # noqa: PLC0415
+
+    height = image.shape[-2]
+    scale = scale or max(1, -(-PANEL_MIN // height))
+    panels = [to_rgb_uint8(image), heat(attention), to_rgb_uint8(mask), to_rgb_uint8(purified)]
+    panels = [p.repeat(scale, axis=0).repeat(scale, axis=1) for p in panels]
+    ph, pw = panels[0].shape[:2]
+    title_font, small_font = _font(16), _font(13)
+    gap, top, bar_width, bar_room, bottom = 16, 30, 14, 44, 40
+    widths = [pw, pw + bar_room, pw, pw]
+    width = gap + sum(w + gap for w in widths)
+    canvas = Image.new("RGB", (width, top + ph + bottom), "white")
+    draw = ImageDraw.Draw(canvas)
+    x = gap
+    for index, (panel, title) in enumerate(zip(panels, titles)):
+        canvas.paste(Image.fromarray(panel), (x, top))
+        draw.rectangle([x - 1, top - 1, x + pw, top + ph], outline=(120, 120, 120))
+        text_width = draw.textlength(title, font=title_font)
+        draw.text((x + (pw - text_width) / 2, 6), title, fill="black", font=title_font)
+        if index == 1:  # colour bar for the attention map
+            ramp = np.linspace(1, 0, ph, dtype=np.float32)[:, None].repeat(bar_width, axis=1)
+            bar_x = x + pw + 6
+            canvas.paste(Image.fromarray(_heat(ramp)), (bar_x, top))
+            draw.rectangle([bar_x - 1, top - 1, bar_x + bar_width, top + ph], outline=(120, 120, 120))
+            draw.text((bar_x + bar_width + 3, top - 4), "1", fill="black", font=small_font)
+            draw.text((bar_x + bar_width + 3, top + ph - 12), "0", fill="black", font=small_font)
+        x += widths[index] + gap
+    note = "mask: white = attended pixels, strong noise (t_l); black = weak noise (t_s)"
+    mask_x = gap + widths[0] + gap + widths[1] + gap
+    note_width = draw.textlength(note, font=small_font)
+    note_x = min(max(gap, mask_x + pw / 2 - note_width / 2), width - gap - note_width)
+    draw.text((max(gap, note_x), top + ph + 12), note, fill="black", font=small_font)
+    return np.asarray(canvas)
+

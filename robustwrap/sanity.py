@@ -63,6 +63,8 @@ def sanity_checks(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: E
     1. Gradients through the full pipeline are finite and non-zero.
     2. The same attack (same eps, iterations, step rule, EOT, loss) drives the *undefended*
        classifier to at most 5% accuracy: otherwise the attack is too weak for any claim.
+       Flagged too when the bare classifier is at most 5% accurate on the clean images
+       (random weights, wrong data): then nothing shows that the attack works.
     3. At a radius that can erase the image (L-inf 1, L2 1000) it reaches <= 10%.
     4. Robust accuracy at 1x, 2x and 4x the iterations (the default step follows the budget,
        2.5 * eps / iterations) is reported; flagged if it still falls by more than two
@@ -82,7 +84,7 @@ def sanity_checks(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: E
     attack = sanity_attack(cfg)
     pgd = dataclasses.replace(cfg, attack=attack, runs=1)
     n = images.shape[0]
-    budget = (f"{attack} {cfg.norm} eps={pgd.radius:g}, {pgd.iters} iterations, step {pgd.step:.3g}, "
+    budget = (f"{attack} {cfg.norm} eps={pgd.radius:.4g}, {pgd.iters} iterations, step {pgd.step:.3g}, "
               f"EOT {pgd.eot}, loss {pgd.loss}")
     checks = []
 
@@ -92,11 +94,15 @@ def sanity_checks(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: E
     finite, norm = bool(torch.isfinite(gradient).all()), float(gradient.abs().sum())
     checks.append(Check("gradient finite and non-zero", finite and norm > 0, f"finite={finite}, sum |grad|={norm:.3g}"))
 
+    with torch.no_grad():
+        clean = float((wrapper.classify(images).argmax(1) == labels).float().mean())
     bare = _accuracy(wrapper, images, labels, dataclasses.replace(pgd, defended=False), tag=2)
+    note = (" (iters 0: no attack was asked for)" if iters_zero else
+            " (the bare classifier is already wrong on clean images: nothing shows the attack works)"
+            if clean <= UNDEFENDED_CEILING else "")
     checks.append(Check(f"attack drives the undefended classifier to <= {UNDEFENDED_CEILING:.0%}",
-                        bare <= UNDEFENDED_CEILING and not iters_zero,
-                        f"{bare:.1%} ± {_stderr(bare, n):.1%} of {n} images under {budget}"
-                        + (" (--iters 0: no attack was asked for)" if iters_zero else "")))
+                        bare <= UNDEFENDED_CEILING and clean > UNDEFENDED_CEILING and not iters_zero,
+                        f"clean {clean:.1%} -> {bare:.1%} ± {_stderr(bare, n):.1%} of {n} images under {budget}{note}"))
 
     huge = dataclasses.replace(pgd, eps=1.0 if cfg.norm == "Linf" else 1e3, step_size=None)
     large = _accuracy(wrapper, images, labels, huge, tag=3)

