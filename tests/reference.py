@@ -1,6 +1,6 @@
 """Independent, slow reference implementation of the robustwrap algorithm.
 
-Written only from DESIGN.md section 1 ("The algorithm, exactly") plus the test brief;
+Written only from docs/algorithm.md (the algorithm as specified) plus the test brief;
 it deliberately does not import or mirror anything from ``robustwrap``.
 Everything is computed in float64 with plain Python loops.
 """
@@ -32,7 +32,7 @@ def reference_mask(activations, size, p=2.0, root=False, normalization="minmax",
     Per stage: G = sum_c |A|^p (optionally ** (1/p)), bilinear upsample
     (align_corners=False) to ``size``, per-image min-max or softmax normalisation;
     element-wise max over stages; then threshold at ``tau`` or keep the top
-    k = max(1, round(top_fraction * H * W)) pixels of each image.
+    k = max(1, floor(top_fraction * H * W)) pixels of each image.
     """
     H, W = size
     combined = None
@@ -59,7 +59,7 @@ def reference_mask(activations, size, p=2.0, root=False, normalization="minmax",
         if rule == "threshold":
             mask[b, 0] = (m >= tau).to(torch.float64)
         elif rule == "top_fraction":
-            k = max(1, round(top_fraction * H * W))
+            k = max(1, int(top_fraction * H * W))  # floor, as the reference code
             idx = torch.topk(m.reshape(-1), k).indices
             flat = torch.zeros(H * W, dtype=torch.float64)
             flat[idx] = 1.0

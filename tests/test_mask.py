@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from robustwrap.mask import attention_map, binarize
+import timm
+
+from robustwrap.mask import attention_map, binarize, soft_mask, top_count
 
 
 def _hand_built_stages():
@@ -51,3 +53,49 @@ def test_minmax_map_is_in_unit_range_and_per_image():
     attention = attention_map(activations, (16, 16))
     assert attention.shape == (4, 1, 16, 16)
     assert torch.all(attention.amax(dim=(1, 2, 3)) == 1) and torch.all(attention.amin(dim=(1, 2, 3)) >= 0)
+
+
+def test_top_fraction_floors_k_like_the_reference_code():
+    # 0.15 * 32 * 32 = 153.6: the paper's code keeps 153 pixels (rounding would keep 154).
+    attention = torch.rand(3, 1, 32, 32)
+    assert binarize(attention, "top_fraction", top_fraction=0.15).sum(dim=(1, 2, 3)).tolist() == [153.0] * 3
+    assert top_count(1024, 0.15) == 153 and top_count(10, 0.01) == 1  # at least one pixel
+
+
+def test_a_flat_stage_map_marks_no_pixel():
+    # ResNet-50's layer4 is 1x1 at 32x32 input: upsampled, its range is float rounding, and
+    # min-max normalisation used to stretch that into [0, 1] and mark random pixels.
+    informative_stage = torch.zeros(2, 4, 8, 8)
+    informative_stage[:, :, 2, 3] = 1.0
+    one_by_one = torch.rand(2, 16, 1, 1) * 30
+    nearly_flat = 1.0 + 1.2e-7 * torch.arange(16.0).view(1, 1, 4, 4).expand(2, 3, 4, 4)  # float steps near 1
+    attention = attention_map([informative_stage, one_by_one, nearly_flat], (32, 32))
+    alone = attention_map([informative_stage], (32, 32))
+    torch.testing.assert_close(attention, alone)
+    mask = binarize(attention, "threshold", tau=0.9)
+    assert 0 < mask.sum() < 20 * 2
+    assert binarize(attention_map([one_by_one], (32, 32)), "threshold", tau=0.9).sum() == 0
+
+
+def test_resnet50_at_32_pixels_marks_only_pixels_its_informative_stages_mark():
+    model = timm.create_model("resnet50", pretrained=False).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        maps = model.forward_intermediates(x, indices=[1, 2, 3, 4], output_fmt="NCHW", intermediates_only=True)
+    assert maps[-1].shape[-2:] == (1, 1)
+    with_flat = binarize(attention_map(maps, (32, 32)), "threshold", tau=0.9)
+    without = binarize(attention_map(maps[:-1], (32, 32)), "threshold", tau=0.9)
+    torch.testing.assert_close(with_flat, without)
+
+
+def test_soft_mask_tends_to_the_binary_mask_and_carries_gradient():
+    attention = torch.rand(2, 1, 8, 8, requires_grad=True)
+    for rule in ("threshold", "top_fraction"):
+        hard = binarize(attention.detach(), rule, tau=0.7, top_fraction=0.25)
+        soft = soft_mask(attention, rule, tau=0.7, top_fraction=0.25, temperature=1e-4)
+        away_from_cut = (attention.detach() - (0.7 if rule == "threshold" else attention.detach().flatten(1).topk(16, 1).values[:, -1].view(-1, 1, 1, 1))).abs() > 1e-2
+        torch.testing.assert_close(soft[away_from_cut], hard[away_from_cut], atol=1e-6, rtol=0)
+        (gradient,) = torch.autograd.grad(soft_mask(attention, rule, 0.7, 0.25, 0.1).sum(), attention)
+        assert torch.isfinite(gradient).all() and gradient.abs().sum() > 0
+    with pytest.raises(ValueError, match="temperature"):
+        soft_mask(attention, temperature=0.0)
