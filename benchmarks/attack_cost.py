@@ -33,7 +33,7 @@ SETTINGS = {
 
 
 def build(steps: int, checkpoint: bool, surrogate_steps: int | None) -> RobustWrapper:
-    wrapper = RobustWrapper(build_classifier("mnist"), build_diffusion("mnist"), PurifyConfig(steps=steps, checkpoint=checkpoint))
+    wrapper = RobustWrapper(build_classifier("mnist"), build_diffusion("mnist"), PurifyConfig(steps=steps, grad_checkpoint=checkpoint))
     return wrapper.with_config(replace(wrapper.config, steps=surrogate_steps)) if surrogate_steps else wrapper
 
 

@@ -126,11 +126,11 @@ def resampling(batch: int, size: int, repeats: int) -> str:
 
 
 def checkpoint_memory(batch: int, size: int) -> str:
-    rows = [memory(dict(steps=steps, t_l=0.2, t_s=0.1, checkpoint=True), batch, size) for steps in (25, 250)]
+    rows = [memory(dict(steps=steps, t_l=0.2, t_s=0.1, grad_checkpoint=True), batch, size) for steps in (25, 250)]
     table = "\n".join(f"| {r['calls']} | {r['peak_mib']:.0f} MiB | {r['saved_mib']:.1f} MiB |" for r in rows)
     return (
         f"### Full-gradient backward with per-call checkpointing: 50 vs 5 denoiser calls\n\n"
-        f"Batch {batch} at {size}x{size}, checkpoint=True (steps 25 and 250 at t_l = 0.2).\n\n"
+        f"Batch {batch} at {size}x{size}, grad_checkpoint=True (steps 25 and 250 at t_l = 0.2).\n\n"
         f"| denoiser calls | peak memory (forward + backward) | saved for backward |\n|---|---|---|\n{table}\n\n"
         f"Ratio 50 / 5 calls: **{rows[1]['peak_mib'] / rows[0]['peak_mib']:.2f}x** peak memory (target <= 1.5x), "
         f"{rows[1]['saved_mib'] / rows[0]['saved_mib']:.2f}x saved-for-backward.\n"

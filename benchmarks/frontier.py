@@ -259,7 +259,6 @@ def main() -> None:
             clean = (predict(wrapper, base, x, seed=7, batch=32) == y).float().mean().item()
             robust = (predict(wrapper, base, x_adv, seed=8, batch=32) == y).float().mean().item()
             calls = wrapper.plan.denoiser_calls * votes
-            wrapper.close()
             records.add({"phase": "cost", "name": label, "setting": base.name, "steps": base.steps * steps_factor,
                          "votes": votes, "calls": calls, "clean": clean, "robust": robust,
                          "seconds": round(time.perf_counter() - start, 1)})
@@ -267,8 +266,6 @@ def main() -> None:
 
     if not args.quick:
         report(records, defenses, best, args)
-    for wrapper in wrappers.values():
-        wrapper.close()
 
 
 def report(records: Records, defenses: list[Defense], best: dict, args: argparse.Namespace) -> None:

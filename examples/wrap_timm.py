@@ -28,19 +28,18 @@ def main() -> None:
 
     # The two lines: wrap, then call. ImageNet-style settings (top-15% mask), fewer steps for a CPU.
     config = replace(PurifyConfig.imagenet(), steps=50, votes=4)
-    wrapper = RobustWrapper(classifier, diffusion, config, image_size=96)
+    wrapper = RobustWrapper(classifier, diffusion, config)
 
     images = torch.rand(2, 3, 96, 96)
     start = time.perf_counter()
     probs = wrapper(images, generator=torch.Generator().manual_seed(0))
     elapsed = time.perf_counter() - start
     mask = wrapper.mask(images)
-    print(f"stages hooked: {wrapper.blocks}")
-    print(f"purified at {wrapper.diffusion_size}, classified at {wrapper.image_size}")
+    print(f"stage maps: {wrapper.stages.describe()}")
+    print(f"purified at {wrapper.diffusion_size_for(images)}, classified at {tuple(images.shape[-2:])}")
     print(f"{wrapper.plan.denoiser_calls} denoiser calls x {config.votes} votes in {elapsed:.2f} s")
     print(f"attended fraction per image: {mask.mean(dim=(1, 2, 3)).tolist()}")
     print(f"mean probabilities: {probs.shape}, labels by majority vote: {wrapper.predict(images).tolist()}")
-    wrapper.close()
 
 
 if __name__ == "__main__":

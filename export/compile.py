@@ -34,8 +34,9 @@ class CompiledWrapper(nn.Module):
 
     def vote_probabilities(self, x: Tensor, *, noise: Tensor | None = None) -> Tensor:
         """(S, B, K) class probabilities of each purification."""
-        x = self.wrapper._check(x, noise, self.wrapper.config.votes)
-        return self._pipeline(x, noise)
+        x = self.wrapper.validate(x, noise=noise)
+        with self.wrapper.stages.attached(self.wrapper.classifier):  # any hooks go on outside the graph
+            return self._pipeline(x, noise)
 
     def forward(self, x: Tensor, *, noise: Tensor | None = None) -> Tensor:
         """(B, K) mean class probabilities over the votes, as ``RobustWrapper.forward``."""
@@ -54,5 +55,6 @@ def compile_wrapper(wrapper: RobustWrapper, **compile_options: Any) -> CompiledW
 
 def graph_breaks(wrapper: RobustWrapper, x: Tensor, noise: Tensor | None = None) -> list[str]:
     """Reasons dynamo would break the wrapper's graph on input ``x`` (empty = one graph)."""
-    explanation = torch._dynamo.explain(lambda images, n: wrapper.vote_probabilities(images, noise=n))(x, noise)
+    with wrapper.stages.attached(wrapper.classifier):
+        explanation = torch._dynamo.explain(lambda images, n: wrapper.vote_probabilities(images, noise=n))(x, noise)
     return [str(reason.reason) for reason in explanation.break_reasons]

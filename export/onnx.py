@@ -48,7 +48,7 @@ def wrapper_metadata(wrapper: RobustWrapper, noise: NoiseMode, with_purified: bo
         "channels": wrapper.channels,
         "image_size": list(wrapper.image_size) if wrapper.image_size else None,
         "diffusion_size": list(wrapper.diffusion_size) if wrapper.diffusion_size else None,
-        "blocks": list(wrapper.blocks),
+        "stages": wrapper.stages.describe(),
         "with_purified": with_purified,
     }
 
@@ -79,7 +79,7 @@ def export_onnx(
 
     Steps and votes are fixed at export time (the loop is unrolled). ``noise="in_graph"``
     draws fresh noise per run (``RandomNormalLike``); ``"explicit"`` adds a ``noise`` input of
-    shape (B, K, S, C, Hd, Wd), making the graph deterministic and comparable with eager.
+    shape (B, D, S, C, Hd, Wd) (D noise draws), making the graph deterministic and comparable with eager.
 
     The file is written under a temporary name in the target folder, checked with
     ``onnx.checker`` (full check, with shape inference), then renamed: a failure leaves
@@ -108,7 +108,7 @@ def export_onnx(
     metadata = wrapper_metadata(wrapper, noise, with_purified)
 
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), wrapper.stages.attached(wrapper.classifier):
             warnings.filterwarnings("ignore", message=".*axis name: batch will not be used")  # images and noise share it
             program = torch.onnx.export(
                 graph,

@@ -7,12 +7,13 @@
 
 from .adapters import DiffusersUNetEps, EDMDenoiserEps, EpsModel, LearnedSigmaEps, as_eps_model
 from .config import PurifyConfig
-from .hooks import StageHooks, infer_stage_modules
-from .mask import attention_map, binarize
+from .hooks import HookedStages, infer_stage_modules, last_activations
+from .mask import attention_map, binarize, soft_mask
 from .noise import NoiseSource
 from .sampler import purify_latent
+from .stages import OwnStageMaps, StageSource, TimmIntermediates, infer_stage_source
 from .schedule import SamplingPlan, ddim_grid, linear_alphas_cumprod, make_plan
-from .vote import vote_labels
+from .vote import log_mean_probability, vote_labels
 from .wrapper import RobustWrapper
 
 __version__ = "0.1.0"
@@ -25,10 +26,16 @@ __all__ = [
     "DiffusersUNetEps",
     "EDMDenoiserEps",
     "as_eps_model",
-    "StageHooks",
+    "StageSource",
+    "TimmIntermediates",
+    "HookedStages",
+    "OwnStageMaps",
+    "infer_stage_source",
     "infer_stage_modules",
+    "last_activations",
     "attention_map",
     "binarize",
+    "soft_mask",
     "NoiseSource",
     "purify_latent",
     "SamplingPlan",
@@ -36,4 +43,5 @@ __all__ = [
     "linear_alphas_cumprod",
     "make_plan",
     "vote_labels",
+    "log_mean_probability",
 ]

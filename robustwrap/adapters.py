@@ -103,6 +103,24 @@ def diffusion_input_spec(diffusion: nn.Module) -> tuple[int | None, tuple[int, i
     return (int(channels) if channels else None), (tuple(size) if size else None)  # type: ignore[return-value]
 
 
+def diffusion_size_multiple(diffusion: nn.Module) -> int:
+    """The factor the diffusion network's input size must be divisible by (1 when unknown).
+
+    A UNet halves the resolution at each level but the last: 2 ** (levels - 1). Read from
+    ``size_multiple`` if the network declares it, ``channel_mults`` (our UNets) or a diffusers
+    config's ``down_block_types``.
+    """
+    net = diffusion.inner if isinstance(diffusion, EpsModel) else diffusion
+    declared = getattr(net, "size_multiple", None)
+    if isinstance(declared, int) and declared >= 1:
+        return declared
+    mults = getattr(net, "channel_mults", None)
+    config = getattr(net, "config", None)
+    blocks = config.get("down_block_types") if isinstance(config, dict) else getattr(config, "down_block_types", None)
+    levels = len(mults) if isinstance(mults, (list, tuple)) else len(blocks) if isinstance(blocks, (list, tuple)) else 1
+    return 2 ** max(levels - 1, 0)
+
+
 __all__ = [
     "EpsModel",
     "LearnedSigmaEps",
@@ -110,4 +128,5 @@ __all__ = [
     "EDMDenoiserEps",
     "as_eps_model",
     "diffusion_input_spec",
+    "diffusion_size_multiple",
 ]

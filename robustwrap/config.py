@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import InitVar, dataclass, field
 from typing import Literal
 
 NUM_TRAIN_STEPS = 1000  # the DDPM schedule the diffusion models were trained with
@@ -16,7 +17,7 @@ VoteRule = Literal["hard", "soft"]
 
 @dataclass(frozen=True)
 class PurifyConfig:
-    """Everything that decides what the defense computes (DESIGN.md section 1).
+    """Everything that decides what the defense computes (docs/algorithm.md).
 
     Timesteps are fractions of the 1000 training steps: ``t_l = 0.2`` is timestep 200.
     The defaults are the reference code's CIFAR-10 settings; :meth:`imagenet` gives the
@@ -39,12 +40,19 @@ class PurifyConfig:
     top_fraction: float = 0.15            # fraction of pixels per image marked as attended
     p: float = 2.0                        # G = sum_c |A_c|^p
     p_root: bool = False                  # take the p-th root of G (the paper's text; not the code)
-    normalization: MaskNormalization = "minmax"  # per-image map normalisation before the union
+    attention_norm: MaskNormalization = "minmax"  # per-image map normalisation before the union
     votes: int = 1                        # S stochastic purifications per image, run as one batch
     vote: VoteRule = "hard"               # "hard" majority of labels or "soft" mean probability
-    checkpoint: bool = False              # recompute each denoiser call in backward (saves memory)
+    grad_checkpoint: bool = False         # recompute each denoiser call in backward (saves memory)
+    # Deprecated keyword aliases (one release): normalization= -> attention_norm=, checkpoint= -> grad_checkpoint=.
+    normalization: InitVar[MaskNormalization | None] = field(default=None, repr=False)
+    checkpoint: InitVar[bool | None] = field(default=None, repr=False)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, normalization: MaskNormalization | None, checkpoint: bool | None) -> None:
+        for old, new, value in (("normalization", "attention_norm", normalization), ("checkpoint", "grad_checkpoint", checkpoint)):
+            if value is not None:
+                warnings.warn(f"PurifyConfig({old}=...) is deprecated; use {new}=", DeprecationWarning, stacklevel=3)
+                object.__setattr__(self, new, value)
         problems = []
         if not 0.0 < self.t_l < 1.0:
             problems.append(f"t_l must be in (0, 1), got {self.t_l}")
@@ -72,7 +80,7 @@ class PurifyConfig:
             ("resampling", Resampling.__args__),
             ("mode", Mode.__args__),
             ("mask_rule", MaskRule.__args__),
-            ("normalization", MaskNormalization.__args__),
+            ("attention_norm", MaskNormalization.__args__),
             ("vote", VoteRule.__args__),
         ):
             if getattr(self, name) not in allowed:

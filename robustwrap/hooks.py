@@ -1,22 +1,29 @@
-"""Which modules of a classifier end its stages, and forward hooks that capture their outputs.
+"""Stage modules of a classifier, the last activation executed in each, and capture by hooks.
 
-Inference covers torchvision / timm ResNets and wide ResNets (``layer1..layerN``), the
-RobustBench WideResNet-28-10 layout (``block1..block3`` + final ``relu``), the DeepMind-style
-WideResNet-70-16 layout (``layer[i].block[-1]`` + final ``relu``) and any timm model with
-``feature_info``. Anything else takes an explicit list of module names.
+Layouts recognised (stage containers, in order): torchvision / timm ResNets and wide ResNets
+(``layer1..layerN``), the RobustBench WideResNet-28-10 layout (``block1..block3`` + the final
+``relu``), the DeepMind-style WideResNet-70-16 layout (``layer.0..layer.N`` + ``relu``) and
+timm's ``feature_info`` (stages at stride >= 4). The mask reads each stage's *last activation*
+(docs/algorithm.md, "Mask"): :func:`last_activations` finds it by running the model once and
+recording the order in which activation modules execute. Hooks are registered only for the
+length of one capture (:meth:`HookedStages.attached`), so nothing stays on the user's model.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+import itertools
+from typing import Iterator, Sequence
 
+import torch
 from torch import Tensor, nn
 
 _HOW_TO_OVERRIDE = (
-    "pass the names of the modules whose outputs end each stage, e.g. "
-    "RobustWrapper(model, diffusion, blocks=['layer1', 'layer2', 'layer3']); "
+    "pass the names of the modules whose outputs are the stage maps, e.g. "
+    "RobustWrapper(model, diffusion, stages=['layer1', 'layer2', 'layer3']); "
     "`[name for name, _ in model.named_modules()]` lists the candidates"
 )
+_NOT_ACTIVATIONS = {"Softmax", "Softmin", "LogSoftmax", "Softmax2d", "MultiheadAttention"}
 
 
 def _resnet_layers(model: nn.Module) -> list[str] | None:
@@ -39,13 +46,9 @@ def _deepmind_wrn(model: nn.Module) -> list[str] | None:
     groups = getattr(model, "layer", None)
     if not isinstance(groups, nn.Sequential) or not isinstance(getattr(model, "relu", None), nn.Module):
         return None
-    names = []
-    for index, group in enumerate(groups):
-        inner = getattr(group, "block", None)
-        if not isinstance(inner, nn.Sequential) or len(inner) == 0:
-            return None
-        names.append(f"layer.{index}.block.{len(inner) - 1}")
-    return [*names, "relu"] if names else None
+    if not all(isinstance(getattr(group, "block", None), nn.Sequential) for group in groups):
+        return None
+    return [*(f"layer.{index}" for index in range(len(groups))), "relu"] if len(groups) else None
 
 
 def _timm_feature_info(model: nn.Module) -> list[str] | None:
@@ -61,7 +64,7 @@ _LAYOUTS = (_resnet_layers, _robustbench_wrn, _deepmind_wrn, _timm_feature_info)
 
 
 def infer_stage_modules(model: nn.Module) -> list[str]:
-    """Names (as in ``model.named_modules()``) of the modules whose outputs end each stage.
+    """Names (as in ``model.named_modules()``) of the modules that make up each stage.
 
     Looks at the model itself, then at each direct child (a model wrapped with its
     normalisation, say), and returns prefixed names from the first layout that matches.
@@ -78,69 +81,126 @@ def infer_stage_modules(model: nn.Module) -> list[str]:
     raise ValueError(f"cannot infer the stages of {type(model).__name__}: {_HOW_TO_OVERRIDE}")
 
 
-class StageHooks:
-    """Forward hooks on named modules, registered once; outputs are read and cleared per call.
+def is_activation(module: nn.Module) -> bool:
+    """True for element-wise activation modules (torch's ReLU, GELU, SiLU, ... and timm's)."""
+    cls = type(module)
+    return cls.__name__ not in _NOT_ACTIVATIONS and (
+        cls.__module__ == "torch.nn.modules.activation" or cls.__module__.startswith("timm.layers.activations")
+    )
+
+
+def last_activations(model: nn.Module, stages: Sequence[str], probe: Tensor) -> list[str]:
+    """For each stage module, the activation module that executes last inside it.
+
+    Runs ``model(probe)`` once (without gradient) with hooks on every activation module and
+    keeps, per stage, the one whose (last) call comes last. A module called several times
+    (torchvision's shared ``Bottleneck.relu``) counts by its last call, which is then the
+    output read at capture. A stage that is itself an activation, or contains none, is
+    read at its own output.
 
     Args:
-        model: the classifier.
-        names: module names from ``model.named_modules()``, in stage order.
+        stages: names of the stage modules (:func:`infer_stage_modules`).
+        probe: (1, C, H, W) input the model accepts (its values do not matter).
 
-    :meth:`capture` runs the model with capturing on and returns the stage outputs (other
-    passes through the model store nothing); :meth:`remove` (or ``with StageHooks(...)``)
-    takes the hooks off the model.
+    Returns:
+        One module name per stage.
     """
+    modules = dict(model.named_modules())
+    order: dict[str, int] = {}  # module name -> rank of its latest call
+    calls = itertools.count()
 
-    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
-        if not names:
-            raise ValueError(f"need at least one stage module name: {_HOW_TO_OVERRIDE}")
-        modules = dict(model.named_modules())
-        unknown = [name for name in names if name not in modules]
-        if unknown:
-            raise ValueError(f"{type(model).__name__} has no module named {unknown}: {_HOW_TO_OVERRIDE}")
-        self.names = tuple(names)
-        self.capturing = True
-        self._captured: dict[str, Tensor] = {}
-        self._handles = [modules[name].register_forward_hook(self._capture_as(name)) for name in self.names]
-
-    def _capture_as(self, name: str):
+    def record(name: str):
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-            if self.capturing:
-                self._captured[name] = output
+            order[name] = next(calls)
 
         return hook
 
-    def capture(self, model: nn.Module, x: Tensor) -> list[Tensor]:
-        """Run ``model(x)`` and return its stage outputs in order; only this pass is captured."""
-        self.capturing = True
-        try:
-            model(x)
-            return self.pop()
-        finally:
-            self.capturing = False
+    inside_a_stage = [
+        name for name, module in modules.items()
+        if is_activation(module) and any(name == s or name.startswith(s + ".") for s in stages)
+    ]
+    handles = [modules[name].register_forward_hook(record(name)) for name in inside_a_stage]
+    try:
+        with torch.no_grad():
+            model(probe)
+    finally:
+        for handle in handles:
+            handle.remove()
+    chosen = []
+    for stage in stages:
+        inside = [(rank, name) for name, rank in order.items() if name == stage or name.startswith(stage + ".")]
+        chosen.append(max(inside)[1] if inside else stage)
+    return chosen
 
-    def pop(self) -> list[Tensor]:
-        """The captured outputs in stage order; the store is empty afterwards."""
+
+class HookedStages:
+    """Stage maps read by forward hooks on named modules, attached only while capturing.
+
+    Args:
+        names: module names from ``model.named_modules()``, in stage order. A module that
+            runs several times in one forward pass is read at its last call.
+    """
+
+    def __init__(self, names: Sequence[str]) -> None:
+        if not names:
+            raise ValueError(f"need at least one stage module name: {_HOW_TO_OVERRIDE}")
+        self.names = tuple(names)
+        self._captured: dict[str, Tensor] = {}
+        self._attached_to: nn.Module | None = None
+        self._hooks = {name: self._recorder(name) for name in self.names}  # fixed functions: no recompiles
+
+    def _recorder(self, name: str):
+        def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+            self._captured[name] = output
+
+        return hook
+
+    def check(self, model: nn.Module) -> None:
+        """Raise ValueError naming the modules ``model`` lacks."""
+        modules = dict(model.named_modules())
+        unknown = [name for name in self.names if name not in modules]
+        if unknown:
+            raise ValueError(f"{type(model).__name__} has no module named {unknown}: {_HOW_TO_OVERRIDE}")
+
+    def describe(self) -> list[str]:
+        """One line per stage: the module read."""
+        return [f"hook on {name}" for name in self.names]
+
+    @contextlib.contextmanager
+    def attached(self, model: nn.Module) -> Iterator[None]:
+        """Keep the hooks on ``model`` for the ``with`` block (re-entrant); removed on exit.
+
+        Compiled or exported callers enter it around the traced call, so that the hooks are
+        registered outside the graph.
+        """
+        if self._attached_to is model:
+            yield
+            return
+        self.check(model)
+        modules = dict(model.named_modules())
+        handles = [modules[name].register_forward_hook(self._hooks[name]) for name in self.names]
+        self._attached_to = model
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            self._attached_to = None
+            self._captured.clear()
+
+    def capture(self, model: nn.Module, x: Tensor) -> list[Tensor]:
+        """Run ``model(x)`` and return the stage maps in order (differentiable if grad is on)."""
+        if self._attached_to is model:
+            return self._take(model, x)
+        with self.attached(model):
+            return self._take(model, x)
+
+    def _take(self, model: nn.Module, x: Tensor) -> list[Tensor]:
+        model(x)
         missing = [name for name in self.names if name not in self._captured]
         if missing:
             self._captured.clear()
-            raise RuntimeError(f"stage modules {missing} did not run in the last forward pass")
+            raise RuntimeError(f"stage modules {missing} did not run in the forward pass")
         outputs = [self._captured[name] for name in self.names]
         self._captured.clear()
         return outputs
-
-    def clear(self) -> None:
-        """Drop whatever the last forward pass captured."""
-        self._captured.clear()
-
-    def remove(self) -> None:
-        """Take the hooks off the model (idempotent)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        self._captured.clear()
-
-    def __enter__(self) -> "StageHooks":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()

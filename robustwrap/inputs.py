@@ -37,6 +37,24 @@ def infer_classifier_spec(classifier: nn.Module) -> tuple[int | None, tuple[int,
     return (first_conv.in_channels if first_conv is not None else None), None
 
 
+def classifier_fixed_size(classifier: nn.Module) -> tuple[int, int] | None:
+    """(H, W) the classifier can only take, or None when it takes other sizes too.
+
+    A timm vision transformer whose patch embedding checks its size (``strict_img_size``)
+    and that was not built with ``dynamic_img_size=True`` takes only its ``img_size``;
+    convolutional networks and dynamic-size transformers take any size.
+    """
+    embed = getattr(classifier, "patch_embed", None)
+    if embed is None:
+        return None
+    dynamic = getattr(classifier, "dynamic_img_size", False) or getattr(embed, "dynamic_img_pad", False)
+    size = getattr(embed, "img_size", None)
+    if getattr(embed, "strict_img_size", False) and not dynamic and size is not None:
+        height, width = (size, size) if isinstance(size, int) else size
+        return (int(height), int(width))
+    return None
+
+
 class Normalize(nn.Module):
     """``(x - mean) / std`` per channel on (N, C, H, W) images in [0, 1]."""
 

@@ -17,8 +17,8 @@ class NoiseSource:
     Args:
         generator: draw with ``torch.randn(..., generator=generator)`` (reproducible from a seed;
             the generator must live on the images' device).
-        explicit: a tensor of shape (K, N, C, H, W) whose K slices are returned in order;
-            K must equal the plan's ``noise_draws`` and N the batch the sampler runs on.
+        explicit: a tensor of shape (D, N, C, H, W) whose D slices are returned in order;
+            D must equal the plan's ``noise_draws`` and N the batch the sampler runs on.
         With neither, draws use ``torch.randn_like`` (exports to ONNX ``RandomNormalLike``).
     """
 

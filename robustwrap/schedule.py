@@ -73,7 +73,7 @@ class SamplingPlan:
 
     @property
     def noise_draws(self) -> int:
-        """Gaussian tensors drawn per purification (the leading axis K of explicit noise)."""
+        """Gaussian tensors drawn per purification (the leading axis D of explicit noise)."""
         draws = 1  # the initial forward diffusion to t_start
         for step in self.steps:
             if step.inpaint:
@@ -84,7 +84,7 @@ class SamplingPlan:
 
 
 def make_plan(config: PurifyConfig) -> SamplingPlan:
-    """Turn a configuration into the fixed list of steps of DESIGN.md section 1."""
+    """Turn a configuration into the fixed list of steps of docs/algorithm.md ("Purification")."""
     abar = linear_alphas_cumprod()
     alphas = torch.cat([abar[:1], abar[1:] / abar[:-1]])
     grid = ddim_grid(config.steps, config.t_l)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -25,3 +27,19 @@ def vote_labels(probs: Tensor, rule: VoteRule = "hard") -> Tensor:
     classes = torch.arange(probs.shape[2], device=probs.device)
     counts = (probs.argmax(dim=2, keepdim=True) == classes).sum(dim=0).to(mean.dtype)
     return (counts + 0.5 * mean).argmax(dim=1)  # counts differ by >= 1; 0.5 * mean < 1 only orders ties
+
+
+def log_mean_probability(logits: Tensor) -> Tensor:
+    """log of the mean softmax probability over the S runs, computed stably.
+
+    ``log(mean_s softmax(z_s)) = logsumexp_s(log_softmax(z_s)) - log S``: finite with a
+    non-zero gradient even when a softmax rounds to exactly 1 in float32 (logit margins above
+    ~17), where ``log(clamp(mean prob))`` has a zero gradient.
+
+    Args:
+        logits: (S, B, K) logits of the S runs.
+
+    Returns:
+        (B, K) log mean probabilities (what the attacks take as logits).
+    """
+    return torch.logsumexp(logits.log_softmax(dim=2), dim=0) - math.log(logits.shape[0])

@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
-import copy
 import logging
+import warnings
 from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .adapters import as_eps_model, diffusion_input_spec
+from .adapters import as_eps_model, diffusion_input_spec, diffusion_size_multiple
 from .config import PurifyConfig
-from .hooks import StageHooks, infer_stage_modules
-from .inputs import Normalize, check_images, infer_classifier_spec, infer_normalization
+from .inputs import Normalize, check_images, classifier_fixed_size, infer_classifier_spec, infer_normalization
 from .mask import attention_map, binarize
 from .noise import NoiseSource
 from .sampler import purify_latent
 from .schedule import make_plan
+from .stages import StageSource, infer_stage_source
 from .vote import vote_labels
 
 logger = logging.getLogger(__name__)
 
 Size = tuple[int, int]
 NormalizationArg = Literal["auto"] | None | tuple[Sequence[float], Sequence[float]]
+StagesArg = Sequence[str] | Sequence[int] | StageSource | None
 
 
 def _as_size(size: int | Sequence[int] | None) -> Size | None:
@@ -33,6 +34,12 @@ def _as_size(size: int | Sequence[int] | None) -> Size | None:
         return (size, size)
     height, width = size
     return (int(height), int(width))
+
+
+_FIXED_SIZE_HINT = (
+    "resize the images to that size, or create the model for your size "
+    "(timm: img_size=..., or dynamic_img_size=True)"
+)
 
 
 def _tracing() -> bool:
@@ -45,25 +52,31 @@ class RobustWrapper(nn.Module):
     ``forward`` takes images in [0, 1] and returns the mean class probabilities over
     ``config.votes`` stochastic purifications; it is differentiable w.r.t. the images (the
     binary mask is held constant, as in the paper), which is what adaptive attacks target.
+    The algorithm is documented in docs/algorithm.md.
 
     Args:
-        classifier: ``classifier(x) -> logits (N, K)``; put in eval mode and frozen.
+        classifier: ``classifier(x) -> logits (N, K)`` over K classes; put in eval mode and frozen.
         diffusion: an epsilon model ``eps(x_t, t)`` trained on the linear DDPM schedule, or a
             network :func:`robustwrap.adapters.as_eps_model` recognises (diffusers UNet2DModel,
             learned-sigma UNets). Put in eval mode and frozen.
         config: the defense's settings; see :class:`PurifyConfig`.
-        blocks: names of the classifier modules ending each stage; inferred when None.
-        normalization: "auto" (timm ``pretrained_cfg``, torchvision -> ImageNet statistics),
-            None (the classifier takes [0, 1] images) or an explicit ``(mean, std)``.
-        image_size: (H, W) of the input images; defaults to the classifier's declared input
-            size, else the diffusion model's, else any size.
+        stages: where the mask's stage maps come from (:mod:`robustwrap.stages`): None to infer
+            (timm ``forward_intermediates``; else hooks on each inferred stage's last
+            activation), module names to hook, ``forward_intermediates`` indices, or a source.
+        blocks: the older name of ``stages`` for module names.
+        normalization: the classifier's input normalisation: "auto" (timm ``pretrained_cfg``,
+            torchvision -> ImageNet statistics), None (the classifier takes [0, 1] images) or
+            an explicit ``(mean, std)``.
+        image_size: (H, W) the input images must have; default: any size the networks take
+            (a classifier with a fixed input size, e.g. a ViT without ``dynamic_img_size``,
+            pins it).
         diffusion_size: (H, W) the diffusion model works at; defaults to what it declares,
             else the input size. Images are resized to it for purification and back for
             classification (``resize_mode``, bilinear by default).
 
     Example:
         >>> wrapper = RobustWrapper(timm.create_model("resnet50", pretrained=True), unet)
-        >>> labels = wrapper.predict(images)          # images: (B, 3, 224, 224) in [0, 1]
+        >>> labels = wrapper.predict(images)          # images: (B, 3, H, W) in [0, 1]
     """
 
     def __init__(
@@ -72,6 +85,7 @@ class RobustWrapper(nn.Module):
         diffusion: nn.Module,
         config: PurifyConfig | None = None,
         *,
+        stages: StagesArg = None,
         blocks: Sequence[str] | None = None,
         normalization: NormalizationArg = "auto",
         image_size: int | Sequence[int] | None = None,
@@ -79,12 +93,14 @@ class RobustWrapper(nn.Module):
         resize_mode: str = "bilinear",
     ) -> None:
         super().__init__()
+        if stages is not None and blocks is not None:
+            raise ValueError("pass the stage modules as stages= (blocks= is its older name), not both")
         self.config = config or PurifyConfig()
         self.classifier = classifier.eval().requires_grad_(False)
         self.eps_model = as_eps_model(diffusion).eval().requires_grad_(False)
         self.plan = make_plan(self.config)
 
-        classifier_channels, classifier_size = infer_classifier_spec(classifier)
+        classifier_channels, _declared = infer_classifier_spec(classifier)  # a declared size is no requirement
         diffusion_channels, declared_diffusion_size = diffusion_input_spec(self.eps_model)
         if classifier_channels and diffusion_channels and classifier_channels != diffusion_channels:
             raise ValueError(
@@ -92,20 +108,27 @@ class RobustWrapper(nn.Module):
                 f"{diffusion_channels}: they must work on the same images"
             )
         self.channels = classifier_channels or diffusion_channels
-        self.image_size = _as_size(image_size) or classifier_size or declared_diffusion_size
-        self.diffusion_size = _as_size(diffusion_size) or declared_diffusion_size or self.image_size
+        self.fixed_classifier_size = classifier_fixed_size(classifier)
+        self.image_size = _as_size(image_size) or self.fixed_classifier_size
+        if self.fixed_classifier_size and self.image_size != self.fixed_classifier_size:
+            raise ValueError(
+                f"{type(classifier).__name__} only takes {self.fixed_classifier_size} images but image_size="
+                f"{self.image_size} was asked for: {_FIXED_SIZE_HINT}"
+            )
+        self.diffusion_size = _as_size(diffusion_size) or declared_diffusion_size
+        self.diffusion_multiple = diffusion_size_multiple(self.eps_model)
         self.resize_mode = resize_mode
 
         if normalization == "auto":
             normalization = infer_normalization(classifier)
         self.normalize: nn.Module = Normalize(*normalization) if normalization is not None else nn.Identity()
 
-        self.blocks = tuple(blocks) if blocks is not None else tuple(infer_stage_modules(classifier))
-        self._hooks = StageHooks(classifier, self.blocks)
-        self._hooks.capturing = False  # on only inside _attention
+        probe = self.image_size or self.diffusion_size
+        self.stages: StageSource = infer_stage_source(classifier, stages if stages is not None else blocks, probe)
         logger.info(
-            "RobustWrapper: stages %s, normalization %s, image size %s, diffusion size %s, %d denoiser calls",
-            self.blocks, normalization, self.image_size, self.diffusion_size, self.plan.denoiser_calls,
+            "RobustWrapper: stage maps %s, normalization %s, image size %s, diffusion size %s, %d denoiser calls",
+            self.stages.describe(), normalization, self.image_size or "any", self.diffusion_size or "the input's",
+            self.plan.denoiser_calls,
         )
 
     # --- public API -------------------------------------------------------------------------
@@ -116,10 +139,11 @@ class RobustWrapper(nn.Module):
         Args:
             x: (B, C, H, W) images in [0, 1].
             generator: draw the noise from this generator (reproducible from its seed).
-            noise: explicit noise of shape ``self.noise_shape(x)`` = (K, S, B, C, Hd, Wd).
+            noise: explicit noise of shape ``self.noise_shape(x)`` = (D, S, B, C, Hd, Wd),
+                D = ``self.plan.noise_draws``.
 
         Returns:
-            (B, K) probabilities, differentiable w.r.t. ``x``.
+            (B, K) probabilities over the K classes, differentiable w.r.t. ``x``.
         """
         return self.vote_probabilities(x, generator=generator, noise=noise).mean(dim=0)
 
@@ -128,11 +152,15 @@ class RobustWrapper(nn.Module):
         """(B,) int64 labels by the configured vote rule (``config.vote``), without gradient."""
         return vote_labels(self.vote_probabilities(x, generator=generator, noise=noise), self.config.vote)
 
+    def vote_logits(self, x: Tensor, *, generator: torch.Generator | None = None, noise: Tensor | None = None) -> Tensor:
+        """(S, B, K) classifier logits of each of the S purifications of each image."""
+        return self._purify_and_classify(x, generator, noise)[1]
+
     def vote_probabilities(
         self, x: Tensor, *, generator: torch.Generator | None = None, noise: Tensor | None = None
     ) -> Tensor:
         """(S, B, K) class probabilities of each of the S purifications of each image."""
-        return self.purify_and_classify(x, generator=generator, noise=noise)[1]
+        return self.vote_logits(x, generator=generator, noise=noise).softmax(dim=2)
 
     def purify_and_classify(
         self, x: Tensor, *, generator: torch.Generator | None = None, noise: Tensor | None = None
@@ -143,13 +171,8 @@ class RobustWrapper(nn.Module):
             purified: (S, B, C, H, W) purified images in [0, 1] at the input size.
             probs: (S, B, K) class probabilities of each purification.
         """
-        x = self._check(x, noise, self.config.votes)
-        votes, batch = self.config.votes, x.shape[0]
-        if noise is not None:
-            noise = noise.flatten(1, 2)  # (K, S, B, ...) -> (K, S * B, ...), vote-major like repeat()
-        purified = self._resize(self._purify(x, votes, NoiseSource(generator, noise), mask=None), x.shape[-2:])
-        probs = self._classify(purified).softmax(dim=1)
-        return purified.view(votes, batch, *x.shape[1:]), probs.view(votes, batch, -1)
+        purified, logits = self._purify_and_classify(x, generator, noise)
+        return purified, logits.softmax(dim=2)
 
     def purify(
         self,
@@ -163,34 +186,49 @@ class RobustWrapper(nn.Module):
 
         Args:
             x: (B, C, H, W) images in [0, 1].
-            noise: explicit noise (K, B, C, Hd, Wd), K = ``self.plan.noise_draws``.
-            mask: (B, 1, Hd, Wd) mask to use instead of the classifier's (1 = strong noise).
+            noise: explicit noise (D, B, C, Hd, Wd), D = ``self.plan.noise_draws``.
+            mask: (B, 1, Hd, Wd) mask in [0, 1] to use instead of the classifier's
+                (1 = strong noise); a soft mask may carry gradient.
 
         Returns:
             (B, C, H, W) purified images in [0, 1] at the input size.
         """
-        x = self._check(x, noise, None)
+        x = self.validate(x, noise=noise, votes=None)
         if mask is not None and mask.shape != (x.shape[0], 1, *self.diffusion_size_for(x)):
             raise ValueError(
                 f"mask must have shape {(x.shape[0], 1, *self.diffusion_size_for(x))}, got {tuple(mask.shape)}"
             )
         return self._resize(self._purify(x, 1, NoiseSource(generator, noise), mask), x.shape[-2:])
 
-    @torch.no_grad()
+    def stage_maps(self, x: Tensor) -> list[Tensor]:
+        """The classifier's stage maps on ``x``, the one seam the mask is built on.
+
+        Args:
+            x: (B, C, H, W) images in [0, 1] (normalised for the classifier here).
+
+        Returns:
+            M tensors (B, C_m, H_m, W_m), one per stage (``self.stages.describe()`` says
+            which); differentiable w.r.t. ``x`` when grad is enabled.
+        """
+        x = self.validate(x)
+        return self.stages.capture(self.classifier, self.normalize(x))
+
     def attention(self, x: Tensor) -> Tensor:
-        """(B, 1, Hd, Wd) attention map at the diffusion size: in [0, 1] with min-max normalisation,
-        a per-image probability map with ``normalization="softmax"``."""
-        x = self._check(x, None, None)
-        return self._attention(x)
+        """(B, 1, Hd, Wd) attention map at the diffusion size, from :meth:`stage_maps` by
+        :func:`robustwrap.mask.attention_map`: in [0, 1] with min-max normalisation, a per-image
+        probability map with ``attention_norm="softmax"``. Differentiable when grad is enabled."""
+        cfg = self.config
+        size = self.diffusion_size_for(x)
+        return attention_map(self.stage_maps(x), size, cfg.p, cfg.p_root, cfg.attention_norm)
 
     @torch.no_grad()
     def mask(self, x: Tensor) -> Tensor:
         """(B, 1, Hd, Wd) {0, 1} mask of the pixels getting the strong noise (all ones in uniform mode)."""
-        x = self._check(x, None, None)
-        return self._mask(x)
+        return self._mask(self.validate(x))
 
     def noise_shape(self, x: Tensor, votes: int | None = None) -> tuple[int, ...]:
-        """Shape of explicit noise for ``forward`` (K, S, B, C, Hd, Wd); for ``purify`` drop S."""
+        """Shape of explicit noise for ``forward``: (D, S, B, C, Hd, Wd), D noise draws; for
+        ``purify`` drop S."""
         votes = self.config.votes if votes is None else votes
         return (self.plan.noise_draws, votes, x.shape[0], x.shape[1], *self.diffusion_size_for(x))
 
@@ -200,32 +238,44 @@ class RobustWrapper(nn.Module):
 
     def classify(self, x: Tensor) -> Tensor:
         """(B, K) logits of the bare classifier on (B, C, H, W) images in [0, 1]: no defense."""
-        return self._classify(self._check(x, None, None))
+        return self._classify(self.validate(x))
+
+    def validate(self, x: Tensor, *, noise: Tensor | None = None, votes: int | None = -1) -> Tensor:
+        """Check images (and explicit noise) before any compute; return them in the networks' dtype.
+
+        Skipped while tracing (compile, export), where shapes are symbolic.
+
+        Args:
+            x: expected (B, C, H, W) floats in [0, 1], finite, of a size the networks take.
+            noise: explicit noise to check against :meth:`noise_shape`.
+            votes: the S the noise is for; None for ``purify``'s noise (no S axis); -1 for
+                ``config.votes``.
+
+        Raises:
+            TypeError, ValueError: naming what was received and what is expected.
+        """
+        if not _tracing():
+            self._check_eagerly(x, noise, self.config.votes if votes == -1 else votes)
+        return x.to(next(self.classifier.parameters(), x).dtype)
 
     def with_config(self, config: PurifyConfig) -> "RobustWrapper":
-        """The same networks, sizes, normalisation and hooks under another configuration.
+        """The same networks, sizes, normalisation and stage source under another configuration.
 
         For attacks that take gradients through a cheaper surrogate (fewer steps) while the
-        defense is evaluated at its full settings. The view shares this wrapper's hooks:
-        ``close()`` on the view leaves them in place; ``close()`` on this wrapper removes them.
+        defense is evaluated at its full settings. Nothing is copied or probed again.
         """
-        view = copy.copy(self)
-        view.__dict__["_modules"] = dict(self._modules)  # own module table, same module objects
-        view.__dict__["_owns_hooks"] = False
-        view.__dict__["_hook_owner"] = self  # the owner removes the hooks when collected: keep it alive
-        view.config = config
-        view.plan = make_plan(config)
+        view = RobustWrapper.__new__(RobustWrapper)
+        nn.Module.__init__(view)
+        view.config, view.plan = config, make_plan(config)
+        view.classifier, view.eps_model, view.normalize = self.classifier, self.eps_model, self.normalize
+        for name in ("channels", "fixed_classifier_size", "image_size", "diffusion_size", "diffusion_multiple",
+                     "resize_mode", "stages"):
+            setattr(view, name, getattr(self, name))
         return view
 
     def close(self) -> None:
-        """Remove the forward hooks from the classifier (idempotent)."""
-        if self.__dict__.get("_owns_hooks", True):
-            self._hooks.remove()
-
-    def __del__(self) -> None:
-        hooks = self.__dict__.get("_hooks")
-        if hooks is not None and self.__dict__.get("_owns_hooks", True):
-            hooks.remove()
+        """Deprecated no-op: hooks are attached only while capturing, nothing is left to remove."""
+        warnings.warn("RobustWrapper.close() is no longer needed and does nothing", DeprecationWarning, stacklevel=2)
 
     def train(self, mode: bool = True) -> "RobustWrapper":
         """The defense always runs its networks in eval mode; ``train()`` changes nothing."""
@@ -233,20 +283,32 @@ class RobustWrapper(nn.Module):
 
     # --- pipeline ---------------------------------------------------------------------------
 
-    def _check(self, x: Tensor, noise: Tensor | None, votes: int | None) -> Tensor:
-        """Validate the images (outside tracing) and cast them to the networks' dtype."""
-        if not _tracing():
-            self._check_eagerly(x, noise, votes)
-        return x.to(next(self.classifier.parameters(), x).dtype)
-
     def _check_eagerly(self, x: Tensor, noise: Tensor | None, votes: int | None) -> None:
         check_images(x, self.channels, self.image_size)
+        height, width = int(x.shape[-2]), int(x.shape[-1])
+        if self.diffusion_size is None and self.diffusion_multiple > 1 and (height % self.diffusion_multiple or width % self.diffusion_multiple):
+            raise ValueError(
+                f"the diffusion model needs sizes divisible by {self.diffusion_multiple}, got {(height, width)}: "
+                f"pass diffusion_size=(H, W) (images are resized to it for purification) or resize the images"
+            )
         if noise is not None:
             expected = self.noise_shape(x, votes)
             if votes is None:
                 expected = expected[:1] + expected[2:]
             if tuple(noise.shape) != expected:
                 raise ValueError(f"explicit noise must have shape {expected}, got {tuple(noise.shape)}")
+
+    def _purify_and_classify(
+        self, x: Tensor, generator: torch.Generator | None, noise: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """(S, B, C, H, W) purified images and (S, B, K) logits."""
+        x = self.validate(x, noise=noise)
+        votes, batch = self.config.votes, x.shape[0]
+        if noise is not None:
+            noise = noise.flatten(1, 2)  # (D, S, B, ...) -> (D, S * B, ...), vote-major like repeat()
+        purified = self._resize(self._purify(x, votes, NoiseSource(generator, noise), mask=None), x.shape[-2:])
+        logits = self._classify(purified)
+        return purified.view(votes, batch, *x.shape[1:]), logits.view(votes, batch, -1)
 
     def _resize(self, x: Tensor, size: Sequence[int]) -> Tensor:
         """Images in [0, 1] to ``size`` with ``resize_mode``, clamped back to [0, 1] (bicubic overshoots)."""
@@ -260,18 +322,16 @@ class RobustWrapper(nn.Module):
         """Logits (N, K) for images in [0, 1] at the input size."""
         return self.classifier(self.normalize(x))
 
-    def _attention(self, x: Tensor) -> Tensor:
-        """(B, 1, Hd, Wd) attention map: min-max in [0, 1], or per-image probabilities with softmax."""
-        with torch.no_grad():
-            activations = self._hooks.capture(self.classifier, self.normalize(x))
-        cfg = self.config
-        return attention_map(activations, self.diffusion_size_for(x), cfg.p, cfg.p_root, cfg.normalization)
-
     def _mask(self, x: Tensor) -> Tensor:
+        """(B, 1, Hd, Wd) binary mask, built without gradient on validated images."""
         cfg = self.config
+        size = self.diffusion_size_for(x)
         if cfg.mode == "uniform":
-            return x.new_ones(x.shape[0], 1, *self.diffusion_size_for(x))
-        return binarize(self._attention(x), cfg.mask_rule, cfg.tau, cfg.top_fraction).to(x.dtype)
+            return x.new_ones(x.shape[0], 1, *size)
+        with torch.no_grad():
+            maps = self.stages.capture(self.classifier, self.normalize(x))
+            attention = attention_map(maps, size, cfg.p, cfg.p_root, cfg.attention_norm)
+        return binarize(attention, cfg.mask_rule, cfg.tau, cfg.top_fraction).to(x.dtype)
 
     def _purify(self, x: Tensor, votes: int, noise: NoiseSource, mask: Tensor | None) -> Tensor:
         """(votes * B, C, Hd, Wd) purified images in [0, 1], vote-major."""
@@ -279,5 +339,5 @@ class RobustWrapper(nn.Module):
         x0 = 2.0 * self._resize(x, self.diffusion_size_for(x)) - 1.0
         if votes > 1:
             x0, mask = x0.repeat(votes, 1, 1, 1), mask.repeat(votes, 1, 1, 1)
-        purified = purify_latent(self.eps_model, x0, mask, self.plan, noise, self.config.checkpoint)
+        purified = purify_latent(self.eps_model, x0, mask, self.plan, noise, self.config.grad_checkpoint)
         return (purified + 1.0) / 2.0

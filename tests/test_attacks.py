@@ -120,3 +120,48 @@ def test_bad_attack_settings_are_refused():
         pgd_eot(model, x, y, eps=0.1, norm="L1")
     with pytest.raises(ValueError, match="eps >= 0"):
         pgd_eot(model, x, y, eps=-0.1)
+
+
+class _Confident(nn.Module):
+    """A classifier whose class-0 logit leads by ~40: its softmax rounds to exactly 1 in float32."""
+
+    def __init__(self):
+        super().__init__()
+        self.base = tiny_classifier()
+
+    def forward(self, x):
+        logits = self.base(x)
+        return logits + 40.0 * nn.functional.one_hot(torch.zeros(len(x), dtype=torch.long), 10)
+
+
+@pytest.mark.parametrize("target", [DefenseLogits, BPDALogits, MaskAwareLogits])
+def test_confident_classifiers_still_give_a_finite_non_zero_input_gradient(target, images):
+    wrapper = RobustWrapper(_Confident(), tiny_unet(), PurifyConfig(steps=10, votes=2, tau=0.6))
+    x = images.clone().requires_grad_(True)
+    model = target(wrapper, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (wrapper(images)[:, 0] == 1.0).all()  # the case that used to have a zero gradient
+    loss = nn.functional.cross_entropy(model(x), torch.zeros(3, dtype=torch.long), reduction="sum")
+    (gradient,) = torch.autograd.grad(loss, x)
+    assert torch.isfinite(gradient).all() and gradient.abs().sum() > 0
+
+
+def test_targets_are_reproducible_from_their_generator_and_leave_the_global_rng_alone(images):
+    wrapper = tiny_wrapper(votes=2)
+    state = torch.random.get_rng_state()
+    first = DefenseLogits(wrapper, generator=torch.Generator().manual_seed(5))(images)
+    second = DefenseLogits(wrapper, generator=torch.Generator().manual_seed(5))(images)
+    torch.testing.assert_close(first, second)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_mask_aware_gradient_reaches_the_input_through_the_mask_alone(images):
+    wrapper = tiny_wrapper(tau=0.6)
+    target = MaskAwareLogits(wrapper, temperature=0.05, generator=torch.Generator().manual_seed(0))
+    x = images.clone().requires_grad_(True)
+    noise = torch.randn(wrapper.noise_shape(images, votes=1)[:1] + wrapper.noise_shape(images, votes=1)[2:],
+                        generator=torch.Generator().manual_seed(1))
+    # Purify a fixed image under the soft mask of x: any gradient on x comes through the mask.
+    purified = wrapper.purify(images, mask=target.soft_mask(x), noise=noise)
+    (gradient,) = torch.autograd.grad(wrapper.classify(purified).log_softmax(1)[:, 3].sum(), x)
+    assert torch.isfinite(gradient).all() and gradient.abs().sum() > 0

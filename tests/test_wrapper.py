@@ -8,6 +8,7 @@ from torch import nn
 
 from robustwrap import PurifyConfig, RobustWrapper, vote_labels
 from robustwrap.inputs import IMAGENET_MEAN, Normalize
+from robustwrap.nets import SmallUNet
 
 from .tiny import tiny_classifier, tiny_unet, tiny_wrapper
 
@@ -77,7 +78,7 @@ def test_gradient_flows_through_denoiser_not_only_the_input_re_noising(images):
 def test_checkpointing_gives_the_same_gradient(images):
     grads = []
     for checkpoint in (False, True):
-        wrapper = tiny_wrapper(checkpoint=checkpoint, steps=20)
+        wrapper = tiny_wrapper(grad_checkpoint=checkpoint, steps=20)
         x = images.clone().requires_grad_(True)
         wrapper(x, generator=_seeded(3))[:, 1].sum().backward()
         grads.append(x.grad)
@@ -122,14 +123,35 @@ def test_resizes_around_the_purifier_when_sizes_differ():
     assert set(seen_sizes) == {(32, 32)}
 
 
-def test_timm_classifier_gets_its_pretrained_cfg_normalisation_and_size():
-    classifier = timm.create_model("resnet18", pretrained=False, num_classes=5)
+def test_timm_classifier_gets_its_normalisation_and_runs_at_sizes_other_than_its_declared_one():
+    classifier = timm.create_model("resnet18", pretrained=False, num_classes=5)  # declares 224
     wrapper = RobustWrapper(classifier, tiny_unet(), PurifyConfig(steps=10), diffusion_size=32)
     assert isinstance(wrapper.normalize, Normalize)
     assert tuple(wrapper.normalize.mean.flatten().tolist()) == pytest.approx(IMAGENET_MEAN)
-    assert wrapper.image_size == (224, 224) and wrapper.diffusion_size == (32, 32)
-    with pytest.raises(ValueError, match=r"expected images of size \(224, 224\)"):
-        wrapper(torch.rand(1, 3, 32, 32))
+    assert wrapper.image_size is None and wrapper.diffusion_size == (32, 32)
+    for size in (32, 64):
+        assert wrapper(torch.rand(1, 3, size, size)).shape == (1, 5)
+    pinned = RobustWrapper(classifier, tiny_unet(), PurifyConfig(steps=10), image_size=64, diffusion_size=32)
+    with pytest.raises(ValueError, match=r"expected images of size \(64, 64\)"):
+        pinned(torch.rand(1, 3, 32, 32))
+
+
+def test_a_vit_without_dynamic_size_pins_its_size_with_a_message_that_says_what_to_pass():
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32, depth=2)
+    wrapper = RobustWrapper(vit, tiny_unet(size=32), PurifyConfig(steps=10))
+    assert wrapper.image_size == (32, 32)
+    with pytest.raises(ValueError, match="dynamic_img_size=True"):
+        RobustWrapper(vit, tiny_unet(size=32), PurifyConfig(steps=10), image_size=64)
+    with pytest.raises(ValueError, match=r"expected images of size \(32, 32\)"):
+        wrapper(torch.rand(1, 3, 48, 48))
+
+
+def test_a_unet_size_that_its_downsampling_cannot_take_is_refused_before_compute():
+    unet = SmallUNet(3, base_channels=8, channel_mults=(1, 2, 2), sample_size=None)  # sizes divisible by 4
+    wrapper = RobustWrapper(tiny_classifier(), unet, PurifyConfig(steps=10))
+    assert wrapper(torch.rand(1, 3, 20, 20)).shape == (1, 10)
+    with pytest.raises(ValueError, match="divisible by 4.*diffusion_size="):
+        wrapper(torch.rand(1, 3, 18, 18))
 
 
 def test_torchvision_classifier_normalisation_and_override():
@@ -201,4 +223,4 @@ def test_stage_outputs_are_captured_only_for_the_mask(images):
     with torch.no_grad():
         wrapper.classify(images)
         wrapper(images)
-    assert wrapper._hooks._captured == {}
+    assert wrapper.stages._captured == {}

@@ -1,7 +1,10 @@
 """What an attack differentiates: ``model(x) -> logits`` views of a defended classifier.
 
-Every view maps images (B, C, H, W) in [0, 1] to (B, K) logits-like scores (log mean
-probabilities for the defense), the one seam shared with torchattacks and AutoAttack.
+Every view maps images (B, C, H, W) in [0, 1] to (B, K) logits-like scores over K classes
+(log mean vote probabilities for the defense, computed stably by
+:func:`robustwrap.vote.log_mean_probability`), the one seam shared with torchattacks and
+AutoAttack. Each view takes an optional ``generator`` for the defense's noise, so that an
+attack is reproducible from a seed without touching torch's global random state.
 """
 
 from __future__ import annotations
@@ -9,27 +12,30 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..mask import attention_map
+from ..mask import soft_mask
+from ..vote import log_mean_probability
 from ..wrapper import RobustWrapper
-
-_TINY = 1e-12
 
 
 class DefenseLogits(nn.Module):
     """Full gradient: log of the wrapper's mean vote probabilities (the defense as attacked)."""
 
-    def __init__(self, wrapper: RobustWrapper) -> None:
+    def __init__(self, wrapper: RobustWrapper, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.wrapper = wrapper
+        self.generator = generator
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.wrapper(x).clamp_min(_TINY).log()
+        return log_mean_probability(self.wrapper.vote_logits(x, generator=self.generator))
 
 
 class Undefended(nn.Module):
-    """The bare classifier (with its normalisation): the no-defense baseline."""
+    """The bare classifier (with its normalisation): the no-defense baseline.
 
-    def __init__(self, wrapper: RobustWrapper) -> None:
+    ``generator`` is accepted so that every view is built alike; the bare classifier draws no noise.
+    """
+
+    def __init__(self, wrapper: RobustWrapper, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.wrapper = wrapper
 
@@ -44,49 +50,44 @@ class BPDALogits(nn.Module):
     purified images, passed straight to the input.
     """
 
-    def __init__(self, wrapper: RobustWrapper) -> None:
+    def __init__(self, wrapper: RobustWrapper, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.wrapper = wrapper
+        self.generator = generator
 
     def forward(self, x: Tensor) -> Tensor:
         votes = self.wrapper.config.votes
         with torch.no_grad():
-            purified = self.wrapper.purify_and_classify(x)[0]  # (S, B, C, H, W)
+            purified = self.wrapper.purify_and_classify(x, generator=self.generator)[0]  # (S, B, C, H, W)
         straight_through = x.unsqueeze(0) + (purified - x.unsqueeze(0)).detach()
-        probs = self.wrapper.classify(straight_through.flatten(0, 1)).softmax(dim=1)
-        return probs.view(votes, x.shape[0], -1).mean(dim=0).clamp_min(_TINY).log()
+        logits = self.wrapper.classify(straight_through.flatten(0, 1))
+        return log_mean_probability(logits.view(votes, x.shape[0], -1))
 
 
 class MaskAwareLogits(nn.Module):
     """The defense with a differentiable mask: the gradient also flows through mask building.
 
-    The hard threshold (map >= tau) becomes ``sigmoid((map - tau) / temperature)``, and the
-    top-fraction rule a sigmoid around each image's k-th largest value, so the attack can
-    move the attention away from its perturbation. One purification per call (use EOT).
+    The mask is :func:`robustwrap.mask.soft_mask` of the wrapper's (differentiable)
+    :meth:`~RobustWrapper.attention`: the hard cut becomes a sigmoid of the given
+    temperature, so the attack can move the attention away from its perturbation.
+    One purification per call (use EOT).
     """
 
-    def __init__(self, wrapper: RobustWrapper, temperature: float = 0.05) -> None:
+    def __init__(self, wrapper: RobustWrapper, temperature: float = 0.05, generator: torch.Generator | None = None) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.wrapper = wrapper
         self.temperature = temperature
+        self.generator = generator
 
     def soft_mask(self, x: Tensor) -> Tensor:
-        """(B, 1, Hd, Wd) mask in (0, 1), differentiable w.r.t. ``x``."""
-        wrapper, cfg = self.wrapper, self.wrapper.config
-        activations = wrapper._hooks.capture(wrapper.classifier, wrapper.normalize(x))
-        attention = attention_map(activations, wrapper.diffusion_size_for(x), cfg.p, cfg.p_root, cfg.normalization)
+        """(B, 1, Hd, Wd) mask in (0, 1), differentiable w.r.t. ``x`` (all ones in uniform mode)."""
+        cfg = self.wrapper.config
         if cfg.mode == "uniform":
-            return torch.ones_like(attention)
-        if cfg.mask_rule == "threshold":
-            cut = torch.full_like(attention[:, :1, :1, :1], cfg.tau)
-        else:
-            flat = attention.flatten(1)
-            k = max(1, round(cfg.top_fraction * flat.shape[1]))
-            cut = flat.topk(k, dim=1).values[:, -1].view(-1, 1, 1, 1).detach()
-        return torch.sigmoid((attention - cut) / self.temperature)
+            return x.new_ones(x.shape[0], 1, *self.wrapper.diffusion_size_for(x))
+        return soft_mask(self.wrapper.attention(x), cfg.mask_rule, cfg.tau, cfg.top_fraction, self.temperature)
 
     def forward(self, x: Tensor) -> Tensor:
-        purified = self.wrapper.purify(x, mask=self.soft_mask(x))
-        return self.wrapper.classify(purified).softmax(dim=1).clamp_min(_TINY).log()
+        purified = self.wrapper.purify(x, mask=self.soft_mask(x), generator=self.generator)
+        return self.wrapper.classify(purified).log_softmax(dim=1)

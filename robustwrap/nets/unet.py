@@ -53,11 +53,12 @@ class SmallUNet(nn.Module):
         in_channels: int = 3,
         base_channels: int = 32,
         channel_mults: Sequence[int] = (1, 2, 2),
-        sample_size: int = 32,
+        sample_size: int | None = 32,
     ) -> None:
         super().__init__()
         self.in_channels = self.out_channels = in_channels
         self.sample_size = sample_size
+        self.size_multiple = 2 ** (len(channel_mults) - 1)  # H and W must be divisible by it
         widths = [base_channels * m for m in channel_mults]
         emb_dim = 4 * base_channels
         self.base_channels = base_channels
