@@ -71,3 +71,15 @@ def test_any_timm_classifier_wraps_in_two_lines(name, kwargs, sizes):
         (gradient,) = torch.autograd.grad(log_mean_probability(logits).sum(), x)
         assert torch.isfinite(gradient).all() and gradient.abs().sum() > 0
     assert _hooks(classifier) == hooks_before  # nothing stays attached to the user's model
+
+
+def test_inspect_reports_where_a_transformers_stage_maps_come_from():
+    from typer.testing import CliRunner
+
+    from robustwrap.cli.app import app
+
+    result = CliRunner().invoke(app, ["inspect", "vit_tiny_patch16_224"])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 0, output
+    assert "forward_intermediates index 11 (blocks.11)" in output and "(192, 14, 14)" in output
+    assert "only (224, 224)" in output  # a ViT without dynamic_img_size pins its size
