@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import warnings
 from dataclasses import InitVar, dataclass, field
+from pathlib import Path
 from typing import Literal
 
 NUM_TRAIN_STEPS = 1000  # the DDPM schedule the diffusion models were trained with
+CONFIG_FORMAT = "robustwrap.PurifyConfig"  # what a config file says it is
+CONFIG_VERSION = 1  # bump when a saved file's meaning changes
 
 MaskRule = Literal["threshold", "top_fraction"]
 MaskNormalization = Literal["minmax", "softmax"]
@@ -92,3 +98,89 @@ class PurifyConfig:
     def imagenet(cls, **overrides: object) -> "PurifyConfig":
         """The reference ImageNet settings: the top 15% of pixels get the strong noise."""
         return cls(**{"mask_rule": "top_fraction", "top_fraction": 0.15, **overrides})  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, object]:
+        """The fields by name (JSON-able: floats, ints, strings and booleans)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, object], source: str = "the configuration") -> "PurifyConfig":
+        """A validated config from field values; unknown names and wrong types are refused.
+
+        Raises:
+            ValueError: naming the unknown fields, the field of the wrong type, or the bad value.
+        """
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields) - {"normalization", "checkpoint"})
+        if unknown:
+            raise ValueError(f"{source}: unknown PurifyConfig fields {unknown}; known: {sorted(fields)}")
+        defaults = cls()
+        for name, value in values.items():
+            if name not in fields:
+                continue  # a deprecated alias, checked by __post_init__
+            expected = type(getattr(defaults, name))
+            integral = isinstance(value, int) and not isinstance(value, bool)
+            fits = integral if expected is int else (integral or isinstance(value, float)) if expected is float else isinstance(value, expected)
+            if not fits:
+                raise ValueError(f"{source}: {name} must be a {expected.__name__}, got {value!r}")
+        return cls(**values)  # type: ignore[arg-type]  (values are validated by __post_init__)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the config to ``path``: JSON (``.json``) or TOML (``.toml``), with its format version.
+
+        Returns:
+            The path written.
+        """
+        path = Path(path)
+        if path.suffix.lower() == ".json":
+            text = json.dumps({"format": CONFIG_FORMAT, "version": CONFIG_VERSION, "config": self.to_dict()}, indent=2) + "\n"
+        elif path.suffix.lower() == ".toml":
+            lines = [f'format = "{CONFIG_FORMAT}"', f"version = {CONFIG_VERSION}", "", "[config]"]
+            lines += [f"{name} = {_toml_value(value)}" for name, value in self.to_dict().items()]
+            text = "\n".join(lines) + "\n"
+        else:
+            raise ValueError(f"config files are .json or .toml, got {path.name}")
+        path.write_text(text)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "PurifyConfig":
+        """Read a config written by :meth:`save` (JSON or TOML), checking format, version and fields.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: not a robustwrap config, a newer version, unknown fields or bad values.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no config file {path}")
+        text = path.read_text()
+        try:
+            if path.suffix.lower() == ".toml":
+                data = _read_toml(text)
+            else:
+                data = json.loads(text)
+        except ValueError as error:  # json.JSONDecodeError and tomllib.TOMLDecodeError are ValueErrors
+            raise ValueError(f"{path} is not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: {error}") from error
+        if not isinstance(data, dict) or data.get("format") != CONFIG_FORMAT or not isinstance(data.get("config"), dict):
+            raise ValueError(f"{path} is not a robustwrap config: expected format = {CONFIG_FORMAT!r} and a config table")
+        version = data.get("version")
+        if not isinstance(version, int) or not 1 <= version <= CONFIG_VERSION:
+            raise ValueError(f"{path} has config version {version!r}; this robustwrap reads versions 1 to {CONFIG_VERSION}")
+        return cls.from_dict(data["config"], source=str(path))
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string for these plain names
+    return repr(value)
+
+
+def _read_toml(text: str) -> dict:
+    try:
+        import tomllib  # noqa: PLC0415  (Python >= 3.11)
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]  # noqa: PLC0415
+    return tomllib.loads(text)
