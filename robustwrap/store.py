@@ -1,13 +1,16 @@
 """The model store: ``models/<dataset>/<threat_model>/<name>.*`` and the models the project ships.
 
-The store is the repository's ``models/`` folder, or ``$ROBUSTWRAP_MODEL_DIR`` when set (a
-wheel install does not carry the weights: point the variable at a checkout's ``models/``).
+The shipped weights install with the package as ``robustwrap.models`` (the repository's
+``models/`` folder, mapped like ``export/`` and ``cli/``) and are found with importlib.resources,
+in a checkout and in a wheel alike. ``$ROBUSTWRAP_MODEL_DIR`` points the store at a folder of
+your own (RobustBench checkpoints, say); the shipped models are still found in the package.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Callable
 
@@ -16,9 +19,15 @@ from torch import nn
 from .nets import SmallResNet, SmallUNet
 
 
+def shipped_dir() -> Path:
+    """The installed ``robustwrap.models`` folder: the store of the weights the project ships."""
+    return Path(str(resources.files("robustwrap.models")))
+
+
 def model_dir() -> Path:
-    """Root of the model store."""
-    return Path(os.environ.get("ROBUSTWRAP_MODEL_DIR", Path(__file__).resolve().parents[1] / "models"))
+    """Root of the model store: ``$ROBUSTWRAP_MODEL_DIR`` when set, else :func:`shipped_dir`."""
+    configured = os.environ.get("ROBUSTWRAP_MODEL_DIR")
+    return Path(configured) if configured else shipped_dir()
 
 
 @dataclass(frozen=True)
@@ -41,11 +50,12 @@ SHIPPED_DIFFUSION = {
 
 
 def shipped_weights(entry: Shipped) -> Path:
-    """Path of a shipped model's weights; FileNotFoundError naming the script that makes them."""
-    path = model_dir() / entry.weights
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing: train it with `python examples/train_mnist.py` or set ROBUSTWRAP_MODEL_DIR "
-            "to a checkout's models/ folder"
-        )
-    return path
+    """Path of a shipped model's weights (the configured store first, then the package's);
+    FileNotFoundError naming the script that makes them."""
+    for root in dict.fromkeys((model_dir(), shipped_dir())):
+        if (root / entry.weights).is_file():
+            return root / entry.weights
+    raise FileNotFoundError(
+        f"{shipped_dir() / entry.weights} is missing: train it with `python examples/train_mnist.py` "
+        "(a checkout), or reinstall robustwrap"
+    )

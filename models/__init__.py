@@ -1,0 +1,1 @@
+"""The model store's shipped weights, installed as ``robustwrap.models`` (read with importlib.resources)."""
