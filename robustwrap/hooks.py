@@ -12,6 +12,7 @@ length of one capture (:meth:`HookedStages.attached`), so nothing stays on the u
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 from typing import Iterator, Sequence
 
@@ -147,13 +148,12 @@ class HookedStages:
         self.names = tuple(names)
         self._captured: dict[str, Tensor] = {}
         self._attached_to: nn.Module | None = None
-        self._hooks = {name: self._recorder(name) for name in self.names}  # fixed functions: no recompiles
+        # One fixed hook object per name (no recompiles under torch.compile); partials of a method
+        # so that the source deep-copies and pickles with the wrapper.
+        self._hooks = {name: functools.partial(HookedStages._record, self, name) for name in self.names}
 
-    def _recorder(self, name: str):
-        def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-            self._captured[name] = output
-
-        return hook
+    def _record(self, name: str, module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        self._captured[name] = output
 
     def check(self, model: nn.Module) -> None:
         """Raise ValueError naming the modules ``model`` lacks."""

@@ -172,3 +172,15 @@ def test_close_is_a_deprecated_no_op():
     wrapper = RobustWrapper(tiny_classifier(), tiny_unet())
     with pytest.warns(DeprecationWarning):
         wrapper.close()
+
+
+def test_a_wrapper_deep_copies_and_pickles_with_its_stage_source():
+    import copy
+    import pickle
+
+    wrapper = RobustWrapper(torchvision.models.resnet18(weights=None), tiny_unet(size=32), PurifyConfig(steps=10))
+    x = torch.rand(2, 3, 32, 32)
+    for clone in (copy.deepcopy(wrapper), pickle.loads(pickle.dumps(wrapper))):
+        assert clone.classifier is not wrapper.classifier
+        torch.testing.assert_close(clone.mask(x), wrapper.mask(x))
+        assert _hook_count(clone.classifier) == 0 and _hook_count(wrapper.classifier) == 0
