@@ -111,64 +111,148 @@ def _build_wrapper(classifier: str, classifier_weights: Optional[Path], diffusio
     return wrapper
 
 
+class GraphMode(str, Enum):
+    components = "components"
+    single = "single"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
 @app.command("export")
 def export_command(
-    engine: Engine = typer.Option(Engine.onnx, help="onnx (ONNX Runtime), trt (TensorRT engine, needs a GPU) or compile"),
-    out: Path = typer.Option(Path("robustwrap.onnx"), help="file to write (.onnx, or .plan for trt)"),
-    classifier: str = typer.Option("small-resnet", help="timm:<name>, torchvision:<name> or small-resnet"),
+    engine: Engine = typer.Option(Engine.onnx, help="onnx (ONNX Runtime), trt (TensorRT engines, needs a GPU) or "
+                                  "compile (torch.compile the networks and compare with eager)"),
+    out: Optional[Path] = typer.Option(None, help="bundle folder to write (default robustwrap-bundle); with "
+                                       "--graph single the .onnx file (default robustwrap.onnx)"),
+    graph: GraphMode = typer.Option(GraphMode.components, help="components: the denoiser and the classifier as two "
+                                    "graphs, the loop runs in robustwrap (steps, votes change at load time; export "
+                                    "time does not grow with steps); single: the whole loop unrolled into one "
+                                    "self-contained graph (small budgets only: size and export time grow with the calls)"),
+    classifier: str = typer.Option("mnist", help="mnist (shipped), cifar10-resnet18, timm:<name>, torchvision:<name>, "
+                                   "small-resnet, robustbench:<dataset>/<threat>/<name> or checkpoint:<file>"),
     classifier_weights: Optional[Path] = typer.Option(None, help="safetensors / weights-only .pt state dict"),
-    diffusion: str = typer.Option("small-unet", help="small-unet or diffusers:<local folder>"),
+    diffusion: str = typer.Option("mnist", help="mnist (shipped), small-unet, diffusers:<local folder> or checkpoint:<file>"),
     diffusion_weights: Optional[Path] = typer.Option(None, help="safetensors / weights-only .pt state dict"),
     num_classes: int = typer.Option(10, min=2),
-    channels: int = typer.Option(3, min=1),
-    image_size: int = typer.Option(32, min=8, help="input size of the defended model (square)"),
+    channels: Optional[int] = typer.Option(None, min=1, help="the models' channels; default: 1 for mnist, else 3"),
+    image_size: Optional[int] = typer.Option(None, min=8, help="input size of the defended model (square); default: "
+                                             "28 for mnist, else 32 (or what the classifier only takes)"),
     steps: int = typer.Option(50, min=1, help="DDIM grid over 1000 steps (t_l=0.2: steps/5 denoiser calls)"),
     t_l: float = typer.Option(0.2),
     t_s: float = typer.Option(0.1),
     votes: int = typer.Option(1, min=1, help="S purifications per image"),
-    noise: NoiseMode = typer.Option(NoiseMode.in_graph, help="in-graph random ops, or noise as a graph input"),
-    with_purified: bool = typer.Option(False, help="also output the purified images"),
-    max_batch: int = typer.Option(32, min=1),
-    fp16: bool = typer.Option(False, help="TensorRT: allow fp16 kernels"),
+    noise: NoiseMode = typer.Option(NoiseMode.in_graph, help="--graph single: in-graph random ops, or noise as a graph input"),
+    with_purified: bool = typer.Option(False, help="--graph single: also output the purified images"),
+    max_batch: int = typer.Option(64, min=1, help="rows per network call for TensorRT profiles and Triton "
+                                  "(the denoiser sees images x votes rows)"),
+    precision: Precision = typer.Option(Precision.fp32, help="TensorRT kernels: fp32, fp16 or bf16 (TensorRT 10)"),
+    fp16: bool = typer.Option(False, help="TensorRT: same as --precision fp16"),
     triton_repo: Optional[Path] = typer.Option(None, help="also write a Triton model repository here"),
+    overwrite: bool = typer.Option(False, help="replace an existing bundle folder"),
+    check: bool = typer.Option(True, help="load what was written and compare its probabilities with eager (same fixed "
+                               "noise, batch 2)"),
 ) -> None:
-    """Export the defended model: an ONNX graph, a TensorRT engine, or a compiled module check."""
+    """Export the defended model: a component bundle (default), TensorRT engines, a single graph, or a compile check."""
     import time
 
     import torch
 
     from robustwrap import PurifyConfig
 
-    if engine is Engine.trt and not torch.cuda.is_available():
-        _fail("a TensorRT engine needs a CUDA GPU and none is visible here; export --engine onnx instead")
+    _require_finite(t_l=t_l, t_s=t_s)
+    channels = channels or (1 if classifier == "mnist" else 3)
+    size = image_size or (28 if classifier == "mnist" else 32)
+    if graph is GraphMode.single:
+        out = out or Path("robustwrap.onnx")
+    else:
+        out = out or Path("robustwrap-bundle")
     if engine is not Engine.compile and not out.parent.resolve().is_dir():
         _fail(f"cannot write {out}: folder {out.parent} does not exist")
+    if engine is not Engine.compile and graph is GraphMode.components and out.exists() and not overwrite:
+        _fail(f"{out} exists: choose another --out or pass --overwrite")
     try:
         config = PurifyConfig(t_l=t_l, t_s=t_s, steps=steps, votes=votes)
     except ValueError as error:
         _fail(str(error))
     wrapper = _build_wrapper(classifier, classifier_weights, diffusion, diffusion_weights,
-                             num_classes, channels, image_size, config)
+                             num_classes, channels, size, config)
+    if image_size is None and wrapper.image_size:  # a classifier that only takes one size
+        size = wrapper.image_size[0]
+    channels = wrapper.channels or channels
+    precision_name = "fp16" if fp16 else precision.value
 
-    summary = Table(title=f"robustwrap export --engine {engine.value}", show_header=False)
+    summary = Table(title=f"robustwrap export --engine {engine.value} --graph {graph.value}", show_header=False)
+    summary.add_row("models", f"classifier {classifier}, diffusion {diffusion}: {channels} x {size} x {size}")
     summary.add_row("denoiser calls x votes", f"{wrapper.plan.denoiser_calls} x {config.votes}")
+    x = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0))
+    fixed = torch.randn(wrapper.noise_shape(x), generator=torch.Generator().manual_seed(1))
     if engine is Engine.compile:
-        from robustwrap.export import compile_wrapper, graph_breaks
+        from robustwrap.export import compile_networks
 
-        x = torch.rand(3, channels, image_size, image_size)
-        fixed = torch.randn(wrapper.noise_shape(x))
-        breaks = graph_breaks(wrapper, x, fixed)
-        with console.status("compiling (cold compiles take about a minute on a CPU)..."):
+        with console.status("compiling the two networks (cold compiles take a while on a CPU)..."):
             start = time.perf_counter()
-            compiled = compile_wrapper(wrapper)
+            compiled = compile_networks(wrapper)
             with torch.no_grad():
                 got = compiled(x, noise=fixed)
             seconds = time.perf_counter() - start
             with torch.no_grad():
                 want = wrapper(x, noise=fixed)
-        summary.add_row("graph breaks", str(len(breaks)) + (f": {breaks}" if breaks else ""))
-        summary.add_row("compile + first call", f"{seconds:.1f} s")
+        summary.add_row("compile + first call (networks, not the loop)", f"{seconds:.1f} s")
         summary.add_row("parity vs eager (max |d prob|, fixed noise)", f"{float((got - want).abs().max()):.2e}")
+        console.print(summary)
+        return
+
+    if graph is GraphMode.components:
+        from robustwrap.export import export_bundle, load_bundle
+
+        specs = {"classifier": classifier, "diffusion": diffusion, "num_classes": num_classes,
+                 "classifier_weights": str(classifier_weights) if classifier_weights else None,
+                 "diffusion_weights": str(diffusion_weights) if diffusion_weights else None}
+        try:
+            with console.status("exporting the denoiser and the classifier..."):
+                result = export_bundle(wrapper, out, image_size=size, specs=specs, overwrite=overwrite)
+        except (ValueError, ImportError, OSError, RuntimeError) as error:
+            _fail(str(error))
+        files = result.config["files"]
+        summary.add_row("bundle", f"{result.path} ({result.bytes / 1e6:.1f} MB)")
+        summary.add_row("nodes", f"denoiser {files['denoiser']['nodes']}, classifier {files['classifier']['nodes']}")
+        summary.add_row("export time", f"{result.seconds:.1f} s (does not depend on steps)")
+        if check:
+            loaded = load_bundle(out)
+            with torch.no_grad():
+                gap = float((loaded(x, noise=fixed) - wrapper(x, noise=fixed)).abs().max())
+            summary.add_row("ONNX Runtime vs eager: max |d prob|", f"{gap:.2e}")
+        if engine is Engine.trt:
+            if not torch.cuda.is_available():
+                summary.add_row("TensorRT engines", "skipped: no CUDA GPU visible here (the ONNX bundle is written; "
+                                "build later with robustwrap.export.build_bundle_engines on a GPU machine)")
+            else:
+                from robustwrap.export import build_bundle_engines
+
+                try:
+                    with console.status("building the TensorRT engines..."):
+                        builds = build_bundle_engines(out, precision=precision_name, max_batch=max_batch,
+                                                      opt_batch=min(8, max_batch))
+                except (RuntimeError, ValueError, ImportError) as error:
+                    _fail(str(error))
+                summary.add_row("TensorRT engines", ", ".join(f"{b.path.name} ({b.bytes / 1e6:.1f} MB)"
+                                                             for b in builds.values()) + f", {precision_name}")
+                if check:
+                    engines = load_bundle(out, engine="tensorrt", device="cuda")
+                    with torch.no_grad():
+                        gap = float((engines(x.cuda(), noise=fixed.cuda()).cpu() - wrapper(x, noise=fixed)).abs().max())
+                    summary.add_row("TensorRT vs eager: max |d prob|", f"{gap:.2e}")
+        if triton_repo is not None:
+            from robustwrap.export import write_triton_bundle
+
+            built = engine is Engine.trt and (out / "denoiser.plan").is_file()
+            folders = write_triton_bundle(triton_repo, out, backend="tensorrt" if built else "onnxruntime",
+                                          max_batch_size=max_batch)
+            summary.add_row("triton models", ", ".join(str(f) for f in folders.values()))
         console.print(summary)
         return
 
@@ -189,23 +273,32 @@ def export_command(
     summary.add_row("ops", ", ".join(result.op_types))
     summary.add_row("export time", f"{seconds:.1f} s")
     runner = OnnxRunner(onnx_path, providers=["CPUExecutionProvider"])
-    if runner.explicit_noise:
+    if not check:
+        pass
+    elif runner.explicit_noise:
         summary.add_row("parity vs eager (max |d prob|, batch 3)", f"{onnx_parity(wrapper, runner):.2e}")
     else:
-        scores = runner(torch.rand(2, channels, image_size, image_size))[0]
+        scores = runner(torch.rand(2, channels, size, size))[0]
         summary.add_row("parity vs eager", "n/a with in-graph noise (export --noise explicit to compare); "
                         f"ran: scores sum to {float(scores.sum(1).mean()):.4f}")
-    if engine is Engine.trt:
+    built = False
+    if engine is Engine.trt and not torch.cuda.is_available():
+        summary.add_row("TensorRT engine", "skipped: no CUDA GPU visible here (the ONNX graph is written)")
+    elif engine is Engine.trt:
         from robustwrap.export import build_engine
 
-        with console.status("building the TensorRT engine..."):
-            build = build_engine(onnx_path, engine_path, max_batch=max_batch, opt_batch=min(8, max_batch), fp16=fp16,
-                                 timing_cache=out.with_suffix(".timing-cache"))
-        summary.add_row("engine", f"{build.path} ({build.bytes / 1e6:.1f} MB, fp16={build.fp16})")
+        try:
+            with console.status("building the TensorRT engine..."):
+                build = build_engine(onnx_path, engine_path, max_batch=max_batch, opt_batch=min(8, max_batch),
+                                     precision=precision_name, timing_cache=out.with_suffix(".timing-cache"))
+        except (RuntimeError, ValueError, ImportError) as error:
+            _fail(str(error))
+        built = True
+        summary.add_row("engine", f"{build.path} ({build.bytes / 1e6:.1f} MB, {build.precision})")
     if triton_repo is not None:
         folder = write_triton_repository(
-            triton_repo, onnx_path, backend="tensorrt" if engine is Engine.trt else "onnxruntime",
-            engine_path=engine_path if engine is Engine.trt else None, max_batch_size=max_batch,
+            triton_repo, onnx_path, backend="tensorrt" if built else "onnxruntime",
+            engine_path=engine_path if built else None, max_batch_size=max_batch,
         )
         summary.add_row("triton model", str(folder))
     console.print(summary)

@@ -186,3 +186,52 @@ def test_compiled_wrapper_matches_eager_and_checks_inputs():
     torch.testing.assert_close(in_graph.sum(1), torch.ones(3))
     with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
         compiled(x + 2)
+
+
+# --- the export command: the shipped MNIST models by default, component bundle by default ----
+
+
+def _invoke(*args: str) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from robustwrap.cli.app import app
+
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, " ".join(result.output.split())
+
+
+def _row_value(output: str, label: str) -> float:
+    return float(output.split(label)[1].split("│")[1].strip())
+
+
+@pytest.mark.slow
+def test_cli_exports_a_bundle_of_the_shipped_mnist_models(tmp_path):
+    out = tmp_path / "bundle"
+    code, output = _invoke("export", "--out", str(out), "--steps", "10", "--triton-repo", str(tmp_path / "triton"))
+    assert code == 0, output
+    info = json.loads((out / "config.json").read_text())
+    assert info["specs"]["classifier"] == "mnist" and info["specs"]["diffusion"] == "mnist"
+    assert info["channels"] == 1 and info["image_size"] == [28, 28] and info["config"]["steps"] == 10
+    assert _row_value(output, "ONNX Runtime vs eager: max |d prob|") < 1e-4
+    assert {p.name for p in (tmp_path / "triton").iterdir()} == {"classifier", "denoiser", "robustwrap"}
+    code, output = _invoke("export", "--out", str(out), "--steps", "10")
+    assert code == 2 and "exists" in output  # never over an existing bundle without --overwrite
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
+def test_cli_trt_without_a_gpu_writes_the_bundle_and_skips_the_engines(tmp_path):
+    out = tmp_path / "bundle"
+    code, output = _invoke("export", "--engine", "trt", "--out", str(out), "--steps", "10", "--no-check")
+    assert code == 0, output
+    assert "skipped: no CUDA GPU" in output and (out / "denoiser.onnx").is_file() and not list(out.glob("*.plan"))
+
+
+@pytest.mark.slow
+def test_cli_single_graph_of_the_shipped_models_checks_with_their_channels(tmp_path):
+    # The summary check used 3 channels for the 1-channel MNIST graph and ended in a traceback.
+    out = tmp_path / "single.onnx"
+    code, output = _invoke("export", "--graph", "single", "--out", str(out), "--steps", "10", "--noise", "explicit")
+    assert code == 0, output
+    assert out.is_file() and _row_value(output, "parity vs eager") < 1e-4
+    assert read_metadata(out)["channels"] == 1
