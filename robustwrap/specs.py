@@ -1,10 +1,12 @@
 """Build networks from short text specs (for the CLI) and load their weights safely.
 
 Classifier specs: ``mnist`` (shipped), ``cifar10-resnet18`` (pyautoattack's), ``timm:<name>``
-(weights from ``weights`` or an existing local hub cache), ``torchvision:<name>``,
+(weights from ``weights`` or an existing local hub cache), ``hf:<org>/<name>[@revision]`` (a timm
+model repository on the Hugging Face hub, cache first), ``torchvision:<name>``,
 ``small-resnet``, ``robustbench:<dataset>/<threat_model>/<name>`` (a file in the model store)
 and ``checkpoint:<file>`` (architecture detected from the tensors).
-Diffusion specs: ``mnist`` (shipped), ``small-unet``, ``diffusers:<local folder>`` and
+Diffusion specs: ``mnist`` (shipped), ``small-unet``, ``diffusers:<local folder>``,
+``hf:<org>/<name>[@revision]`` (a diffusers UNet2DModel repository, cache first) and
 ``checkpoint:<file>`` (guided-diffusion, score-SDE DDPM++, converted EDM, ...).
 The shipped specs load their weights from the model store unless weights are given.
 Every file is read without executing code (:mod:`robustwrap.checkpoints`).
@@ -22,6 +24,7 @@ from torch import nn
 
 from .architectures import load_checkpoint
 from .checkpoints import load_state_dict, load_strict
+from .hub import hf_diffusion, hf_timm_classifier
 from .nets import SmallResNet, SmallUNet
 from .nets.cifar_resnet import CifarResNet18, pyautoattack_resnet18_weights
 from .store import SHIPPED_CLASSIFIERS, SHIPPED_DIFFUSION, model_dir, shipped_weights
@@ -60,6 +63,8 @@ def build_classifier(spec: str, *, num_classes: int = 10, channels: int = 3, wei
         return load_checkpoint(name, kind="classifier")[0]
     if kind == "robustbench" and name:
         return load_checkpoint(robustbench_path(name), kind="classifier")[0]
+    if kind == "hf" and name:
+        return hf_timm_classifier(name)
     if kind == "timm" and name and weights is None:
         weights = timm_cached_weights(name)
         if weights is None:
@@ -134,8 +139,8 @@ def _classifier(spec: str, num_classes: int, channels: int) -> nn.Module:
     elif spec == "small-resnet":
         model = SmallResNet(channels, num_classes)
     else:
-        raise ValueError(f"unknown classifier spec {spec!r}: use mnist, cifar10-resnet18, timm:<name>, torchvision:<name>, "
-                         "small-resnet, robustbench:<dataset>/<threat>/<name> or checkpoint:<file>")
+        raise ValueError(f"unknown classifier spec {spec!r}: use mnist, cifar10-resnet18, timm:<name>, hf:<org>/<name>, "
+                         "torchvision:<name>, small-resnet, robustbench:<dataset>/<threat>/<name> or checkpoint:<file>")
     return model
 
 
@@ -151,6 +156,8 @@ def build_diffusion(spec: str, *, channels: int = 3, image_size: int = 32, weigh
     kind, _, name = spec.partition(":")
     if kind == "checkpoint" and name:
         return load_checkpoint(name, kind="diffusion")[0]
+    if kind == "hf" and name:
+        return hf_diffusion(name)
     return _build(lambda: _diffusion(spec, channels, image_size), weights)
 
 
@@ -170,5 +177,6 @@ def _diffusion(spec: str, channels: int, image_size: int) -> nn.Module:
             )
         model = UNet2DModel.from_pretrained(location, local_files_only=True)  # .bin files: weights_only=True
     else:
-        raise ValueError(f"unknown diffusion spec {spec!r}: use mnist, small-unet, diffusers:<local folder> or checkpoint:<file>")
+        raise ValueError(f"unknown diffusion spec {spec!r}: use mnist, small-unet, diffusers:<local folder>, "
+                         "hf:<org>/<name> or checkpoint:<file>")
     return model
