@@ -376,7 +376,8 @@ def eval_command(
     steps: int = typer.Option(50, min=1, help="defense DDIM grid (t_l=0.2: steps/5 denoiser calls; the paper: 500)"),
     t_l: float = typer.Option(0.2, help="strong-noise level t_l as a fraction of the 1000 diffusion steps (attended pixels)"),
     t_s: float = typer.Option(0.1, help="weak-noise level t_s, fraction of 1000: below it the inpainting stage ends"),
-    votes: int = typer.Option(1, min=1, help="S purifications per image, combined by majority vote"),
+    votes: int = typer.Option(1, min=1, help="S purifications per image, combined by the vote rule "
+                              "(hard majority by default)"),
     out: Path = typer.Option(Path("eval-results"), help="folder: one subfolder of results per defense"),
     resume: bool = typer.Option(False, help="continue the runs recorded in --out"),
     sanity: bool = typer.Option(False, help="run the reviewer's sanity checks on one stratified batch of each "

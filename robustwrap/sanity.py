@@ -36,6 +36,11 @@ def _stderr(p: float, n: int) -> float:
     return math.sqrt(max(p * (1 - p), (1 / n) * (1 - 1 / n)) / n)
 
 
+def _pct(p: float, n: int) -> str:
+    """'12.5% ± 8.3%': an accuracy over n images with its standard error."""
+    return f"{p:.1%} ± {_stderr(p, n):.1%}"
+
+
 def _accuracy(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: EvalConfig, tag: int) -> float:
     """Accuracy of ``wrapper`` (the defense, or the bare classifier when not cfg.defended) under cfg's attack."""
     adversarial = attack_images(wrapper, images, labels, cfg, generator=make_generator(images.device, cfg.seed, tag, 0))
@@ -73,7 +78,8 @@ def sanity_checks(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: E
     6. BPDA is not much stronger than the full gradient (that would hint at obfuscated gradients).
 
     Without ``cfg.defended`` (the bare classifier): checks 1-5 on the classifier itself.
-    Standard errors are binomial over the images, at least that of one image.
+    Standard errors are binomial over the images, at least that of one image in n (so a
+    measured 0% still shows its uncertainty); the details quote each accuracy with it.
 
     Returns:
         The checks in that order; nothing is raised for a failed check.
@@ -102,16 +108,16 @@ def sanity_checks(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: E
             if clean <= UNDEFENDED_CEILING else "")
     checks.append(Check(f"attack drives the undefended classifier to <= {UNDEFENDED_CEILING:.0%}",
                         bare <= UNDEFENDED_CEILING and clean > UNDEFENDED_CEILING and not iters_zero,
-                        f"clean {clean:.1%} -> {bare:.1%} ± {_stderr(bare, n):.1%} of {n} images under {budget}{note}"))
+                        f"clean {_pct(clean, n)} -> {_pct(bare, n)} of {n} images under {budget}{note}"))
 
     huge = dataclasses.replace(pgd, eps=1.0 if cfg.norm == "Linf" else 1e3, step_size=None)
     large = _accuracy(wrapper, images, labels, huge, tag=3)
     checks.append(Check(f"robust accuracy <= {HUGE_RADIUS_CEILING:.0%} at a huge radius", large <= HUGE_RADIUS_CEILING,
-                        f"{large:.1%} at eps={huge.radius:g} ({huge.iters} iterations, step {huge.step:.3g})"))
+                        f"{_pct(large, n)} at eps={huge.radius:g} ({huge.iters} iterations, step {huge.step:.3g})"))
 
     accuracy = {k: _accuracy(wrapper, images, labels, dataclasses.replace(pgd, iters=k * pgd.iters), tag=4)
                 for k in (1, 2, 4)}
-    ladder = ", ".join(f"{accuracy[k]:.1%} at {k * pgd.iters}" for k in (1, 2, 4)) + f" iterations ({n} images)"
+    ladder = ", ".join(f"{_pct(accuracy[k], n)} at {k * pgd.iters}" for k in (1, 2, 4)) + f" iterations ({n} images)"
     falling = accuracy[2] - accuracy[4]
     slack = 2 * _stderr(accuracy[2], n)
     checks.append(Check("robust accuracy converged (2x -> 4x iterations falls by <= 2 se)", falling <= slack,
@@ -124,5 +130,5 @@ def sanity_checks(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: E
         full = _accuracy(wrapper, images, labels, dataclasses.replace(pgd, attack="pgd-eot"), tag=5)
         bpda = _accuracy(wrapper, images, labels, dataclasses.replace(pgd, attack="bpda"), tag=5)
         checks.append(Check("BPDA not much stronger than the full gradient", bpda >= full - 2 * _stderr(full, n),
-                            f"full gradient {full:.1%}, BPDA {bpda:.1%} ({pgd.iters} iterations)"))
+                            f"full gradient {_pct(full, n)}, BPDA {_pct(bpda, n)} ({pgd.iters} iterations)"))
     return checks
