@@ -361,3 +361,27 @@ def test_onnxruntime_cuda_io_binding_matches_eager(bundle):
     noise = _noise(wrapper, x)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x.cuda(), noise=noise.cuda()).cpu(), wrapper(x, noise=noise), rtol=0, atol=1e-4)
+
+
+# --- torch.compile of the networks, not the loop ---------------------------------------------
+
+
+@pytest.mark.slow
+def test_compiled_networks_match_eager_and_compile_once_for_any_number_of_calls():
+    from robustwrap.export import compile_networks
+
+    torch._dynamo.reset()
+    wrapper = _wrapper(steps=20)  # 4 denoiser calls
+    compiled = compile_networks(wrapper)
+    x = torch.rand(2, 3, 16, 16)
+    noise = _noise(wrapper, x)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, noise=noise), wrapper(x, noise=noise), rtol=0, atol=1e-5)
+    frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert frames >= 2  # the classifier (with its maps) and the epsilon model
+    longer = compile_networks(wrapper.with_config(PurifyConfig(steps=50, votes=2)))  # 10 calls, same shapes
+    with torch.no_grad():
+        longer(x, noise=_noise(longer, x))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames  # nothing new to compile
+    with pytest.raises(ValueError, match="CUDA"):
+        compile_networks(wrapper, mode="reduce-overhead")
