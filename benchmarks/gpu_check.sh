@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# GPU check of the component deployment (issue 12). One script, under 10 minutes on one H200:
+#   1. install TensorRT 10 and onnxruntime-gpu (skipped if already importable; needs a registry),
+#   2. export the real score-SDE DDPM++ configuration (robustwrap.nets.NCSNpp defaults, 106.6M
+#      parameters, random weights) and a RobustBench WRN-28-10 (random weights) as a bundle,
+#   3. build TensorRT engines for both components, fp32 and fp16,
+#   4. compare TensorRT fp32 / fp16 and ONNX Runtime CUDA (I/O binding) with eager CUDA on the
+#      same explicit noise at the paper's setting (steps 500, t_l 0.2: 100 denoiser calls),
+#   5. print images/s at 100 calls, batch 8, for each.
+# Prints, never asserts (a benchmark). Usage: bash benchmarks/gpu_check.sh [workdir]
+# Not run in the session that wrote it (no GPU was lent): unverified as a whole.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+WORK=${1:-$(mktemp -d /tmp/robustwrap-gpu-check.XXXXXX)}
+export PYTHONUNBUFFERED=1
+
+"$PY" -c "import robustwrap.export" 2>/dev/null || "$PY" -m pip install -q --no-deps --no-build-isolation -e . \
+  || { echo "could not install robustwrap from $(pwd)"; exit 1; }
+if ! "$PY" -c "import tensorrt" 2>/dev/null; then
+  # TensorRT 10 keeps BuilderFlag.FP16 (removed in 11); the CUDA 13 wheels first, then CUDA 12.
+  timeout 300 "$PY" -m pip install -q "tensorrt-cu13>=10,<11" || timeout 300 "$PY" -m pip install -q "tensorrt-cu12>=10,<11" \
+    || echo "NOTE: tensorrt could not be installed: the TensorRT rows are skipped"
+fi
+if ! "$PY" -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())" 2>/dev/null; then
+  # onnxruntime-gpu installs the same module as the CPU wheel: remove that one first.
+  { "$PY" -m pip uninstall -q -y onnxruntime && timeout 300 "$PY" -m pip install -q "onnxruntime-gpu>=1.18"; } \
+    || echo "NOTE: onnxruntime-gpu could not be installed: the ONNX Runtime CUDA row is skipped"
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+
+timeout 540 "$PY" - "$WORK" <<'PYTHON'
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from robustwrap import PurifyConfig, RobustWrapper
+from robustwrap.export import build_bundle_engines, export_bundle, load_bundle
+from robustwrap.nets import NCSNpp, WideResNet
+from robustwrap.nets.ncsnpp import ScoreSDEEps
+
+work = Path(sys.argv[1])
+assert torch.cuda.is_available(), "no CUDA device visible to torch"
+print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}; work folder {work}")
+torch.manual_seed(0)
+paper = PurifyConfig(steps=500, t_l=0.2, votes=1)  # 100 denoiser calls
+wrapper = RobustWrapper(WideResNet().eval(), ScoreSDEEps(NCSNpp().eval()), paper, image_size=32)
+print(f"denoiser calls {wrapper.plan.denoiser_calls}, NCSNpp parameters "
+      f"{sum(p.numel() for p in wrapper.eps_model.parameters()):,}")
+
+start = time.perf_counter()
+bundle = export_bundle(wrapper, work / "bundle", overwrite=True)
+files = bundle.config["files"]
+print(f"export (CPU): {time.perf_counter() - start:.1f} s, {bundle.bytes / 1e6:.1f} MB, "
+      f"denoiser {files['denoiser']['nodes']} nodes, classifier {files['classifier']['nodes']} nodes")
+
+wrapper = wrapper.cuda()
+batch = 8
+generator = torch.Generator(device="cuda").manual_seed(1)
+x = torch.rand(batch, 3, 32, 32, device="cuda", generator=generator)
+noise = torch.randn(wrapper.noise_shape(x), device="cuda", generator=generator)
+
+def timed(model, repeats=3):
+    with torch.no_grad():
+        probs = model(x, noise=noise)  # warm-up (allocations, engine/session set-up)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            model(x, noise=noise)
+        torch.cuda.synchronize()
+    return probs.float(), batch * repeats / (time.perf_counter() - start)
+
+reference, eager_rate = timed(wrapper)
+rows = [("eager CUDA fp32", 0.0, eager_rate)]
+t = torch.full((batch,), 150.0, device="cuda")
+with torch.no_grad():
+    eps_reference = wrapper.eps_model(2 * x - 1, t)
+
+def compare(name, loaded):
+    probs, rate = timed(loaded)
+    with torch.no_grad():
+        eps = loaded.eps_model(2 * x - 1, t)
+    relative = float((eps - eps_reference).norm() / eps_reference.norm().clamp_min(1e-12))
+    rows.append((name, float((probs - reference).abs().max()), rate))
+    print(f"{name}: one denoiser call, relative |d eps| {relative:.2e}")
+
+try:
+    compare("ONNX Runtime CUDA (I/O binding)", load_bundle(bundle.path, device="cuda"))
+except Exception as error:  # a benchmark reports what failed and goes on
+    print(f"ONNX Runtime CUDA: skipped ({type(error).__name__}: {error})")
+
+for precision in ("fp32", "fp16"):
+    folder = work / f"bundle-{precision}"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(bundle.path, folder)
+    try:
+        start = time.perf_counter()
+        build_bundle_engines(folder, precision=precision, opt_batch=batch, max_batch=64)
+        print(f"TensorRT {precision} engines built in {time.perf_counter() - start:.1f} s")
+        compare(f"TensorRT {precision}", load_bundle(folder, engine="tensorrt", device="cuda"))
+    except Exception as error:
+        print(f"TensorRT {precision}: skipped ({type(error).__name__}: {error})")
+
+print(f"\nbatch {batch}, {wrapper.plan.denoiser_calls} denoiser calls, explicit noise shared with eager")
+print(f"{'engine':34s} {'max |d prob| vs eager':>22s} {'images/s':>10s}")
+for name, gap, rate in rows:
+    print(f"{name:34s} {gap:22.2e} {rate:10.2f}")
+PYTHON
