@@ -1,0 +1,388 @@
+"""Calibrate the defense to a classifier: sweep noise levels and mask cut at a fixed denoiser budget.
+
+The paper's first stated limitation is that the attention mask depends on the classifier, so
+τ, t_l and t_s need tuning per network. :func:`tune` does that on held-out data:
+
+- candidates: the heterogeneous defense over (t_l, t_s = t_l / 2, τ or top fraction) and the
+  uniform baseline over t* (all-ones mask), each at the same number of denoiser calls per image;
+- every candidate is scored by :func:`robustwrap.evaluation.run_evaluation` (so it is resumable
+  batch by batch): clean accuracy on the whole set, robust accuracy on a seeded stratified subset
+  under an adaptive attack (full-gradient PGD+EOT by default), each with its standard error;
+- a coarse grid first, then the neighbours of each family's best point;
+- the chosen setting is the most robust one whose clean accuracy is at least ``min_clean`` times
+  the undefended classifier's (ties: the higher clean accuracy).
+
+Everything lands in ``out``: one evaluation folder per candidate, ``points.json``, ``table.md``,
+``frontier.png`` and the chosen configuration as ``best.json`` (:meth:`PurifyConfig.load` reads it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Literal
+
+from torch import Tensor
+
+from .config import PurifyConfig
+from .data import describe_subset, stratified_subset
+from .evaluation import EvalConfig, run_evaluation
+from .schedule import make_plan
+from .wrapper import RobustWrapper
+
+Family = Literal["none", "uniform", "heterogeneous"]
+FAMILIES = ("uniform", "heterogeneous")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the sweep.
+
+    Attributes:
+        family: "uniform" (all-ones mask at t* = ``t_l``) or "heterogeneous"; "none" is the
+            undefended classifier.
+        t_l: strong noise level (t* for uniform), fraction of 1000.
+        cut: τ for the threshold rule, the top fraction for the top-fraction rule (unused for uniform).
+    """
+
+    family: Family
+    t_l: float = 0.0
+    cut: float = 0.0
+
+    @property
+    def name(self) -> str:
+        if self.family == "none":
+            return "none"
+        if self.family == "uniform":
+            return f"uniform-t{self.t_l:.3f}"
+        return f"heterogeneous-t{self.t_l:.3f}-cut{self.cut:.3f}"
+
+    def config(self, base: PurifyConfig, calls: int) -> PurifyConfig:
+        """The defense at this point, spending ``calls`` denoiser calls per purification."""
+        levels = {"t_l": self.t_l, "t_s": round(self.t_l / 2, 6)}
+        if self.family == "uniform":
+            config = replace(base, mode="uniform", **levels)
+        elif base.mask_rule == "threshold":
+            config = replace(base, mode="heterogeneous", tau=self.cut, **levels)
+        else:
+            config = replace(base, mode="heterogeneous", top_fraction=self.cut, **levels)
+        return replace(config, steps=steps_for_calls(config, calls))
+
+
+def steps_for_calls(config: PurifyConfig, calls: int) -> int:
+    """The DDIM ``steps`` whose plan spends the number of denoiser calls nearest ``calls``.
+
+    Ties go to the smaller ``steps``. With t_l = 0.2 and 10 calls this is 50.
+    """
+    if calls < 1:
+        raise ValueError(f"calls must be >= 1, got {calls}")
+    centre = calls / config.t_l
+    best: tuple[int, int] | None = None
+    for steps in range(max(1, math.floor(centre) - 3), min(1000, math.ceil(centre) + 3) + 1):
+        try:
+            spent = make_plan(replace(config, steps=steps)).denoiser_calls
+        except ValueError:
+            continue
+        if best is None or abs(spent - calls) < abs(best[1] - calls):
+            best = (steps, spent)
+    if best is None:
+        raise ValueError(f"no steps give about {calls} denoiser calls at t_l = {config.t_l}")
+    return best[0]
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """What :func:`tune` sweeps and how it scores (defaults: minutes on the shipped MNIST models)."""
+
+    calls: int = 10                          # denoiser calls per image and vote, for every candidate
+    uniform_levels: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)        # coarse t* grid
+    heterogeneous_levels: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6)  # coarse t_l grid (t_s = t_l / 2)
+    cuts: tuple[float, ...] = (0.9,)         # coarse τ (threshold rule) or top fractions
+    refine: bool = True                      # then try each family's best point's neighbours
+    level_step: float = 0.05                 # neighbours: t_l ± this
+    cut_step: float = 0.1                    # neighbours: cut ± this
+    families: tuple[str, ...] = FAMILIES     # which families to sweep
+    n_attack: int = 64                       # stratified subset attacked (0 = every image)
+    attack: str = "pgd-eot"                  # "pgd-eot" (full gradient) or "bpda" (a surrogate)
+    norm: Literal["Linf", "L2"] = "Linf"
+    eps: float | None = None                 # None: the evaluation's default for the norm
+    iters: int = 10
+    eot: int = 1
+    step_size: float | None = None           # None: 2.5 * eps / iters
+    loss: Literal["ce", "margin", "dlr"] = "ce"
+    min_clean: float = 0.97                  # chosen point: clean >= this x the undefended clean accuracy
+    seed: int = 0
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.calls < 1 or self.n_attack < 0 or self.iters < 0 or self.eot < 1 or self.batch_size < 1:
+            problems.append("need calls >= 1, n_attack >= 0, iters >= 0, eot >= 1 and batch_size >= 1")
+        if not 0 < self.min_clean <= 1:
+            problems.append(f"min_clean must be in (0, 1], got {self.min_clean}")
+        unknown = [f for f in self.families if f not in FAMILIES]
+        if unknown or not self.families:
+            problems.append(f"families must be a non-empty subset of {FAMILIES}, got {self.families}")
+        if self.attack not in ("pgd-eot", "bpda"):
+            problems.append(f"attack must be 'pgd-eot' or 'bpda', got {self.attack!r}")
+        levels = [*self.uniform_levels, *self.heterogeneous_levels]
+        if not all(0 < level < 1 for level in levels) or not all(0 < cut <= 1 for cut in self.cuts):
+            problems.append("noise levels must be in (0, 1) and cuts in (0, 1]")
+        if problems:
+            raise ValueError("invalid tune settings: " + "; ".join(problems))
+
+    def eval_config(self) -> EvalConfig:
+        """The attack every candidate faces."""
+        return EvalConfig(attack=self.attack, norm=self.norm, eps=self.eps, iters=self.iters, eot=self.eot,
+                          step_size=self.step_size, loss=self.loss, seed=self.seed, batch_size=self.batch_size)
+
+
+@dataclass(frozen=True)
+class Point:
+    """A scored candidate: clean accuracy on the whole set, robust accuracy on the attacked subset."""
+
+    candidate: Candidate
+    config: PurifyConfig | None
+    calls: int
+    clean: float
+    clean_se: float
+    n_clean: int
+    robust: float
+    robust_se: float
+    n_robust: int
+
+    def to_dict(self) -> dict:
+        return {"name": self.candidate.name, **dataclasses.asdict(self.candidate),
+                "config": None if self.config is None else self.config.to_dict(),
+                **{k: getattr(self, k) for k in ("calls", "clean", "clean_se", "n_clean", "robust", "robust_se", "n_robust")}}
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """All scored points, the undefended baseline, the choice and where the files went."""
+
+    baseline: Point
+    points: tuple[Point, ...]
+    chosen: Point
+    meets_min_clean: bool
+    clean_floor: float
+    out: Path
+
+    @property
+    def config(self) -> PurifyConfig:
+        assert self.chosen.config is not None
+        return self.chosen.config
+
+
+def pareto_front(points: list[Point]) -> list[Point]:
+    """The points no other point beats in both clean and robust accuracy, by clean accuracy."""
+    front = [p for p in points
+             if not any(q.clean >= p.clean and q.robust >= p.robust and (q.clean, q.robust) != (p.clean, p.robust)
+                        for q in points)]
+    return sorted(front, key=lambda p: p.clean)
+
+
+def choose(points: list[Point], clean_floor: float) -> tuple[Point, bool]:
+    """The most robust point with clean >= ``clean_floor`` (ties: higher clean); else the cleanest."""
+    eligible = [p for p in points if p.clean >= clean_floor]
+    if eligible:
+        return max(eligible, key=lambda p: (p.robust, p.clean)), True
+    return max(points, key=lambda p: (p.clean, p.robust)), False
+
+
+def neighbours(point: Point, settings: TuneSettings) -> list[Candidate]:
+    """Candidates around ``point``: t_l ± level_step and, for the heterogeneous family, cut ± cut_step."""
+    c = point.candidate
+    around = [replace(c, t_l=round(c.t_l + d, 6)) for d in (-settings.level_step, settings.level_step)]
+    if c.family == "heterogeneous":
+        around += [replace(c, cut=round(c.cut + d, 6)) for d in (-settings.cut_step, settings.cut_step)]
+    return [a for a in around if 0.02 <= a.t_l <= 0.95 and (a.family == "uniform" or 0.05 <= a.cut <= 1.0)]
+
+
+def coarse_grid(settings: TuneSettings) -> list[Candidate]:
+    """The first sweep: every uniform t* and every heterogeneous (t_l, cut)."""
+    grid: list[Candidate] = []
+    if "uniform" in settings.families:
+        grid += [Candidate("uniform", t) for t in settings.uniform_levels]
+    if "heterogeneous" in settings.families:
+        grid += [Candidate("heterogeneous", t, cut) for t in settings.heterogeneous_levels for cut in settings.cuts]
+    return grid
+
+
+def tune(
+    wrapper: RobustWrapper,
+    images: Tensor,
+    labels: Tensor,
+    out: str | os.PathLike,
+    settings: TuneSettings = TuneSettings(),
+    *,
+    num_classes: int,
+    resume: bool = False,
+    description: dict | None = None,
+    on_progress: Callable[[int, int, str], None] | None = None,
+) -> TuneResult:
+    """Sweep the defense on held-out data and pick the most robust setting above a clean floor.
+
+    Args:
+        wrapper: the defended classifier; its config is the base (mask rule, U, votes, ...) and
+            each candidate runs on ``wrapper.with_config(...)`` (the same networks).
+        images: (N, C, H, W) held-out images in [0, 1]; labels: (N,) in [0, num_classes).
+        out: folder for the evaluations, the table, the plot and ``best.json``.
+        resume: continue a sweep recorded in ``out`` (same settings); otherwise ``out`` must not
+            hold one.
+        description: JSON-able facts recorded with the settings (model and data specs).
+        on_progress: called with (candidates done, candidates planned so far, the one just done).
+
+    Returns:
+        The scored points and the chosen one (``result.config`` is its PurifyConfig).
+    """
+    out = Path(out)
+    header = {"tune": json.loads(json.dumps(dataclasses.asdict(settings))), "base": wrapper.config.to_dict(),
+              "n_images": int(images.shape[0]), **(description or {})}
+    settings_file = out / "tune.json"
+    if settings_file.exists():
+        if not resume:
+            raise FileExistsError(f"{out} holds a sweep: resume it (--resume) or choose another folder")
+        if json.loads(settings_file.read_text()) != json.loads(json.dumps(header)):
+            raise ValueError(f"{out} holds a sweep with other settings; choose another folder")
+    elif out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file; the sweep needs a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    settings_file.write_text(json.dumps(header, indent=2) + "\n")
+
+    attacked = stratified_subset(labels, settings.n_attack, settings.seed)
+    subset = describe_subset(labels, attacked, seed=settings.seed, requested=settings.n_attack,
+                             spec=(description or {}).get("data"))
+    attack = settings.eval_config()
+    clean_only = EvalConfig(attack="none", seed=settings.seed, batch_size=max(settings.batch_size, 256))
+
+    def score(candidate: Candidate) -> Point:
+        defended = candidate.family != "none"
+        config = candidate.config(wrapper.config, settings.calls) if defended else None
+        view = wrapper.with_config(config) if config is not None else wrapper
+        folder = out / candidate.name
+        clean = run_evaluation(view, images, labels, replace(clean_only, defended=defended), folder / "clean",
+                               num_classes=num_classes, resume=True, description=description)
+        robust = run_evaluation(view, images[attacked], labels[attacked], replace(attack, defended=defended),
+                                folder / "robust", num_classes=num_classes, resume=True, subset=subset,
+                                description=description)
+        assert clean is not None and robust is not None  # single process: every batch is recorded
+        return Point(candidate, config, view.plan.denoiser_calls * view.config.votes if defended else 0,
+                     clean["clean_accuracy"]["mean"], clean["clean_accuracy"]["stderr"], clean["n_samples"],
+                     robust["robust_accuracy"]["mean"], robust["robust_accuracy"]["stderr"], robust["n_samples"])
+
+    planned = [Candidate("none"), *coarse_grid(settings)]
+    scored: dict[str, Point] = {}
+
+    def run(candidates: list[Candidate]) -> None:
+        for candidate in candidates:
+            if candidate.name not in scored:
+                scored[candidate.name] = score(candidate)
+                if on_progress is not None:
+                    on_progress(len(scored), len(planned), candidate.name)
+
+    run(planned)
+    baseline = scored["none"]
+    clean_floor = settings.min_clean * baseline.clean
+    if settings.refine:
+        for family in settings.families:
+            members = [p for p in scored.values() if p.candidate.family == family]
+            if members:
+                extra = [c for c in neighbours(choose(members, clean_floor)[0], settings) if c.name not in scored]
+                planned += extra
+                run(extra)
+    points = [p for p in scored.values() if p.candidate.family != "none"]
+    chosen, meets = choose(points, clean_floor)
+    result = TuneResult(baseline, tuple(points), chosen, meets, clean_floor, out)
+    write_outputs(result, settings, header)
+    return result
+
+
+def write_outputs(result: TuneResult, settings: TuneSettings, header: dict) -> None:
+    """``points.json``, ``table.md``, ``frontier.png`` and ``best.json`` in ``result.out``."""
+    out = result.out
+    result.config.save(out / "best.json")
+    summary = {"settings": header, "baseline": result.baseline.to_dict(), "chosen": result.chosen.candidate.name,
+               "meets_min_clean": result.meets_min_clean, "clean_floor": result.clean_floor,
+               "points": [p.to_dict() for p in result.points],
+               "pareto": {f: [p.candidate.name for p in pareto_front([q for q in result.points if q.candidate.family == f])]
+                          for f in settings.families}}
+    (out / "points.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "table.md").write_text(table_markdown(result, settings))
+    plot_frontiers(result, settings, out / "frontier.png")
+
+
+def describe_attack(settings: TuneSettings, n_robust: int, n_clean: int) -> str:
+    """One sentence: which attack, what budget, on what subset."""
+    attack = settings.eval_config()
+    step = attack.step if attack.step is not None else 0.0
+    return (f"{'full-gradient PGD+EOT' if settings.attack == 'pgd-eot' else 'BPDA'} ({settings.norm}, eps {attack.radius:.4g}, "
+            f"{settings.iters} iterations of step {step:.4g}, EOT {settings.eot}, loss {settings.loss}) on a seeded "
+            f"stratified subset of {n_robust} images (seed {settings.seed}); clean accuracy on all {n_clean} images; "
+            f"{settings.calls} denoiser calls per image for every defense")
+
+
+def table_markdown(result: TuneResult, settings: TuneSettings) -> str:
+    """The sweep as a Markdown table, with its protocol and the choice stated."""
+    lines = [
+        f"Robust accuracy: {describe_attack(settings, result.baseline.n_robust, result.baseline.n_clean)}. "
+        "± is one standard error.",
+        "",
+        "| setting | family | t_l (t*) | t_s | cut | steps | calls | clean | robust |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows = [result.baseline, *sorted(result.points, key=lambda p: (p.candidate.family, p.candidate.t_l, p.candidate.cut))]
+    for p in rows:
+        c, cfg = p.candidate, p.config
+        mark = " **(chosen)**" if p is result.chosen else ""
+        lines.append(
+            f"| {c.name}{mark} | {c.family} | {'-' if cfg is None else f'{cfg.t_l:g}'} | {'-' if cfg is None else f'{cfg.t_s:g}'} | "
+            f"{'-' if c.family != 'heterogeneous' else f'{c.cut:g}'} | {'-' if cfg is None else cfg.steps} | {p.calls} | "
+            f"{p.clean:.1%} ± {p.clean_se:.1%} | {p.robust:.1%} ± {p.robust_se:.1%} |"
+        )
+    verdict = "meets" if result.meets_min_clean else "no setting meets"
+    lines += ["", f"Chosen: `{result.chosen.candidate.name}` ({verdict} the clean floor "
+                  f"{settings.min_clean:g} x {result.baseline.clean:.1%} = {result.clean_floor:.1%}); config in best.json.", ""]
+    return "\n".join(lines)
+
+
+def plot_frontiers(result: TuneResult, settings: TuneSettings, path: Path) -> None:
+    """Robust vs clean accuracy per family with standard-error bars; the choice and floor marked."""
+    try:
+        import matplotlib  # noqa: PLC0415
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError as error:
+        raise ImportError("robustwrap tune draws its plot with matplotlib: pip install matplotlib") from error
+    figure, axes = plt.subplots(figsize=(7, 5), dpi=120)
+    colours = {"uniform": "tab:blue", "heterogeneous": "tab:orange"}
+    for family in settings.families:
+        members = sorted((p for p in result.points if p.candidate.family == family), key=lambda p: p.clean)
+        if not members:
+            continue
+        axes.errorbar([p.clean for p in members], [p.robust for p in members],
+                      xerr=[p.clean_se for p in members], yerr=[p.robust_se for p in members],
+                      fmt="o", color=colours[family], alpha=0.6, capsize=2, label=f"{family} (all points)")
+        front = pareto_front(members)
+        axes.plot([p.clean for p in front], [p.robust for p in front], "-", color=colours[family], label=f"{family} frontier")
+    base = result.baseline
+    axes.errorbar([base.clean], [base.robust], xerr=[base.clean_se], yerr=[base.robust_se], fmt="s", color="black",
+                  capsize=2, label="no defense")
+    axes.plot([result.chosen.clean], [result.chosen.robust], "*", markersize=18, color="tab:red",
+              label=f"chosen: {result.chosen.candidate.name}")
+    axes.axvline(result.clean_floor, color="grey", linestyle=":", label=f"clean floor ({settings.min_clean:g} x no defense)")
+    attack = settings.eval_config()
+    axes.set_xlabel(f"clean accuracy (all {base.n_clean} images)")
+    axes.set_ylabel(f"robust accuracy ({base.n_robust} images)")
+    axes.set_title(f"{settings.norm} eps {attack.radius:.3g}, PGD {settings.iters} it. x EOT {settings.eot}, "
+                   f"{settings.calls} denoiser calls; bars: 1 s.e.", fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="best")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
