@@ -32,12 +32,12 @@ def inspect(
     model: str = typer.Argument(..., help="a timm model name, e.g. resnet50 (built without weights)"),
     image_size: int = typer.Option(None, help="input size to probe; default: the model's declared size"),
 ) -> None:
-    """Show what RobustWrapper infers for a classifier: stage modules, their maps, normalisation."""
+    """Show where RobustWrapper reads a classifier's stage maps, their shapes, and its normalisation."""
     import timm
     import torch
 
-    from robustwrap.hooks import StageHooks, infer_stage_modules
-    from robustwrap.inputs import infer_classifier_spec, infer_normalization
+    from robustwrap.inputs import classifier_fixed_size, infer_classifier_spec, infer_normalization
+    from robustwrap.stages import infer_stage_source
 
     try:
         classifier = timm.create_model(model, pretrained=False).eval()
@@ -47,21 +47,22 @@ def inspect(
     channels, declared_size = infer_classifier_spec(classifier)
     size = (image_size, image_size) if image_size else declared_size or (224, 224)
     try:
-        blocks = infer_stage_modules(classifier)
-    except ValueError as error:
+        source = infer_stage_source(classifier, probe_size=size)
+        with torch.no_grad():
+            shapes = [tuple(a.shape[1:]) for a in source.capture(classifier, torch.zeros(1, channels or 3, *size))]
+    except (ValueError, RuntimeError, AssertionError) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from error
-    with StageHooks(classifier, blocks) as hooks, torch.no_grad():
-        classifier(torch.zeros(1, channels or 3, *size))
-        shapes = [tuple(a.shape[1:]) for a in hooks.pop()]
 
-    table = Table(title=f"{model}: stages used for the attention mask (input {size})")
-    table.add_column("module")
-    table.add_column("output (C, H, W)")
-    for name, shape in zip(blocks, shapes):
-        table.add_row(name, str(shape))
+    table = Table(title=f"{model}: stage maps for the attention mask (input {size})")
+    table.add_column("source")
+    table.add_column("map (C, H, W)")
+    for line, shape in zip(source.describe(), shapes):
+        table.add_row(line, str(shape))
     console.print(table)
-    console.print(f"normalization inside the wrapper: {infer_normalization(classifier)}")
+    fixed = classifier_fixed_size(classifier)
+    console.print(f"input sizes: {'only ' + str(fixed) if fixed else 'any the network takes'}; "
+                  f"normalization inside the wrapper: {infer_normalization(classifier)}")
 
 
 class Engine(str, Enum):
@@ -89,7 +90,7 @@ def _build_wrapper(classifier: str, classifier_weights: Optional[Path], diffusio
     from robustwrap.store import SHIPPED_CLASSIFIERS, SHIPPED_DIFFUSION
 
     def carries_weights(spec: str, shipped: dict) -> bool:
-        return spec in shipped or spec == "cifar10-resnet18" or spec.startswith(("checkpoint:", "robustbench:", "diffusers:"))
+        return spec in shipped or spec == "cifar10-resnet18" or spec.startswith(("checkpoint:", "robustbench:", "diffusers:", "hf:"))
 
     untrained = (classifier_weights is None and not carries_weights(classifier, SHIPPED_CLASSIFIERS)) or (
         diffusion_weights is None and not carries_weights(diffusion, SHIPPED_DIFFUSION)
@@ -702,6 +703,9 @@ def models_check(path: Path = typer.Argument(..., help="a checkpoint file (.safe
     table.add_row("result", "[green]all keys and shapes match[/green]" if report.ok else "[red]does not load strictly[/red]")
     console.print(table)
     raise typer.Exit(0 if report.ok else 1)
+
+
+from . import tune as _tune  # noqa: E402,F401  (registers `robustwrap tune`; one module per new command)
 
 
 def main() -> None:
