@@ -19,6 +19,7 @@ load time without exporting again, and export time and size do not depend on the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -30,7 +31,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -81,16 +82,19 @@ class ClassifierWithStages(nn.Module):
     def _record(self, module: nn.Module, inputs: tuple, output: Tensor) -> None:
         self._logits.append(output)
 
-    def attached(self):
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[None]:
         """Context: the stage source's hooks and the logits recorder on the classifier."""
-        import contextlib
-
-        stack = contextlib.ExitStack()
-        stack.enter_context(self.stages.attached(self.classifier))
-        if isinstance(self.stages, HookedStages):
+        with self.stages.attached(self.classifier):
+            if not isinstance(self.stages, HookedStages):
+                yield
+                return
             handle = self.classifier.register_forward_hook(self._record)
-            stack.callback(handle.remove)
-        return stack
+            try:
+                yield
+            finally:
+                handle.remove()
+                self._logits.clear()
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         x = self.normalize(images)
@@ -536,7 +540,7 @@ def wrapper_from_engines(info: Mapping[str, Any], classifier_runner: Runner, den
 def load_bundle(
     path: str | os.PathLike,
     engine: Engine = "onnxruntime",
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     config: PurifyConfig | Mapping[str, Any] | None = None,
     *,
     providers: Sequence[Any] | None = None,
@@ -548,7 +552,8 @@ def load_bundle(
         path: a folder written by :func:`export_bundle`.
         engine: "onnxruntime" (the .onnx files) or "tensorrt" (the .plan files written by
             :func:`robustwrap.export.build_bundle_engines`; CUDA only).
-        device: "cpu" or "cuda[:i]"; pass images on this device.
+        device: "cpu" or "cuda[:i]" (default: "cpu" for ONNX Runtime, "cuda" for TensorRT);
+            the engines run there (images on another device are moved and come back).
         config: None (the saved configuration), a :class:`PurifyConfig`, or a mapping of
             overrides such as ``{"steps": 500, "votes": 4}``.
         providers: ONNX Runtime execution providers (e.g. ``["TensorrtExecutionProvider",
@@ -566,6 +571,7 @@ def load_bundle(
     info = read_bundle(path)
     folder = Path(path)
     files = info["files"]
+    device = device if device is not None else ("cuda" if engine == "tensorrt" else "cpu")
     if engine == "onnxruntime":
         def runner(component: str):
             return OrtRunner(folder / files[component]["file"], files[component]["output_shapes"], device, providers, threads)
@@ -583,7 +589,7 @@ def load_bundle(
     return wrapper_from_engines(info, runner(CLASSIFIER), runner(DENOISER), config)
 
 
-def bundle_files(path: str | os.PathLike, component: str) -> list[Path]:
+def bundle_files(path: str | os.PathLike) -> list[Path]:
     """The files one component needs: its graph and the external data files the graph names."""
     onnx = require("onnx", "export")
     graph = Path(path)

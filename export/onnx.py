@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ def export_onnx(
     with_purified: bool = False,
     opset: int = 20,
     max_batch: int = 1024,
+    external_data_threshold: int | None = None,
 ) -> OnnxExport:
     """Export the defended model as one ONNX graph with a dynamic batch axis.
 
@@ -81,9 +83,14 @@ def export_onnx(
     draws fresh noise per run (``RandomNormalLike``); ``"explicit"`` adds a ``noise`` input of
     shape (B, D, S, C, Hd, Wd) (D noise draws), making the graph deterministic and comparable with eager.
 
-    The file is written under a temporary name in the target folder, checked with
-    ``onnx.checker`` (full check, with shape inference), then renamed: a failure leaves
-    nothing behind.
+    The graph grows with the number of denoiser calls: for more than a few, export the
+    networks instead (:func:`robustwrap.export.export_bundle`). Exporter metadata and doc
+    strings are stripped. Weights above ``external_data_threshold`` bytes (default ~1.8 GB)
+    go to ``<file>.data`` beside the graph, named after the final file (relative location).
+
+    The file is written in a temporary folder beside the target, checked with
+    ``onnx.checker`` (full check, with shape inference), then moved into place (its data
+    file first): a failure leaves nothing behind.
 
     Raises:
         ValueError: bad noise mode or opset, or a wrapper without a fixed input shape.
@@ -128,21 +135,32 @@ def export_onnx(
             "The classifier and diffusion model must trace without data-dependent Python control flow; "
             "robustwrap.export.graph_breaks(wrapper, x) shows where tracing stops."
         ) from error
-    program.model.metadata_props[METADATA_KEY] = json.dumps(metadata)
+    import onnx_ir
 
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(handle)
+    from .bundle import EXTERNAL_DATA_THRESHOLD, _initializer_bytes, _strip
+
+    _strip(program.model)
+    program.model.metadata_props[METADATA_KEY] = json.dumps(metadata)
+    threshold = EXTERNAL_DATA_THRESHOLD if external_data_threshold is None else external_data_threshold
+    data_name = f"{path.name}.data" if _initializer_bytes(program.model) > threshold else None
+
+    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
-        program.save(temporary)
-        onnx.checker.check_model(temporary, full_check=True)
-        os.replace(temporary, path)
+        onnx_ir.save(program.model, folder / path.name, external_data=data_name)
+        onnx.checker.check_model(str(folder / path.name), full_check=True)
+        if data_name:
+            os.replace(folder / data_name, path.parent / data_name)
+        os.replace(folder / path.name, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        if data_name and not (folder / data_name).exists():  # moved already: the graph did not follow
+            (path.parent / data_name).unlink(missing_ok=True)
         raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     model = onnx.load(str(path), load_external_data=False)
     result = OnnxExport(
         path=path,
-        bytes=path.stat().st_size,
+        bytes=path.stat().st_size + ((path.parent / data_name).stat().st_size if data_name else 0),
         nodes=len(model.graph.node),
         opset=next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
         op_types=tuple(sorted({node.op_type for node in model.graph.node})),

@@ -29,16 +29,21 @@ class OnnxRunner:
         path: an ONNX file written by :func:`robustwrap.export.export_onnx`.
         providers: ONNX Runtime execution providers; default :func:`default_providers`.
         seed: seed ONNX Runtime's random ops (in-graph noise) for reproducible runs.
+        threads: intra-op threads (CPU); None for ONNX Runtime's default.
 
     Inputs may be numpy arrays or torch tensors; outputs come back as the same kind.
     """
 
-    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None, seed: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None, seed: int | None = None,
+                 threads: int | None = None) -> None:
         ort = require("onnxruntime", "export")
         self.metadata = read_metadata(path)
         if seed is not None:
             ort.set_seed(seed)
-        self.session = ort.InferenceSession(str(path), providers=list(providers or default_providers()))
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers or default_providers()))
         self.input_shapes = {i.name: i.shape for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
 

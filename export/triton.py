@@ -86,8 +86,15 @@ def write_triton_repository(
     folder = Path(repository) / model_name
     version_folder = folder / str(version)
     version_folder.mkdir(parents=True, exist_ok=True)
-    source, target = (Path(onnx_path), "model.onnx") if backend == "onnxruntime" else (Path(engine_path), "model.plan")
-    shutil.copyfile(source, version_folder / target)
+    if backend == "onnxruntime":
+        from .bundle import bundle_files
+
+        graph, *data = bundle_files(onnx_path)
+        shutil.copyfile(graph, version_folder / "model.onnx")
+        for data_file in data:  # the graph names its data file: the same name beside model.onnx
+            shutil.copyfile(data_file, version_folder / data_file.name)
+    else:
+        shutil.copyfile(Path(engine_path), version_folder / "model.plan")
     config = triton_config(model_name, backend, describe(model.graph.input), describe(model.graph.output), max_batch_size)
     (folder / "config.pbtxt").write_text(config)
     return folder
@@ -248,7 +255,7 @@ def write_triton_bundle(
         version_folder = folder / str(version)
         version_folder.mkdir(parents=True, exist_ok=True)
         if backend == "onnxruntime":
-            graph, *data = bundle_files(source / info["files"][component]["file"], component)
+            graph, *data = bundle_files(source / info["files"][component]["file"])
             shutil.copyfile(graph, version_folder / "model.onnx")
             for path in data:  # the graph names its data file: same name beside model.onnx
                 shutil.copyfile(path, version_folder / path.name)

@@ -235,3 +235,21 @@ def test_cli_single_graph_of_the_shipped_models_checks_with_their_channels(tmp_p
     assert code == 0, output
     assert out.is_file() and _row_value(output, "parity vs eager") < 1e-4
     assert read_metadata(out)["channels"] == 1
+
+
+@pytest.mark.slow
+def test_single_graph_is_stripped_and_keeps_external_data_named_after_the_final_file(tmp_path):
+    import onnx
+
+    wrapper = _wrapper(votes=1)
+    result = export_onnx(wrapper, tmp_path / "model.onnx", noise="explicit", external_data_threshold=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+    model = onnx.load(str(result.path), load_external_data=False)
+    assert [p.key for p in model.metadata_props] == ["robustwrap"]
+    assert not any(node.doc_string or node.metadata_props for node in model.graph.node)
+    locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"model.onnx.data"}
+    folder = write_triton_repository(tmp_path / "triton", result.path)
+    assert sorted(p.name for p in (folder / "1").iterdir()) == ["model.onnx", "model.onnx.data"]
+    runner = OnnxRunner(folder / "1" / "model.onnx", providers=["CPUExecutionProvider"])
+    assert onnx_parity(wrapper, runner, batch=2) < 1e-4
