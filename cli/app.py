@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from enum import Enum
 from pathlib import Path
@@ -316,7 +317,20 @@ class LossName(str, Enum):
     dlr = "dlr"
 
 
-DEFENSES = ("none", "uniform", "heterogeneous")
+DEFENSES = ("none", "uniform", "heterogeneous", "config")
+CONFIG_HELP = ("a PurifyConfig file (.json/.toml, e.g. the best.json `robustwrap tune` writes): the defense's "
+               "settings; --steps, --t-l, --t-s and --votes override it when given")
+
+
+def _defense_config(config: Optional[Path], **overrides: object):
+    """The PurifyConfig from --config (or the defaults) with the options given on the command line."""
+    from robustwrap import PurifyConfig
+
+    try:
+        base = PurifyConfig.load(config) if config is not None else PurifyConfig(steps=50)
+        return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error))
 ATTACK_HELP = ("comma list of pgd-eot (full gradient through every denoiser call, with EOT), bpda (identity "
                "backward through the purifier), mask-aware (gradient through a relaxed mask too), autoattack "
                "(APGD-CE + APGD-DLR with EOT, needs pyautoattack) or none (clean); each is run, and an image "
@@ -347,6 +361,14 @@ def _subset_words(subset: dict) -> str:
             f"({how}; {spread} per class, {len(counts)} classes)")
 
 
+def _defense_view(wrapper, defense, name: str):
+    """The wrapper for one --defenses entry: the bare one for none, the config as is for config,
+    else the config in that mode (uniform: all-ones mask, the DiffPure baseline)."""
+    if name in ("none", "config"):
+        return wrapper
+    return wrapper.with_config(dataclasses.replace(defense, mode=name))
+
+
 @app.command("eval")
 def eval_command(
     data: str = typer.Option("mnist5k:heldout", help="mnist5k:<train|heldout>, folder:<dir>, cifar10:<dir>, foolbox:<set>, tensors:<file>"),
@@ -356,8 +378,10 @@ def eval_command(
     diffusion: str = typer.Option("mnist", help="mnist (shipped), small-unet, diffusers:<local folder> or checkpoint:<file>"),
     diffusion_weights: Optional[Path] = typer.Option(None, help="safetensors / weights-only .pt state dict"),
     num_classes: int = typer.Option(10, min=2),
-    defenses: str = typer.Option("none,uniform,heterogeneous", help="comma list of none (bare classifier), "
-                                 "uniform (DiffPure baseline, same denoiser calls), heterogeneous"),
+    defenses: Optional[str] = typer.Option(None, help="comma list of none (bare classifier), uniform (DiffPure "
+                                           "baseline, same denoiser calls), heterogeneous, config (the --config "
+                                           "file's defense as it is); default none,uniform,heterogeneous, or "
+                                           "none,config with --config"),
     attack: str = typer.Option("pgd-eot", help=ATTACK_HELP),
     norm: NormName = typer.Option(NormName.linf, help="threat model: Linf (max pixel change) or L2 (Euclidean norm of the change)"),
     eps: Optional[float] = typer.Option(None, help="radius of the threat model; default 0.3 (Linf) for MNIST data "
@@ -374,11 +398,15 @@ def eval_command(
     surrogate_steps: Optional[int] = typer.Option(None, min=1, help="attack through `steps`=this; defend at --steps"),
     runs: int = typer.Option(1, min=1, help="R repeated evaluations of the final adversarial examples"),
     seed: int = typer.Option(0, help="seeds the subset, every attack and the defense's noise"),
-    steps: int = typer.Option(50, min=1, help="defense DDIM grid (t_l=0.2: steps/5 denoiser calls; the paper: 500)"),
-    t_l: float = typer.Option(0.2, help="strong-noise level t_l as a fraction of the 1000 diffusion steps (attended pixels)"),
-    t_s: float = typer.Option(0.1, help="weak-noise level t_s, fraction of 1000: below it the inpainting stage ends"),
-    votes: int = typer.Option(1, min=1, help="S purifications per image, combined by the vote rule "
-                              "(hard majority by default)"),
+    config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
+    steps: Optional[int] = typer.Option(None, min=1, help="defense DDIM grid (t_l=0.2: steps/5 denoiser calls; "
+                                        "default 50; the paper: 500)"),
+    t_l: Optional[float] = typer.Option(None, help="strong-noise level t_l as a fraction of the 1000 diffusion steps "
+                                        "(attended pixels); default 0.2"),
+    t_s: Optional[float] = typer.Option(None, help="weak-noise level t_s, fraction of 1000: below it the inpainting "
+                                        "stage ends; default 0.1"),
+    votes: Optional[int] = typer.Option(None, min=1, help="S purifications per image, combined by the vote rule "
+                                        "(hard majority by default); default 1"),
     out: Path = typer.Option(Path("eval-results"), help="folder: one subfolder of results per defense"),
     resume: bool = typer.Option(False, help="continue the runs recorded in --out"),
     sanity: bool = typer.Option(False, help="run the reviewer's sanity checks on one stratified batch of each "
@@ -399,9 +427,13 @@ def eval_command(
     from robustwrap.data import describe_subset, is_mnist, load_dataset, stratified_subset
     from robustwrap.evaluation import EvalConfig, run_evaluation
 
+    if defenses is None:
+        defenses = "none,config" if config is not None else "none,uniform,heterogeneous"
     chosen = [d.strip() for d in defenses.split(",") if d.strip()]
     if not chosen or any(d not in DEFENSES for d in chosen):
         _fail(f"--defenses takes a comma list of {DEFENSES}, got {defenses!r}")
+    if "config" in chosen and config is None:
+        _fail("--defenses config needs --config FILE")
     if out.exists() and not out.is_dir():
         _fail(f"--out {out} is a file: give a folder (one subfolder of results per defense)")
     _require_finite(eps=eps, step_size=step_size, t_l=t_l, t_s=t_s)
@@ -410,7 +442,7 @@ def eval_command(
     try:
         base = EvalConfig(attack=attack, norm=norm.value, eps=eps, iters=iters, step_size=step_size, eot=eot,
                           loss=loss.value, surrogate_steps=surrogate_steps, runs=runs, seed=seed, batch_size=batch_size)
-        defense = PurifyConfig(steps=steps, t_l=t_l, t_s=t_s, votes=votes)
+        defense = _defense_config(config, steps=steps, t_l=t_l, t_s=t_s, votes=votes)
         all_images, all_labels = load_dataset(data)
         size = min(batch_size, n_samples or batch_size) if sanity else n_samples
         indices = stratified_subset(all_labels, size, seed)
@@ -435,7 +467,7 @@ def eval_command(
         failed = False
         for name in chosen:
             cfg = dataclasses.replace(base, defended=name != "none")
-            view = wrapper.with_config(dataclasses.replace(defense, mode=name)) if name != "none" else wrapper
+            view = _defense_view(wrapper, defense, name)
             with console.status(f"{name}: running sanity checks (each attacks the batch anew)..."):
                 checks = sanity_checks(view, images, labels, cfg)
             table = Table(title=f"sanity checks, defense {name}: {sanity_attack(cfg)} ({budget})",
@@ -462,7 +494,7 @@ def eval_command(
         with Progress(*columns, console=console, disable=rank != 0) as progress:
             for name in chosen:
                 cfg = dataclasses.replace(base, defended=name != "none")
-                view = wrapper.with_config(dataclasses.replace(defense, mode=name)) if name != "none" else wrapper
+                view = _defense_view(wrapper, defense, name)
                 task = progress.add_task(f"{name}: {base.attack} on {len(labels)} images", total=None)
                 reports[name] = run_evaluation(
                     view, images, labels, cfg, out / name, num_classes=num_classes, resume=resume, subset=subset,
@@ -583,9 +615,13 @@ def purify_command(
     channels: Optional[int] = typer.Option(None, min=1, help="the models' channels; default: 1 for mnist, else 3"),
     image_size: Optional[int] = typer.Option(None, min=8, help="the models' input size; default: 28 for mnist, "
                                              "32 for cifar10-resnet18 and small models, else what the classifier declares"),
-    steps: int = typer.Option(50, min=1, help="DDIM grid over 1000 steps (t_l=0.2: steps/5 denoiser calls)"),
-    t_l: float = typer.Option(0.2, help="strong-noise level t_l as a fraction of the 1000 diffusion steps (attended pixels)"),
-    t_s: float = typer.Option(0.1, help="weak-noise level t_s, fraction of 1000: below it the inpainting stage ends"),
+    config_file: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+    steps: Optional[int] = typer.Option(None, min=1, help="DDIM grid over 1000 steps (t_l=0.2: steps/5 denoiser "
+                                        "calls); default 50"),
+    t_l: Optional[float] = typer.Option(None, help="strong-noise level t_l as a fraction of the 1000 diffusion steps "
+                                        "(attended pixels); default 0.2"),
+    t_s: Optional[float] = typer.Option(None, help="weak-noise level t_s, fraction of 1000: below it the inpainting "
+                                        "stage ends; default 0.1"),
     background: Background = typer.Option(Background.auto, help="what transparent pixels become: auto = the model's "
                                           "training background (black for mnist, else white)"),
     invert: bool = typer.Option(False, help="invert the images first (e.g. dark digits on white paper for mnist)"),
@@ -607,10 +643,7 @@ def purify_command(
     _require_finite(t_l=t_l, t_s=t_s)
     channels = channels or (1 if classifier == "mnist" else 3)
     image_size = image_size or (28 if classifier == "mnist" else 32)
-    try:
-        config = PurifyConfig(steps=steps, t_l=t_l, t_s=t_s)
-    except ValueError as error:
-        _fail(str(error))
+    config = _defense_config(config_file, steps=steps, t_l=t_l, t_s=t_s)
     wrapper = _build_wrapper(classifier, classifier_weights, diffusion, diffusion_weights, num_classes, channels,
                              image_size, config)
     image_size = wrapper.image_size[0] if wrapper.image_size else image_size

@@ -85,3 +85,31 @@ def test_bad_tune_settings_are_refused():
                 dict(uniform_levels=(1.5,))):
         with pytest.raises(ValueError, match="invalid tune settings"):
             TuneSettings(**bad)
+
+
+@pytest.mark.slow
+def test_cli_tune_then_eval_with_its_config_reproduces_the_chosen_point(tmp_path, data):
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from robustwrap.cli.app import app
+
+    images, labels = data
+    save_file({"images": images, "labels": labels}, str(tmp_path / "data.safetensors"))
+    common = ["--data", f"tensors:{tmp_path / 'data.safetensors'}", "--classifier", "small-resnet",
+              "--diffusion", "small-unet", "--eps", "0.03", "--iters", "1", "--eot", "1", "--batch-size", "8", "--seed", "0"]
+    runner = CliRunner()
+    tuned = runner.invoke(app, ["tune", *common, "--calls", "2", "--n-attack", "8", "--no-refine",
+                                "--out", str(tmp_path / "tune")])
+    output = " ".join(tuned.output.split())
+    assert tuned.exit_code == 0, output
+    assert "chosen" in output and "best.json" in output and "stratified subset of 8 images" in output
+    summary = json.loads((tmp_path / "tune" / "points.json").read_text())
+    chosen = next(p for p in summary["points"] if p["name"] == summary["chosen"])
+
+    evaluated = runner.invoke(app, ["eval", *common, "--config", str(tmp_path / "tune" / "best.json"),
+                                    "--n-samples", "8", "--out", str(tmp_path / "eval")])
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads((tmp_path / "eval" / "config" / "report.json").read_text())
+    assert report["settings"]["defense"] == chosen["config"]
+    assert report["robust_accuracy"]["mean"] == chosen["robust"]  # same subset, attack, seeds and defense
