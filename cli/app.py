@@ -513,12 +513,12 @@ def eval_command(
     calls = (f"; {' and '.join(defended)}: {wrapper.plan.denoiser_calls} denoiser calls x {defense.votes} vote(s)"
              if defended else "")
     times = ", ".join(f"{name} {report['seconds']:.0f} s" for name, report in reports.items())
-    table = Table(title=f"accuracy (%) under {', '.join(attacks)} ({budget})", box=box.SIMPLE_HEAD, pad_edge=False,
-                  caption=f"on {_subset_words(subset)}; ± is one binomial standard error over the images"
-                          + (f"; accuracies are means over {runs} runs" if runs > 1 else "")
-                          + ("; all attacks: robust to every attack (per-image worst case)" if len(attacks) > 1 else "")
-                          + (f"; worst run: the lowest of the {runs} runs; all {runs} runs: robust in every run"
-                             if runs > 1 else "") + calls + f"; time: {times}")
+    table = Table(title=f"accuracy (%) under {', '.join(attacks)} ({budget})", box=box.SIMPLE_HEAD, pad_edge=False)
+    notes = (f"on {_subset_words(subset)}; ± is one binomial standard error over the images"
+             + (f"; accuracies are means over {runs} runs" if runs > 1 else "")
+             + ("; all attacks: robust to every attack (per-image worst case)" if len(attacks) > 1 else "")
+             + (f"; worst run: the lowest of the {runs} runs; all {runs} runs: robust in every run"
+                if runs > 1 else "") + calls + f"; time: {times}")
     for column in ("defense", "clean", "attack", "robust"):
         table.add_column(column, no_wrap=True)
     if runs > 1:
@@ -540,6 +540,7 @@ def eval_command(
                         _num(stats["all_runs"], stats["stderr_all_runs"])]
             table.add_row(*row, end_section=position == len(rows) - 1 and len(rows) > 1)
     console.print(table)
+    console.print(notes)
     console.print(f"reports: {out}/<defense>/report.json")
 
 
