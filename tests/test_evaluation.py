@@ -16,7 +16,9 @@ from robustwrap.data import describe_subset, stratified_subset
 from robustwrap.evaluation import EvalConfig, run_evaluation
 from robustwrap.sanity import sanity_checks
 
-from .tiny import tiny_wrapper
+from robustwrap import RobustWrapper
+
+from .tiny import tiny_classifier, tiny_unet, tiny_wrapper
 
 CFG = EvalConfig(attack="pgd-eot", iters=2, eot=1, runs=2, batch_size=2, seed=3)
 
@@ -159,8 +161,9 @@ def test_data_model_mismatch_is_refused_before_any_attack(tmp_path):
     images, labels = _data()
     with pytest.raises(ValueError, match=r"labels must be in \[0, 10\)"):
         run_evaluation(tiny_wrapper(), images, labels + 10, CFG, tmp_path, num_classes=10)
-    with pytest.raises(ValueError, match="the data is"):
-        run_evaluation(tiny_wrapper(), torch.rand(2, 3, 32, 32), labels[:2], CFG, tmp_path, num_classes=10)
+    fixed_size = RobustWrapper(tiny_classifier(), tiny_unet(), tiny_wrapper().config, image_size=16)
+    with pytest.raises(ValueError, match="the data is"):  # a wrapper declared for 16 x 16 inputs
+        run_evaluation(fixed_size, torch.rand(2, 3, 32, 32), labels[:2], CFG, tmp_path, num_classes=10)
     with pytest.raises(ValueError, match="channels"):
         run_evaluation(tiny_wrapper(), torch.rand(2, 1, 16, 16), labels[:2], CFG, tmp_path, num_classes=10)
     assert list(tmp_path.iterdir()) == []
