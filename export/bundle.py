@@ -314,7 +314,8 @@ def _normalization(wrapper: RobustWrapper) -> dict | None:
     mean, std = getattr(wrapper.normalize, "mean", None), getattr(wrapper.normalize, "std", None)
     if mean is None or std is None:
         return None
-    return {"mean": [float(v) for v in mean.flatten()], "std": [float(v) for v in std.flatten()],
+    return {"mean": [float(f"{v:.7g}") for v in mean.flatten().tolist()],
+            "std": [float(f"{v:.7g}") for v in std.flatten().tolist()],
             "applied": "inside classifier.onnx"}
 
 

@@ -385,3 +385,21 @@ def test_compiled_networks_match_eager_and_compile_once_for_any_number_of_calls(
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames  # nothing new to compile
     with pytest.raises(ValueError, match="CUDA"):
         compile_networks(wrapper, mode="reduce-overhead")
+
+
+@pytest.mark.slow
+def test_timm_classifier_bundle_carries_its_normalisation_and_intermediates(tmp_path):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    classifier = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    wrapper = RobustWrapper(classifier, tiny_unet(), PurifyConfig(steps=10, votes=2), image_size=16)
+    assert wrapper.stages.describe()[0].startswith("forward_intermediates")  # two passes inside the graph
+    result = export_bundle(wrapper, tmp_path / "bundle")
+    assert result.config["normalization"]["mean"] == [0.485, 0.456, 0.406]
+    assert result.config["num_stages"] == 4
+    loaded = load_bundle(result.path)
+    x = torch.rand(3, 3, 16, 16)
+    noise = _noise(wrapper, x)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, noise=noise), wrapper(x, noise=noise), rtol=0, atol=1e-4)
+        assert torch.equal(loaded.mask(x), wrapper.mask(x))
