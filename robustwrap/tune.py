@@ -99,11 +99,11 @@ class TuneSettings:
     """What :func:`tune` sweeps and how it scores (defaults: minutes on the shipped MNIST models)."""
 
     calls: int = 10                          # denoiser calls per image and vote, for every candidate
-    uniform_levels: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)        # coarse t* grid
-    heterogeneous_levels: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6)  # coarse t_l grid (t_s = t_l / 2)
+    uniform_levels: tuple[float, ...] = (0.1, 0.3, 0.5)        # coarse t* grid
+    heterogeneous_levels: tuple[float, ...] = (0.2, 0.4, 0.6)  # coarse t_l grid (t_s = t_l / 2)
     cuts: tuple[float, ...] = (0.9,)         # coarse τ (threshold rule) or top fractions
     refine: bool = True                      # then try each family's best point's neighbours
-    level_step: float = 0.05                 # neighbours: t_l ± this
+    level_step: float = 0.1                  # neighbours: t_l ± this (half the coarse spacing)
     cut_step: float = 0.1                    # neighbours: cut ± this
     families: tuple[str, ...] = FAMILIES     # which families to sweep
     n_attack: int = 64                       # stratified subset attacked (0 = every image)
