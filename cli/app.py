@@ -143,10 +143,14 @@ def export_command(
     channels: Optional[int] = typer.Option(None, min=1, help="the models' channels; default: 1 for mnist, else 3"),
     image_size: Optional[int] = typer.Option(None, min=8, help="input size of the defended model (square); default: "
                                              "28 for mnist, else 32 (or what the classifier only takes)"),
-    steps: int = typer.Option(50, min=1, help="DDIM grid over 1000 steps (t_l=0.2: steps/5 denoiser calls)"),
-    t_l: float = typer.Option(0.2),
-    t_s: float = typer.Option(0.1),
-    votes: int = typer.Option(1, min=1, help="S purifications per image"),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="a PurifyConfig file (.json/.toml, e.g. "
+                                               "`robustwrap tune`'s best.json), embedded in the bundle; --steps, "
+                                               "--t-l, --t-s and --votes override it when given"),
+    steps: Optional[int] = typer.Option(None, min=1, help="DDIM grid over 1000 steps (t_l=0.2: steps/5 denoiser "
+                                        "calls); default 50"),
+    t_l: Optional[float] = typer.Option(None, help="strong-noise level t_l, fraction of 1000; default 0.2"),
+    t_s: Optional[float] = typer.Option(None, help="weak-noise level t_s, fraction of 1000; default 0.1"),
+    votes: Optional[int] = typer.Option(None, min=1, help="S purifications per image; default 1"),
     noise: NoiseMode = typer.Option(NoiseMode.in_graph, help="--graph single: in-graph random ops, or noise as a graph input"),
     with_purified: bool = typer.Option(False, help="--graph single: also output the purified images"),
     max_batch: int = typer.Option(64, min=1, help="rows per network call for TensorRT profiles and Triton "
@@ -163,8 +167,6 @@ def export_command(
 
     import torch
 
-    from robustwrap import PurifyConfig
-
     _require_finite(t_l=t_l, t_s=t_s)
     channels = channels or (1 if classifier == "mnist" else 3)
     size = image_size or (28 if classifier == "mnist" else 32)
@@ -176,10 +178,7 @@ def export_command(
         _fail(f"cannot write {out}: folder {out.parent} does not exist")
     if engine is not Engine.compile and graph is GraphMode.components and out.exists() and not overwrite:
         _fail(f"{out} exists: choose another --out or pass --overwrite")
-    try:
-        config = PurifyConfig(t_l=t_l, t_s=t_s, steps=steps, votes=votes)
-    except ValueError as error:
-        _fail(str(error))
+    config = _defense_config(config_file, t_l=t_l, t_s=t_s, steps=steps, votes=votes)
     wrapper = _build_wrapper(classifier, classifier_weights, diffusion, diffusion_weights,
                              num_classes, channels, size, config)
     if image_size is None and wrapper.image_size:  # a classifier that only takes one size
@@ -423,7 +422,6 @@ def eval_command(
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from robustwrap import PurifyConfig
     from robustwrap.data import describe_subset, is_mnist, load_dataset, stratified_subset
     from robustwrap.evaluation import EvalConfig, run_evaluation
 
@@ -633,7 +631,6 @@ def purify_command(
     import torch
     from PIL import Image
 
-    from robustwrap import PurifyConfig
     from robustwrap.figures import defense_figure
 
     missing = [str(p) for p in images if not p.is_file()]

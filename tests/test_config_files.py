@@ -51,3 +51,17 @@ def test_integers_are_accepted_for_float_fields_and_old_names_warn(tmp_path):
         config = PurifyConfig.load(path)
     assert config.tau == 1.0 and config.grad_checkpoint is True
     assert any(issubclass(w.category, DeprecationWarning) for w in caught)
+
+
+def test_export_embeds_the_config_file_in_the_bundle(tmp_path):
+    from typer.testing import CliRunner
+
+    from robustwrap.cli.app import app
+
+    config = PurifyConfig(t_l=0.3, t_s=0.1, steps=20, votes=2, tau=0.8).save(tmp_path / "defense.toml")
+    result = CliRunner().invoke(app, ["export", "--config", str(config), "--steps", "10", "--classifier", "small-resnet",
+                                      "--diffusion", "small-unet", "--image-size", "16", "--no-check",
+                                      "--out", str(tmp_path / "bundle")])
+    assert result.exit_code == 0, result.output
+    embedded = json.loads((tmp_path / "bundle" / "config.json").read_text())["config"]
+    assert embedded == {**PurifyConfig.load(config).to_dict(), "steps": 10}  # the file, with --steps on top
