@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustwrap import StageHooks, infer_stage_modules
+from robustwrap import infer_stage_modules, infer_stage_source
 from robustwrap.nets import DMWideResNet, WideResNet
 from robustwrap.specs import load_state_dict
 
@@ -56,21 +56,21 @@ def test_dm_wrn_normalisation_buffers_and_activation_are_robustbenchs():
     assert isinstance(cpu.relu, nn.SiLU) and isinstance(cpu.layer[0].block[0].relu_0, nn.SiLU)  # Swish
 
 
-def test_stage_hooks_find_the_real_configs():
-    with torch.device("meta"):
+def test_stage_maps_of_the_real_configs_are_read_where_the_official_code_hooks_them():
+    with torch.device("meta"):  # the probe that finds the last activations runs on the meta device too
         wrn, dm = WideResNet(), DMWideResNet()
     assert infer_stage_modules(wrn) == ["block1", "block2", "block3", "relu"]
-    assert infer_stage_modules(dm) == ["layer.0.block.10", "layer.1.block.10", "layer.2.block.10", "relu"]
-    for model in (wrn, dm):
-        StageHooks(model, infer_stage_modules(model)).remove()  # every name resolves to a module
+    assert infer_stage_modules(dm) == ["layer.0", "layer.1", "layer.2", "relu"]
+    assert infer_stage_source(wrn).names == ("block1.layer.3.relu2", "block2.layer.3.relu2", "block3.layer.3.relu2", "relu")
+    assert infer_stage_source(dm).names == ("layer.0.block.10.relu_1", "layer.1.block.10.relu_1", "layer.2.block.10.relu_1", "relu")
 
 
 def test_tiny_configs_run_on_cpu_and_hooks_capture_each_stage():
     x = torch.rand(2, 3, 32, 32)
     for model, widths in ((WideResNet(depth=10, widen_factor=1), (16, 32, 64, 64)), (DMWideResNet(depth=10, width=1), (16, 32, 64, 64))):
         model.eval()
-        with torch.no_grad(), StageHooks(model, infer_stage_modules(model)) as hooks:
-            stages = hooks.capture(model, x)
+        with torch.no_grad():
+            stages = infer_stage_source(model).capture(model, x)
             logits = model(x)
         assert logits.shape == (2, 10) and torch.isfinite(logits).all()
         assert [s.shape[1] for s in stages] == list(widths)
