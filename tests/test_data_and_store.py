@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from robustwrap.data import cifar10_batches, foolbox_samples, image_folder, load_dataset, mnist5k
-from robustwrap.figures import defense_figure
+from robustwrap.figures import PANEL_MIN, defense_figure
 from robustwrap.specs import build_classifier
 from robustwrap.store import SHIPPED_CLASSIFIERS, model_dir
 
@@ -68,9 +68,13 @@ def test_unknown_data_spec():
         load_dataset("imagenet:val")
 
 
-def test_missing_shipped_weights_name_the_fix(tmp_path, monkeypatch):
+def test_a_store_of_your_own_still_finds_the_shipped_weights_and_missing_ones_name_the_fix(tmp_path, monkeypatch):
+    import robustwrap.store
+
     monkeypatch.setenv("ROBUSTWRAP_MODEL_DIR", str(tmp_path))
     assert model_dir() == tmp_path
+    assert build_classifier("mnist")(torch.rand(1, 1, 28, 28)).shape == (1, 10)  # from the installed package
+    monkeypatch.setattr(robustwrap.store, "shipped_dir", lambda: tmp_path / "nothing-shipped")
     with pytest.raises(FileNotFoundError, match="train_mnist.py"):
         build_classifier("mnist")
 
@@ -85,5 +89,7 @@ def test_shipped_classifier_loads_strictly_when_present():
 
 def test_figure_has_four_panels():
     image = torch.rand(1, 8, 8)
-    figure = defense_figure(image, torch.rand(1, 8, 8), (torch.rand(1, 8, 8) > 0.5).float(), image, scale=2)
-    assert figure.shape == (16, 4 * 16 + 3 * 4, 3) and figure.dtype == np.uint8
+    figure = defense_figure(image, torch.rand(1, 8, 8), (torch.rand(1, 8, 8) > 0.5).float(), image)
+    # four panels of at least PANEL_MIN pixels side by side, with titles above and a note below
+    assert figure.dtype == np.uint8 and figure.shape[2] == 3
+    assert figure.shape[1] >= 4 * PANEL_MIN and figure.shape[0] > PANEL_MIN
