@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .app import _build_wrapper, _fail, _require_finite, app, console
+from .app import LossName, NormName, _build_wrapper, _fail, _require_finite, app, console
 
 SPEC_HELP = "same specs as `robustwrap eval`"
 
@@ -28,11 +28,11 @@ def tune_command(
                                  "accuracy is measured on all images"),
     eps: Optional[float] = typer.Option(None, help="attack radius; default 0.3 (Linf) for MNIST data, else 8/255 "
                                         "(Linf) or 0.5 (L2)"),
-    norm: str = typer.Option("Linf", help="threat model: Linf or L2"),
+    norm: NormName = typer.Option(NormName.linf, help="threat model: Linf or L2"),
     iters: int = typer.Option(10, min=1, help="PGD iterations per candidate"),
     eot: int = typer.Option(1, min=1, help="EOT samples per PGD iteration"),
     step_size: Optional[float] = typer.Option(None, help="PGD step; default 2.5 * eps / iters"),
-    loss: str = typer.Option("ce", help="PGD loss: ce, margin or dlr"),
+    loss: LossName = typer.Option(LossName.ce, help="PGD loss: ce, margin or dlr"),
     surrogate: bool = typer.Option(False, help="attack with BPDA (a cheaper surrogate) instead of the full gradient"),
     min_clean: float = typer.Option(0.97, help="the chosen setting keeps at least this fraction of the undefended "
                                     "clean accuracy"),
@@ -58,12 +58,12 @@ def tune_command(
     _require_finite(eps=eps, step_size=step_size, min_clean=min_clean)
     if out.exists() and not out.is_dir():
         _fail(f"--out {out} is a file: give a folder")
-    if eps is None and norm == "Linf" and is_mnist(data):
+    if eps is None and norm is NormName.linf and is_mnist(data):
         eps = 0.3  # the standard MNIST threat model
     try:
         base = PurifyConfig.load(config) if config is not None else PurifyConfig()
-        settings = TuneSettings(calls=calls, n_attack=n_attack, eps=eps, norm=norm, iters=iters, eot=eot,  # type: ignore[arg-type]
-                                step_size=step_size, loss=loss, attack="bpda" if surrogate else "pgd-eot",  # type: ignore[arg-type]
+        settings = TuneSettings(calls=calls, n_attack=n_attack, eps=eps, norm=norm.value, iters=iters, eot=eot,
+                                step_size=step_size, loss=loss.value, attack="bpda" if surrogate else "pgd-eot",
                                 min_clean=min_clean, seed=seed, batch_size=batch_size, refine=refine,
                                 families=tuple(f.strip() for f in families.split(",") if f.strip()))
         settings.eval_config()  # checks norm, loss, eps and step before any compute

@@ -155,12 +155,13 @@ class HookedStages:
     def _record(self, name: str, module: nn.Module, inputs: tuple, output: Tensor) -> None:
         self._captured[name] = output
 
-    def check(self, model: nn.Module) -> None:
-        """Raise ValueError naming the modules ``model`` lacks."""
+    def check(self, model: nn.Module) -> dict[str, nn.Module]:
+        """The named stage modules of ``model``; ValueError naming those it lacks."""
         modules = dict(model.named_modules())
         unknown = [name for name in self.names if name not in modules]
         if unknown:
             raise ValueError(f"{type(model).__name__} has no module named {unknown}: {_HOW_TO_OVERRIDE}")
+        return {name: modules[name] for name in self.names}
 
     def describe(self) -> list[str]:
         """One line per stage: the module read."""
@@ -176,9 +177,7 @@ class HookedStages:
         if self._attached_to is model:
             yield
             return
-        self.check(model)
-        modules = dict(model.named_modules())
-        handles = [modules[name].register_forward_hook(self._hooks[name]) for name in self.names]
+        handles = [module.register_forward_hook(self._hooks[name]) for name, module in self.check(model).items()]
         self._attached_to = model
         try:
             yield

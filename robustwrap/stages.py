@@ -116,7 +116,7 @@ def infer_stage_source(
         ValueError: nothing to infer from, or a named module does not exist; the message
             says what to pass.
     """
-    if isinstance(stages, StageSource) and not isinstance(stages, (str, bytes)):
+    if isinstance(stages, StageSource):
         return stages
     if stages is not None:
         stages = list(stages)
