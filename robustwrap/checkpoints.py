@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import torch
@@ -202,30 +203,83 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state_dict_of(read_checkpoint(path), path)
 
 
-def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike, architecture: str) -> None:
-    """``model.load_state_dict(state, strict=True)`` with an error naming the file and what differs.
+def compare_keys(
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], *, may_lack: Collection[str] = ()
+) -> tuple[list[str], list[str], list[str]]:
+    """How a file's ``state`` differs from a model's ``expected`` state dict, by name and shape.
+
+    This is the one strict comparison in the library: :func:`load_strict`, the checkpoint
+    reports (:func:`robustwrap.architectures.check_state`) and the family loaders use it.
+
+    Args:
+        expected: the model's ``state_dict()`` (meta tensors will do: only shapes are read).
+        state: the file's tensors by name.
+        may_lack: keys the file may leave out (the model keeps its own value), besides those
+            :func:`is_optional` allows.
+
+    Returns:
+        ``(missing, unexpected, mismatched)``: missing keys in ``expected``'s order, unexpected
+        keys in ``state``'s order, and ``"key: file (shape), expected (shape)"`` for each key
+        whose shapes differ.
+    """
+    missing = [k for k in expected if k not in state and not (is_optional(k) or k in may_lack)]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [f"{k}: file {tuple(state[k].shape)}, expected {tuple(expected[k].shape)}"
+                  for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    return missing, unexpected, mismatched
+
+
+def require_keys(
+    expected: Mapping[str, torch.Tensor],
+    state: Mapping[str, torch.Tensor],
+    where: str | os.PathLike,
+    architecture: str,
+    *,
+    may_lack: Collection[str] = (),
+) -> None:
+    """Raise unless :func:`compare_keys` finds no difference.
 
     Raises:
-        CheckpointError: missing or unexpected keys, or shapes that differ.
+        CheckpointError: ``"<where> does not fit <architecture>: N missing keys: ...; N
+            unexpected keys: ...; N keys of another shape: ..."`` (five of each shown).
+    """
+    missing, unexpected, mismatched = compare_keys(expected, state, may_lack=may_lack)
+    if not (missing or unexpected or mismatched):
+        return
+
+    def show(items: list[str]) -> str:
+        return ", ".join(items[:5]) + (f" ... ({len(items)} in all)" if len(items) > 5 else "")
+
+    parts = [f"{len(missing)} missing keys: {show(missing)}" if missing else "",
+             f"{len(unexpected)} unexpected keys: {show(unexpected)}" if unexpected else "",
+             f"{len(mismatched)} keys of another shape: {show(mismatched)}" if mismatched else ""]
+    raise CheckpointError(
+        f"{where} does not fit {architecture}: " + "; ".join(p for p in parts if p) +
+        ". It is another architecture or configuration: `robustwrap models check FILE` shows what it holds"
+    )
+
+
+def load_strict(
+    model: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    path: str | os.PathLike,
+    architecture: str,
+    *,
+    may_lack: Collection[str] = (),
+) -> None:
+    """``model.load_state_dict(state, strict=True)`` with an error naming the file and what differs.
+
+    Keys the file may lack (:func:`is_optional`, ``may_lack``) keep the model's own values.
+    A model on the meta device is given the file's tensors (``assign=True``).
+
+    Raises:
+        CheckpointError: missing or unexpected keys, or shapes that differ (:func:`require_keys`).
     """
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state and not is_optional(k)]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-             for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        def show(items: list[str]) -> str:
-            return ", ".join(items[:5]) + (f" ... ({len(items)} in all)" if len(items) > 5 else "")
-
-        parts = [f"{len(missing)} missing ({show(missing)})" if missing else "",
-                 f"{len(unexpected)} unexpected ({show(unexpected)})" if unexpected else "",
-                 f"{len(wrong)} of another shape ({show(wrong)})" if wrong else ""]
-        raise CheckpointError(
-            f"{path} does not fit {architecture}: " + "; ".join(p for p in parts if p) +
-            ". It is another architecture or configuration: `robustwrap models check FILE` shows what it holds"
-        )
-    state = {**{k: v for k, v in expected.items() if k not in state and is_optional(k)}, **state}
-    model.load_state_dict(state, strict=True, assign=any(t.is_meta for t in expected.values()))
+    require_keys(expected, state, path, architecture, may_lack=may_lack)
+    kept = {k: v for k, v in expected.items() if k not in state and (is_optional(k) or k in may_lack)}
+    model.load_state_dict({**kept, **state}, strict=True, assign=any(t.is_meta for t in expected.values()))
 
 
-__all__ = ["CheckpointError", "read_checkpoint", "state_dict_of", "load_state_dict", "load_strict", "CONVERT_HINT"]
+__all__ = ["CheckpointError", "read_checkpoint", "state_dict_of", "load_state_dict", "compare_keys", "require_keys", "load_strict",
+           "is_optional", "CONVERT_HINT"]
