@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustwrap.adapters import as_eps_model, diffusion_input_spec
+from robustwrap.adapters import ScoreSDEEps, as_eps_model, ddpm_step_to_vp_time, diffusion_input_spec
 from robustwrap.nets import NCSNpp
-from robustwrap.nets.ncsnpp import ScoreSDEEps, ddpm_step_to_vp_time, load_score_sde_checkpoint, sinusoidal_embedding
+from robustwrap.families import load_score_sde_checkpoint
+from robustwrap.nets.ncsnpp import sinusoidal_embedding
 from robustwrap.schedule import linear_alphas_cumprod
 
 from .recordings import layout, layout_diff, recorded, recorded_meta_state

@@ -234,7 +234,7 @@ def test_release_variants_load(tmp_path):
 
 
 def test_dm_wrn_without_mean_std_uses_the_datasets_statistics_and_says_so(tmp_path):
-    from robustwrap.architectures import CIFAR100_MEAN
+    from robustwrap.families import CIFAR100_MEAN
 
     for classes, mean in ((10, (0.4914, 0.4822, 0.4465)), (100, CIFAR100_MEAN)):
         weights = {k: v for k, v in DMWideResNet(depth=10, width=1, num_classes=classes).state_dict().items() if k not in ("mean", "std")}

@@ -25,20 +25,21 @@ VP-SDE continuous model is called as ``net(x, 999 * t)`` with ``t`` in (0, 1], w
 ``data.centered = True``, so the network applies no rescaling of its own). The score is
 ``-net(x, 999 t) / sigma(t)`` and training minimises ``|score * sigma + z|^2``, so the raw
 network output is the noise ``z``: an epsilon prediction.
+
+This module is the network only. The sampler's ``eps(x_t, t)`` call is
+``robustwrap.adapters.ScoreSDEEps`` (with the DDPM step to VP time mapping), and training
+checkpoints (EMA weights, ``module.`` prefixes) are read by ``robustwrap.families``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from ..adapters import EpsModel
-from ..schedule import linear_alphas_cumprod
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 
@@ -316,137 +317,4 @@ class NCSNpp(nn.Module):
         return conv_out(F.silu(norm_out(h)))
 
 
-def _strip_module_prefix(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Drop the ``module.`` prefix ``nn.DataParallel`` adds (keys without it are kept as they are)."""
-    return {(key[len("module.") :] if key.startswith("module.") else key): value for key, value in state_dict.items()}
-
-
-def _preview(items: Sequence[str], limit: int = 8) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
-
-
-def load_score_sde_checkpoint(state: Mapping, model: NCSNpp, *, use_ema: bool = True) -> None:
-    """Fill ``model`` from a score_sde training checkpoint, strictly.
-
-    Args:
-        state: the dict ``torch.load(path, map_location="cpu", weights_only=True)`` returns,
-            with ``"model"`` (state dict, keys usually prefixed ``module.``) and, for
-            ``use_ema``, ``"ema"`` = ``{"decay", "num_updates", "shadow_params"}`` where
-            ``shadow_params`` lists the EMA tensors in ``model.parameters()`` order.
-            ``"optimizer"`` and ``"step"`` are ignored.
-        model: a materialised (not meta) network of the checkpoint's configuration.
-        use_ema: load the EMA weights (the ones to sample with) instead of the raw ones.
-
-    The ``"model"`` entry must match ``model.state_dict()`` key for key and shape for shape
-    (``sigmas`` may be absent: it then keeps the model's own values). With ``use_ema`` the
-    shadow list must have one tensor per parameter, same shapes, and replaces the parameters
-    in order (all DDPM++ parameters are trainable, so the list covers every one of them);
-    buffers still come from ``"model"``.
-
-    Raises:
-        ValueError: naming the missing / unexpected keys, the shape mismatches or the counts.
-    """
-    if not isinstance(state, Mapping) or not isinstance(state.get("model"), Mapping):
-        keys = sorted(state) if isinstance(state, Mapping) else type(state).__name__
-        raise ValueError(f"expected a score_sde checkpoint dict with a 'model' state dict, got keys {keys}")
-    loaded = _strip_module_prefix(state["model"])
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in loaded and key != "sigmas"]
-    unexpected = [key for key in loaded if key not in expected]
-    mismatched = [
-        f"{key}: checkpoint {tuple(loaded[key].shape)} vs model {tuple(value.shape)}"
-        for key, value in expected.items()
-        if key in loaded and tuple(loaded[key].shape) != tuple(value.shape)
-    ]
-    if missing or unexpected or mismatched:
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} missing keys: {_preview(missing)}")
-        if unexpected:
-            problems.append(f"{len(unexpected)} unexpected keys: {_preview(unexpected)}")
-        if mismatched:
-            problems.append(f"{len(mismatched)} shape mismatches: {_preview(mismatched)}")
-        raise ValueError("checkpoint 'model' does not fit this NCSNpp: " + "; ".join(problems))
-    if "sigmas" not in loaded:
-        loaded["sigmas"] = expected["sigmas"]
-
-    if use_ema:
-        ema = state.get("ema")
-        if not isinstance(ema, Mapping) or "shadow_params" not in ema:
-            raise ValueError("use_ema=True needs state['ema'] with a 'shadow_params' list")
-        shadow = list(ema["shadow_params"])
-        named = list(model.named_parameters())
-        if len(shadow) != len(named):
-            raise ValueError(
-                f"EMA has {len(shadow)} shadow params but the model has {len(named)} parameters "
-                "(wrong configuration, e.g. num_res_blocks?)"
-            )
-        wrong = [
-            f"#{index} {name}: ema {tuple(tensor.shape)} vs model {tuple(param.shape)}"
-            for index, ((name, param), tensor) in enumerate(zip(named, shadow))
-            if tuple(tensor.shape) != tuple(param.shape)
-        ]
-        if wrong:
-            raise ValueError(f"{len(wrong)} EMA shadow params have the wrong shape: {_preview(wrong)}")
-        loaded.update({name: tensor for (name, _), tensor in zip(named, shadow)})
-
-    model.load_state_dict(loaded, strict=True)
-
-
-def ddpm_step_to_vp_time(
-    steps: Tensor | None = None,
-    *,
-    mapping: Literal["alpha_bar", "diffpure"] = "alpha_bar",
-    beta_min: float = 0.1,
-    beta_max: float = 20.0,
-) -> Tensor:
-    """Continuous VP time t (float64) for DDPM linear-schedule steps n (default: all n = 0..999).
-
-    The VP SDE with beta(t) = beta_min + t (beta_max - beta_min) has
-    ``abar(t) = exp(-beta_min t - (beta_max - beta_min) t^2 / 2)``; its N = 1000 discretisation
-    is exactly the DDPM linear schedule (betas 1e-4 .. 2e-2).
-
-    - ``"alpha_bar"``: the t with ``abar(t)`` equal to the discrete ``abar_n`` (root of the
-      quadratic), clamped to [0, 1], so the network sees the noise level x_t really has.
-    - ``"diffpure"``: ``t = (n + 1) / 1000``, DiffPure's convention (noise to ``abar[n]``, then
-      integrate the reverse SDE from ``t = (n + 1) / 1000``).
-
-    The two differ by at most 0.0034 in t (3.4 label units, largest at n = 999 where the
-    matched t would be 1.0034 before clamping); ``(n + 1) / 1000`` misstates sigma by up to 4.9%
-    (at n = 0) and alpha by up to 3.4% (at n = 999).
-    """
-    abar = linear_alphas_cumprod()
-    n = torch.arange(abar.numel(), dtype=torch.float64) if steps is None else steps.to(torch.float64)
-    if mapping == "diffpure":
-        return (n + 1.0) / abar.numel()
-    if mapping != "alpha_bar":
-        raise ValueError(f"mapping must be 'alpha_bar' or 'diffpure', got {mapping!r}")
-    log_abar = torch.log(abar)[n.long()]
-    slope = beta_max - beta_min
-    t = (torch.sqrt(beta_min**2 - 2.0 * slope * log_abar) - beta_min) / slope
-    return t.clamp(0.0, 1.0)
-
-
-class ScoreSDEEps(EpsModel):
-    """Adapter: the library's ``eps(x_t, t)`` call for a score_sde VP continuous network.
-
-    ``forward(x_t, t)``: x_t (N, C, H, W) in the DDPM scaled space (``sqrt(abar_t) x0 +
-    sqrt(1 - abar_t) eps`` with x0 in [-1, 1], which is also the VP-SDE state the network was
-    trained on), t float (N,) of integer timesteps in [0, 999] of the linear schedule. Returns
-    the network output unchanged (it is epsilon), after mapping each step n to the label
-    ``999 * t_vp(n)`` (see :func:`ddpm_step_to_vp_time` for the two mappings).
-    """
-
-    def __init__(self, inner: NCSNpp, mapping: Literal["alpha_bar", "diffpure"] = "alpha_bar") -> None:
-        super().__init__(inner)
-        self.mapping = mapping
-        labels = 999.0 * ddpm_step_to_vp_time(mapping=mapping)
-        self.register_buffer("labels", labels.float(), persistent=False)
-
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        labels = self.labels.to(x.device)[t.reshape(-1).long()]
-        return self.inner(x, labels.expand(x.shape[0]))
-
-
-__all__ = ["NCSNpp", "ScoreSDEEps", "load_score_sde_checkpoint", "ddpm_step_to_vp_time", "sinusoidal_embedding"]
+__all__ = ["NCSNpp", "sinusoidal_embedding"]
