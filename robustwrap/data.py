@@ -52,7 +52,7 @@ def foolbox_samples(name: str) -> tuple[Tensor, Tensor]:
 
 def tensor_file(path: str | Path) -> tuple[Tensor, Tensor]:
     """``images`` (N, C, H, W) float in [0, 1] and ``labels`` (N,) int from a tensor file."""
-    from .specs import load_state_dict  # noqa: PLC0415
+    from .checkpoints import load_state_dict  # noqa: PLC0415
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"data file {path} not found (tensors:<file> names a safetensors or .pt file "

@@ -19,7 +19,7 @@ from torch import nn
 from robustwrap.adapters import EDMDenoiserEps
 from robustwrap.nets import EDMDenoiser, SongUNet
 from robustwrap.nets.song_unet import _Conv2d
-from robustwrap.specs import load_state_dict
+from robustwrap.checkpoints import load_state_dict
 
 from .recordings import layout, layout_diff, recorded
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from robustwrap import infer_stage_modules, infer_stage_source
 from robustwrap.nets import DMWideResNet, WideResNet
-from robustwrap.specs import load_state_dict
+from robustwrap.checkpoints import load_state_dict
 
 from .recordings import layout, layout_diff, recorded
 
