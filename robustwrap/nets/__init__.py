@@ -1,7 +1,7 @@
 """Network definitions the library ships: small models for tests and training, checkpoint layouts.
 
-Transcribed networks only: they import torch and the standard library, nothing from robustwrap. How their
-checkpoints are recognised, filtered and adapted lives in :mod:`robustwrap.families`.
+Transcribed networks only: they import torch and the standard library, nothing from robustwrap.
+How their checkpoints are recognised, filtered and adapted lives in :mod:`robustwrap.families`.
 """
 
 from .guided_unet import GuidedDiffusionUNet
