@@ -8,18 +8,16 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .app import LossName, NormName, _build_wrapper, _fail, _require_finite, app, console
+from .common import (CLASSIFIER_SPECS, DATA_SPECS, DIFFUSION_SPECS, WEIGHTS_HELP, LossName, NormName, build_wrapper,
+                     console, fail, model_specs, require_finite, require_folder)
 
-SPEC_HELP = "same specs as `robustwrap eval`"
 
-
-@app.command("tune")
 def tune_command(
-    data: str = typer.Option("mnist5k:heldout", help="held-out data to tune on (any data spec of `robustwrap eval`)"),
-    classifier: str = typer.Option("mnist", help=f"the classifier to calibrate the defense to ({SPEC_HELP})"),
-    classifier_weights: Optional[Path] = typer.Option(None, help="safetensors / weights-only .pt state dict"),
-    diffusion: str = typer.Option("mnist", help=f"the diffusion model ({SPEC_HELP})"),
-    diffusion_weights: Optional[Path] = typer.Option(None, help="safetensors / weights-only .pt state dict"),
+    data: str = typer.Option("mnist5k:heldout", help=f"held-out data to tune on: {DATA_SPECS}"),
+    classifier: str = typer.Option("mnist", help=f"the classifier to calibrate the defense to: {CLASSIFIER_SPECS}"),
+    classifier_weights: Optional[Path] = typer.Option(None, help=WEIGHTS_HELP),
+    diffusion: str = typer.Option("mnist", help=DIFFUSION_SPECS),
+    diffusion_weights: Optional[Path] = typer.Option(None, help=WEIGHTS_HELP),
     num_classes: int = typer.Option(10, min=2),
     config: Optional[Path] = typer.Option(None, help="base PurifyConfig file (.json/.toml): mask rule, U, votes, ... "
                                           "the sweep changes t_l, t_s, the cut, mode and steps"),
@@ -52,29 +50,24 @@ def tune_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from robustwrap import PurifyConfig
-    from robustwrap.data import is_mnist, load_dataset
+    from robustwrap.data import default_eps, load_dataset
     from robustwrap.tune import TuneSettings, describe_attack, tune
 
-    _require_finite(eps=eps, step_size=step_size, min_clean=min_clean)
-    if out.exists() and not out.is_dir():
-        _fail(f"--out {out} is a file: give a folder")
-    if eps is None and norm is NormName.linf and is_mnist(data):
-        eps = 0.3  # the standard MNIST threat model
+    require_finite(eps=eps, step_size=step_size, min_clean=min_clean)
+    require_folder(out, "for the evaluations, the table, the plot and best.json")
     try:
         base = PurifyConfig.load(config) if config is not None else PurifyConfig()
-        settings = TuneSettings(calls=calls, n_attack=n_attack, eps=eps, norm=norm.value, iters=iters, eot=eot,
+        settings = TuneSettings(calls=calls, n_attack=n_attack, eps=eps if eps is not None else default_eps(data, norm.value), norm=norm.value, iters=iters, eot=eot,
                                 step_size=step_size, loss=loss.value, attack="bpda" if surrogate else "pgd-eot",
                                 min_clean=min_clean, seed=seed, batch_size=batch_size, refine=refine,
                                 families=tuple(f.strip() for f in families.split(",") if f.strip()))
         settings.eval_config()  # checks norm, loss, eps and step before any compute
         images, labels = load_dataset(data)
     except (ValueError, ImportError, FileNotFoundError) as error:
-        _fail(str(error))
-    wrapper = _build_wrapper(classifier, classifier_weights, diffusion, diffusion_weights,
-                             num_classes, images.shape[1], images.shape[-1], base)
-    description = {"data": data, "classifier": classifier, "diffusion": diffusion,
-                   "classifier_weights": str(classifier_weights) if classifier_weights else None,
-                   "diffusion_weights": str(diffusion_weights) if diffusion_weights else None}
+        fail(str(error))
+    wrapper = build_wrapper(classifier, classifier_weights, diffusion, diffusion_weights,
+                            num_classes, images.shape[1], images.shape[-1], base)
+    description = {"data": data, **model_specs(classifier, classifier_weights, diffusion, diffusion_weights)}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=console) as progress:
@@ -86,7 +79,7 @@ def tune_command(
             result = tune(wrapper, images, labels, out, settings, num_classes=num_classes, resume=resume,
                           description=description, on_progress=advance)
     except (ValueError, FileExistsError) as error:
-        _fail(str(error))
+        fail(str(error))
 
     table = Table(title=f"robustwrap tune on {data}: {describe_attack(settings, result.baseline.n_robust, result.baseline.n_clean)}")
     for column in ("setting", "calls", "clean (± se)", "robust (± se)"):

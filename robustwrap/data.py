@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .images import decode_image
+
 FOOLBOX_SETS = ("cifar10", "cifar100", "mnist", "fashionMNIST", "imagenet")
 
 
@@ -35,19 +37,12 @@ def foolbox_samples(name: str) -> tuple[Tensor, Tensor]:
     spec = importlib.util.find_spec("foolbox")
     if spec is None or spec.origin is None:
         raise ImportError("the foolbox sample images need the foolbox wheel: pip install --no-deps foolbox")
-    from PIL import Image  # noqa: PLC0415  (pillow comes with torchvision)
-
     folder = Path(spec.origin).parent / "data"
     files = sorted(folder.glob(f"{name}_*_*.*"), key=lambda p: int(p.stem.split("_")[1]))
     if not files:
         raise FileNotFoundError(f"no {name} images in {folder}")
-    images, labels = [], []
-    for file in files:
-        array = np.asarray(Image.open(file), dtype=np.float32) / 255.0
-        array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-        images.append(torch.from_numpy(array.copy()))
-        labels.append(int(file.stem.split("_")[-1]))
-    return torch.stack(images), torch.tensor(labels)
+    images = [decode_image(file)[0] for file in files]
+    return torch.stack(images), torch.tensor([int(file.stem.split("_")[-1]) for file in files])
 
 
 def tensor_file(path: str | Path) -> tuple[Tensor, Tensor]:
@@ -92,8 +87,6 @@ def mnist5k(split: str) -> tuple[Tensor, Tensor]:
 
 def image_folder(root: str | Path) -> tuple[Tensor, Tensor]:
     """Images from ``root/<class name>/*.(png|jpg|jpeg|bmp)``, all of one size, labels by sorted class name."""
-    from PIL import Image  # noqa: PLC0415
-
     root = Path(root)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     if not classes:
@@ -107,8 +100,10 @@ def image_folder(root: str | Path) -> tuple[Tensor, Tensor]:
     images, labels = [], []
     for label, name in enumerate(classes):
         for file in files[name]:
-            array = np.asarray(Image.open(file), dtype=np.float32) / 255.0
-            images.append(torch.from_numpy((array[None] if array.ndim == 2 else array.transpose(2, 0, 1)).copy()))
+            try:
+                images.append(decode_image(file)[0])
+            except OSError as error:
+                raise ValueError(f"{file} is not an image PIL can read ({error})") from error
             labels.append(label)
     sizes = {tuple(image.shape) for image in images}
     if len(sizes) != 1:
@@ -208,9 +203,29 @@ def describe_subset(labels: Tensor, indices: Tensor, *, seed: int | None, reques
     }
 
 
+def draw_subset(labels: Tensor, n: int, seed: int, spec: str | None = None) -> tuple[Tensor, dict]:
+    """:func:`stratified_subset` and its :func:`describe_subset` record, in one call.
+
+    Returns:
+        (n,) indices into the data set (sorted; every index when n is 0 or at least N) and the
+        JSON-able description that ``report.json`` keeps.
+    """
+    indices = stratified_subset(labels, n, seed)
+    return indices, describe_subset(labels, indices, seed=seed, requested=n, spec=spec)
+
+
 def is_mnist(spec: str) -> bool:
     """True for the data specs that hold MNIST digits (whose standard L-inf radius is 0.3)."""
     return spec.startswith("mnist5k:") or spec == "foolbox:mnist"
+
+
+MNIST_LINF_EPS = 0.3  # the standard MNIST threat model (Madry et al.)
+
+
+def default_eps(spec: str, norm: str) -> float | None:
+    """The attack radius a data set is usually evaluated at when none is given: 0.3 for MNIST
+    under L-inf; None elsewhere, which leaves the evaluation's default (8/255 L-inf, 0.5 L2)."""
+    return MNIST_LINF_EPS if norm == "Linf" and is_mnist(spec) else None
 
 
 def load_dataset(spec: str) -> tuple[Tensor, Tensor]:

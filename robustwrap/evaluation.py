@@ -16,6 +16,8 @@ import math
 import os
 import platform
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -320,6 +322,26 @@ def _prepare_results_file(path: Path, header: dict) -> dict[int, dict]:
             with path.open("ab") as append:
                 append.write(b"\n")
     return done
+
+
+@contextmanager
+def process_group_from_env() -> Iterator[int]:
+    """Join torchrun's process group for the duration, when ``WORLD_SIZE`` > 1; yields this rank.
+
+    Under ``torchrun --nproc_per_node=K`` every process runs the same command; :func:`run_evaluation`
+    then shards batches over the K ranks. NCCL on a GPU, gloo on CPUs. A process group that is
+    already initialised is used as it is and left open; one started here is destroyed on exit.
+    Without torchrun (``WORLD_SIZE`` unset or 1) this yields rank 0 and does nothing.
+    """
+    started = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        started = True
+    try:
+        yield torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    finally:
+        if started and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def run_evaluation(

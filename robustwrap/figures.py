@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
+from .images import to_uint8
+
 
 def to_rgb_uint8(image: Tensor) -> np.ndarray:
-    """(C, H, W) in [0, 1], C in {1, 3} -> (H, W, 3) uint8."""
-    array = image.detach().float().clamp(0, 1).cpu().numpy()
-    array = np.repeat(array, 3, axis=0) if array.shape[0] == 1 else array
-    return (array.transpose(1, 2, 0) * 255).round().astype(np.uint8)
+    """(C, H, W) in [0, 1], C in {1, 3} -> (H, W, 3) uint8 (grey repeated into three channels)."""
+    array = to_uint8(image)
+    return np.repeat(array[..., None], 3, axis=-1) if array.ndim == 2 else array
 
 
 def heat(values: Tensor) -> np.ndarray:

@@ -180,3 +180,15 @@ def _diffusion(spec: str, channels: int, image_size: int) -> nn.Module:
         raise ValueError(f"unknown diffusion spec {spec!r}: use mnist, small-unet, diffusers:<local folder>, "
                          "hf:<org>/<name> or checkpoint:<file>")
     return model
+
+
+def spec_has_weights(spec: str, kind: str) -> bool:
+    """Whether ``spec`` brings trained weights of its own (``kind`` "classifier" or "diffusion").
+
+    True for the shipped models, pyautoattack's ``cifar10-resnet18`` and every spec that names a
+    file or a repository (``checkpoint:``, ``robustbench:``, ``diffusers:``, ``hf:``); False for the
+    specs that build an initialised network (``small-resnet``, ``timm:<name>`` without a cache, ...).
+    """
+    shipped = SHIPPED_CLASSIFIERS if kind == "classifier" else SHIPPED_DIFFUSION
+    return (spec in shipped or spec == "cifar10-resnet18"
+            or spec.startswith(("checkpoint:", "robustbench:", "diffusers:", "hf:")))

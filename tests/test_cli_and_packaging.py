@@ -322,7 +322,7 @@ def test_purify_same_named_inputs_get_unique_outputs(tmp_path):
 def test_purify_composites_alpha_on_the_background_and_warns_on_polarity(tmp_path):
     from PIL import Image
 
-    from robustwrap.cli.app import load_picture
+    from robustwrap.images import load_picture
 
     rgba = np.zeros((28, 28, 4), dtype=np.uint8)
     rgba[8:20, 12:16] = (0, 0, 0, 255)  # a black stroke on transparent (black) pixels

@@ -1,0 +1,126 @@
+"""What every command shares: the console, one-line errors, spec options' help and the defended model.
+
+Command modules parse options, call the library and print; nothing here computes results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from enum import Enum
+from pathlib import Path
+from typing import NoReturn, Optional
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+# The spec names each option takes, stated once (robustwrap.specs and robustwrap.data build them).
+CLASSIFIER_SPECS = ("mnist (shipped), cifar10-resnet18, timm:<name>, hf:<org>/<name>, torchvision:<name>, "
+                    "small-resnet, robustbench:<dataset>/<threat>/<name> or checkpoint:<file>")
+DIFFUSION_SPECS = "mnist (shipped), small-unet, diffusers:<local folder>, hf:<org>/<name> or checkpoint:<file>"
+DATA_SPECS = "mnist5k:<train|heldout>, folder:<dir>, cifar10:<dir>, foolbox:<set>, tensors:<file>"
+WEIGHTS_HELP = "safetensors / weights-only .pt state dict"
+CONFIG_HELP = ("a PurifyConfig file (.json/.toml, e.g. the best.json `robustwrap tune` writes): the defense's "
+               "settings; --steps, --t-l, --t-s and --votes override it when given")
+STEPS_HELP = "DDIM grid over 1000 steps (t_l=0.2: steps/5 denoiser calls); default 50"
+T_L_HELP = "strong-noise level t_l as a fraction of the 1000 diffusion steps (attended pixels); default 0.2"
+T_S_HELP = "weak-noise level t_s, fraction of 1000: below it the inpainting stage ends; default 0.1"
+
+
+class NormName(str, Enum):
+    linf = "Linf"
+    l2 = "L2"
+
+
+class LossName(str, Enum):
+    ce = "ce"
+    margin = "margin"
+    dlr = "dlr"
+
+
+def fail(message: str) -> NoReturn:
+    """End the command with a one-line error and exit code 2."""
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+def require_finite(**values: Optional[float]) -> None:
+    """End the command (exit 2) on a NaN or infinite float option, before anything is built or written."""
+    bad = [f"--{name.replace('_', '-')} {value}" for name, value in values.items()
+           if value is not None and not math.isfinite(value)]
+    if bad:
+        fail(f"{', '.join(bad)}: settings must be finite numbers")
+
+
+def require_folder(out: Path, what: str) -> None:
+    """End the command (exit 2) when ``out`` exists as a file: it must be (or become) a folder."""
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file: give a folder ({what})")
+
+
+def defense_config(config: Optional[Path], **overrides: object):
+    """The PurifyConfig from --config (or the defaults, with steps 50) with the options given on the command line."""
+    from robustwrap import PurifyConfig
+
+    try:
+        base = PurifyConfig.load(config) if config is not None else PurifyConfig(steps=50)
+        return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    except (ValueError, FileNotFoundError) as error:
+        fail(str(error))
+
+
+def build_wrapper(classifier: str, classifier_weights: Optional[Path], diffusion: str,
+                  diffusion_weights: Optional[Path], num_classes: int, channels: int, image_size: int, config):
+    """The defended model from CLI specs; a bad spec or weight file ends the command with exit code 2."""
+    from robustwrap import RobustWrapper
+    from robustwrap.specs import build_classifier, build_diffusion, spec_has_weights
+
+    untrained = (classifier_weights is None and not spec_has_weights(classifier, "classifier")) or (
+        diffusion_weights is None and not spec_has_weights(diffusion, "diffusion"))
+    try:
+        wrapper = RobustWrapper(
+            build_classifier(classifier, num_classes=num_classes, channels=channels,
+                             weights=str(classifier_weights) if classifier_weights else None),
+            build_diffusion(diffusion, channels=channels, image_size=image_size,
+                            weights=str(diffusion_weights) if diffusion_weights else None),
+            config,
+            image_size=image_size,
+        )
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as error:
+        fail(str(error))
+    if untrained and os.environ.get("RANK", "0") == "0":  # only once the specs are known to be valid
+        console.print("[yellow]note:[/yellow] networks without --*-weights have random weights: "
+                      "this exercises the pipeline, its accuracy means nothing")
+    return wrapper
+
+
+def input_defaults(classifier: str, channels: Optional[int], image_size: Optional[int]) -> tuple[int, int]:
+    """--channels and --image-size, or their defaults: 1 x 28 for the shipped mnist models, else 3 x 32
+    (a classifier that only takes one size overrides the size once it is built)."""
+    shipped_mnist = classifier == "mnist"
+    return channels or (1 if shipped_mnist else 3), image_size or (28 if shipped_mnist else 32)
+
+
+def model_specs(classifier: str, classifier_weights: Optional[Path], diffusion: str,
+                diffusion_weights: Optional[Path], **extra: object) -> dict:
+    """The model specs as recorded in reports and bundles (JSON-able)."""
+    return {"classifier": classifier, "diffusion": diffusion,
+            "classifier_weights": str(classifier_weights) if classifier_weights else None,
+            "diffusion_weights": str(diffusion_weights) if diffusion_weights else None, **extra}
+
+
+def percent(value: float, stderr: float) -> str:
+    """A fraction as a percentage with its standard error: '62.5 ± 8.6'."""
+    return f"{100 * value:.1f} ± {100 * stderr:.1f}"
+
+
+def subset_words(subset: dict) -> str:
+    """'64 of 1000 images of mnist5k:heldout (stratified, seed 0; 6-7 per class, 10 classes)'."""
+    counts = list(subset["per_class"].values())
+    spread = f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
+    how = "all" if subset["rule"] == "all" else f"stratified, seed {subset['seed']}"
+    return (f"{subset['size']} of {subset['of']} images of {subset['data']} "
+            f"({how}; {spread} per class, {len(counts)} classes)")

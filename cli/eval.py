@@ -1,0 +1,202 @@
+"""`robustwrap eval`: attack each defense and print clean and robust accuracy with standard errors."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich import box
+from rich.table import Table
+
+from .common import (CLASSIFIER_SPECS, CONFIG_HELP, DATA_SPECS, DIFFUSION_SPECS, T_L_HELP, T_S_HELP, WEIGHTS_HELP,
+                     LossName, NormName, build_wrapper, console, defense_config, fail, percent, require_finite,
+                     require_folder, subset_words)
+
+DEFENSES = ("none", "uniform", "heterogeneous", "config")
+ATTACK_HELP = ("comma list of pgd-eot (full gradient through every denoiser call, with EOT), bpda (identity "
+               "backward through the purifier), mask-aware (gradient through a relaxed mask too), autoattack "
+               "(APGD-CE + APGD-DLR with EOT, needs pyautoattack) or none (clean); each is run, and an image "
+               "counts as robust only if it survives every one")
+
+
+def defense_view(wrapper, defense, name: str):
+    """The wrapper for one --defenses entry: the bare one for none, the config as is for config,
+    else the config in that mode (uniform: all-ones mask, the DiffPure baseline)."""
+    if name in ("none", "config"):
+        return wrapper
+    return wrapper.with_config(dataclasses.replace(defense, mode=name))
+
+
+def eval_command(
+    data: str = typer.Option("mnist5k:heldout", help=DATA_SPECS),
+    classifier: str = typer.Option("mnist", help=CLASSIFIER_SPECS),
+    classifier_weights: Optional[Path] = typer.Option(None, help=WEIGHTS_HELP),
+    diffusion: str = typer.Option("mnist", help=DIFFUSION_SPECS),
+    diffusion_weights: Optional[Path] = typer.Option(None, help=WEIGHTS_HELP),
+    num_classes: int = typer.Option(10, min=2),
+    defenses: Optional[str] = typer.Option(None, help="comma list of none (bare classifier), uniform (DiffPure "
+                                           "baseline, same denoiser calls), heterogeneous, config (the --config "
+                                           "file's defense as it is); default none,uniform,heterogeneous, or "
+                                           "none,config with --config"),
+    attack: str = typer.Option("pgd-eot", help=ATTACK_HELP),
+    norm: NormName = typer.Option(NormName.linf, help="threat model: Linf (max pixel change) or L2 (Euclidean norm of the change)"),
+    eps: Optional[float] = typer.Option(None, help="radius of the threat model; default 0.3 (Linf) for MNIST data "
+                                        "(mnist5k:*, foolbox:mnist), else 8/255 (Linf) or 0.5 (L2)"),
+    loss: LossName = typer.Option(LossName.ce, help="loss PGD ascends: ce (cross-entropy), margin (Carlini-Wagner "
+                                  "margin on the scores), dlr (Croce & Hein's difference of logits ratio)"),
+    n_samples: int = typer.Option(64, min=0, help="images drawn from the data by a seeded stratified sample "
+                                  "(each class in proportion, see --seed); 0: all"),
+    batch_size: int = typer.Option(16, min=1, help="images per batch (the unit of resumption); --sanity checks one batch"),
+    iters: int = typer.Option(10, min=0, help="attack iterations (the paper: 200)"),
+    step_size: Optional[float] = typer.Option(None, help="PGD step; default 2.5 * eps / iters, which can cross the "
+                                              "ball within the budget (Madry et al.); the paper's Linf step is 0.007"),
+    eot: int = typer.Option(2, min=1, help="EOT samples per iteration (the paper: 20)"),
+    surrogate_steps: Optional[int] = typer.Option(None, min=1, help="attack through `steps`=this; defend at --steps"),
+    runs: int = typer.Option(1, min=1, help="R repeated evaluations of the final adversarial examples"),
+    seed: int = typer.Option(0, help="seeds the subset, every attack and the defense's noise"),
+    config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
+    steps: Optional[int] = typer.Option(None, min=1, help="defense DDIM grid (t_l=0.2: steps/5 denoiser calls; "
+                                        "default 50; the paper: 500)"),
+    t_l: Optional[float] = typer.Option(None, help=T_L_HELP),
+    t_s: Optional[float] = typer.Option(None, help=T_S_HELP),
+    votes: Optional[int] = typer.Option(None, min=1, help="S purifications per image, combined by the vote rule "
+                                        "(hard majority by default); default 1"),
+    out: Path = typer.Option(Path("eval-results"), help="folder: one subfolder of results per defense"),
+    resume: bool = typer.Option(False, help="continue the runs recorded in --out"),
+    sanity: bool = typer.Option(False, help="run the reviewer's sanity checks on one stratified batch of each "
+                                "--defenses instead (exit code 1 when any check fails)"),
+) -> None:
+    """Attack each defense and report clean and robust accuracy (resumable; torchrun-aware).
+
+    With no options: the shipped MNIST models on 64 held-out digits (a stratified sample) under
+    PGD+EOT (L-inf 0.3, 10 iterations, step 2.5 * eps / iters), for no defense, the uniform
+    DiffPure baseline and the heterogeneous defense.
+    """
+    from robustwrap.data import default_eps, draw_subset, load_dataset
+    from robustwrap.evaluation import EvalConfig
+
+    if defenses is None:
+        defenses = "none,config" if config is not None else "none,uniform,heterogeneous"
+    chosen = [d.strip() for d in defenses.split(",") if d.strip()]
+    if not chosen or any(d not in DEFENSES for d in chosen):
+        fail(f"--defenses takes a comma list of {DEFENSES}, got {defenses!r}")
+    if "config" in chosen and config is None:
+        fail("--defenses config needs --config FILE")
+    require_folder(out, "one subfolder of results per defense")
+    require_finite(eps=eps, step_size=step_size, t_l=t_l, t_s=t_s)
+    try:
+        base = EvalConfig(attack=attack, norm=norm.value, eps=eps if eps is not None else default_eps(data, norm.value),
+                          iters=iters, step_size=step_size, eot=eot, loss=loss.value, surrogate_steps=surrogate_steps,
+                          runs=runs, seed=seed, batch_size=batch_size)
+        defense = defense_config(config, steps=steps, t_l=t_l, t_s=t_s, votes=votes)
+        all_images, all_labels = load_dataset(data)
+        indices, subset = draw_subset(all_labels, min(batch_size, n_samples or batch_size) if sanity else n_samples,
+                                      seed, spec=data)
+    except (ValueError, ImportError, FileNotFoundError) as error:
+        fail(str(error))
+    images, labels = all_images[indices], all_labels[indices]
+    wrapper = build_wrapper(classifier, classifier_weights, diffusion, diffusion_weights,
+                            num_classes, images.shape[1], images.shape[-1], defense)
+    budget = (f"{norm.value} eps={base.radius:.4g}, {iters} iterations, "
+              f"step {'-' if base.step is None else f'{base.step:.3g}'}, EOT {eot}, loss {loss.value}"
+              + (f", surrogate steps {surrogate_steps}" if surrogate_steps else ""))
+    if sanity:
+        _sanity(wrapper, defense, chosen, images, labels, base, num_classes, budget, subset)
+    # Recorded in every report header (resume compares it), as it always has been.
+    description = {"data": data, "classifier": classifier, "diffusion": diffusion,
+                   "classifier_weights": str(classifier_weights), "diffusion_weights": str(diffusion_weights)}
+    reports, rank = _evaluate(wrapper, defense, chosen, images, labels, base, num_classes, out, resume, subset,
+                              description)
+    if rank == 0:
+        _print_results(reports, wrapper, defense, base, budget, subset, len(labels), out)
+
+
+def _sanity(wrapper, defense, chosen, images, labels, base, num_classes: int, budget: str, subset: dict) -> None:
+    """Run the sanity checks on each defense, print them and exit (1 when any check is flagged)."""
+    from robustwrap.evaluation import check_inputs
+    from robustwrap.sanity import sanity_attack, sanity_checks
+
+    try:
+        check_inputs(wrapper, images, labels, num_classes)
+    except ValueError as error:
+        fail(str(error))
+    failed = False
+    for name in chosen:
+        cfg = dataclasses.replace(base, defended=name != "none")
+        with console.status(f"{name}: running sanity checks (each attacks the batch anew)..."):
+            checks = sanity_checks(defense_view(wrapper, defense, name), images, labels, cfg)
+        table = Table(title=f"sanity checks, defense {name}: {sanity_attack(cfg)} ({budget})",
+                      caption=f"on {subset_words(subset)}; ± is one binomial standard error")
+        for column in ("check", "result", "measured"):
+            table.add_column(column)
+        for check in checks:
+            table.add_row(check.name, "[green]ok[/green]" if check.passed else "[red]FLAGGED[/red]", check.detail)
+        console.print(table)
+        failed = failed or not all(c.passed for c in checks)
+    console.print("[red]some checks FLAGGED[/red]: exit code 1" if failed else "all checks passed")
+    raise typer.Exit(1 if failed else 0)
+
+
+def _evaluate(wrapper, defense, chosen, images, labels, base, num_classes: int, out: Path, resume: bool,
+              subset: dict, description: dict) -> tuple[dict, int]:
+    """Each defense's report (on rank 0; empty elsewhere) and this process's rank, with progress bars."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from robustwrap.evaluation import process_group_from_env, run_evaluation
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    reports = {}
+    try:
+        with process_group_from_env() as rank, Progress(*columns, console=console, disable=rank != 0) as progress:
+            for name in chosen:
+                task = progress.add_task(f"{name}: {base.attack} on {len(labels)} images", total=None)
+                reports[name] = run_evaluation(
+                    defense_view(wrapper, defense, name), images, labels,
+                    dataclasses.replace(base, defended=name != "none"), out / name, num_classes=num_classes,
+                    resume=resume, subset=subset, description={**description, "defense_name": name},
+                    on_batch=lambda done, total, task=task: progress.update(task, completed=done, total=total),
+                )
+    except (ValueError, FileExistsError, RuntimeError, ImportError, FileNotFoundError, NotADirectoryError) as error:
+        fail(str(error))
+    return reports, rank
+
+
+def _print_results(reports: dict, wrapper, defense, base, budget: str, subset: dict, n: int, out: Path) -> None:
+    """One table row per defense and attack (plus the per-image worst case), and how to read it."""
+    attacks, runs = base.attacks, base.runs
+    defended = [name for name in reports if name != "none"]
+    calls = (f"; {' and '.join(defended)}: {wrapper.plan.denoiser_calls} denoiser calls x {defense.votes} vote(s)"
+             if defended else "")
+    times = ", ".join(f"{name} {report['seconds']:.0f} s" for name, report in reports.items())
+    table = Table(title=f"accuracy (%) under {', '.join(attacks)} ({budget})", box=box.SIMPLE_HEAD, pad_edge=False)
+    notes = (f"on {subset_words(subset)}; ± is one binomial standard error over the images"
+             + (f"; accuracies are means over {runs} runs" if runs > 1 else "")
+             + ("; all attacks: robust to every attack (per-image worst case)" if len(attacks) > 1 else "")
+             + (f"; worst run: the lowest of the {runs} runs; all {runs} runs: robust in every run"
+                if runs > 1 else "") + calls + f"; time: {times}")
+    for column in ("defense", "clean", "attack", "robust"):
+        table.add_column(column, no_wrap=True)
+    if runs > 1:
+        table.add_column("worst run", no_wrap=True)
+        table.add_column(f"all {runs} runs", no_wrap=True)
+    for name, report in reports.items():
+        clean = report["clean_accuracy"]
+        rows = [(a, report["robust_accuracy_by_attack"][a]) for a in attacks]
+        if len(attacks) > 1:
+            rows.append(("all attacks", {**report["robust_accuracy"], "worst_run": report["robust_accuracy_worst_run"],
+                                         "all_runs": report["robust_accuracy_all_runs"],
+                                         "stderr_all_runs": report["robust_accuracy_all_runs_stderr"]}))
+        for position, (label, stats) in enumerate(rows):
+            row = [name if position == 0 else "", percent(clean["mean"], clean["stderr"]) if position == 0 else "",
+                   label, percent(stats["mean"], stats["stderr"])]
+            if runs > 1:
+                worst = stats["worst_run"]
+                row += [percent(worst, (worst * (1 - worst) / n) ** 0.5),
+                        percent(stats["all_runs"], stats["stderr_all_runs"])]
+            table.add_row(*row, end_section=position == len(rows) - 1 and len(rows) > 1)
+    console.print(table)
+    console.print(notes)
+    console.print(f"reports: {out}/<defense>/report.json")

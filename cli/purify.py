@@ -1,0 +1,110 @@
+"""`robustwrap purify`: purify image files and draw input | attention | mask | purified for each."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from .common import (CLASSIFIER_SPECS, CONFIG_HELP, DIFFUSION_SPECS, STEPS_HELP, T_L_HELP, T_S_HELP, WEIGHTS_HELP,
+                     build_wrapper, console, defense_config, fail, input_defaults, require_finite, require_folder)
+
+
+class Background(str, Enum):
+    auto = "auto"
+    black = "black"
+    white = "white"
+
+
+DARK_BACKGROUND_MODELS = ("mnist",)  # classifier specs trained on light digits on a dark background
+
+
+def unique_stems(paths: list[Path]) -> list[str]:
+    """Output stems, one per input, never the same twice (same-named inputs get -2, -3, ...)."""
+    used: set[str] = set()
+    stems = []
+    for path in paths:
+        stem, count = path.stem, 1
+        while stem in used:
+            count += 1
+            stem = f"{path.stem}-{count}"
+        used.add(stem)
+        stems.append(stem)
+    return stems
+
+
+def purify_command(
+    images: list[Path] = typer.Argument(..., help="image files (PNG, JPEG, ...)"),
+    out: Path = typer.Option(Path("purified"), help="folder for <name>.purified.png and <name>.figure.png"),
+    classifier: str = typer.Option("mnist", help=CLASSIFIER_SPECS),
+    classifier_weights: Optional[Path] = typer.Option(None, help=WEIGHTS_HELP),
+    diffusion: str = typer.Option("mnist", help=DIFFUSION_SPECS),
+    diffusion_weights: Optional[Path] = typer.Option(None, help=WEIGHTS_HELP),
+    num_classes: int = typer.Option(10, min=2),
+    channels: Optional[int] = typer.Option(None, min=1, help="the models' channels; default: 1 for mnist, else 3"),
+    image_size: Optional[int] = typer.Option(None, min=8, help="the models' input size; default: 28 for mnist, "
+                                             "32 for cifar10-resnet18 and small models, else what the classifier declares"),
+    config_file: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+    steps: Optional[int] = typer.Option(None, min=1, help=STEPS_HELP),
+    t_l: Optional[float] = typer.Option(None, help=T_L_HELP),
+    t_s: Optional[float] = typer.Option(None, help=T_S_HELP),
+    background: Background = typer.Option(Background.auto, help="what transparent pixels become: auto = the model's "
+                                          "training background (black for mnist, else white)"),
+    invert: bool = typer.Option(False, help="invert the images first (e.g. dark digits on white paper for mnist)"),
+    seed: int = typer.Option(0, help="seeds the purification noise"),
+) -> None:
+    """Purify images and draw input | attention map | mask | purified for each (the paper's Figure 5)."""
+    import torch
+    from PIL import Image
+
+    from robustwrap.figures import defense_figure
+    from robustwrap.images import load_picture, picture_to_tensor, save_image
+
+    missing = [str(p) for p in images if not p.is_file()]
+    if missing:
+        fail(f"no such image file: {', '.join(missing)}")
+    require_folder(out, "for the purified images and figures")
+    require_finite(t_l=t_l, t_s=t_s)
+    channels, image_size = input_defaults(classifier, channels, image_size)
+    config = defense_config(config_file, steps=steps, t_l=t_l, t_s=t_s)
+    wrapper = build_wrapper(classifier, classifier_weights, diffusion, diffusion_weights, num_classes, channels,
+                            image_size, config)
+    image_size = wrapper.image_size[0] if wrapper.image_size else image_size
+    if background is Background.auto:
+        background = Background.black if classifier in DARK_BACKGROUND_MODELS else Background.white
+    fill = 0 if background is Background.black else 255
+    pictures = []
+    for path in images:
+        try:
+            picture, warnings = load_picture(path, channels=channels, background=fill, invert=invert)
+        except OSError as error:
+            fail(f"{path} is not an image PIL can read ({error})")
+        for warning in warnings:
+            console.print(f"[yellow]warning:[/yellow] {path.name}: {warning}")
+        pictures.append(picture)
+    out.mkdir(parents=True, exist_ok=True)
+    table = Table(title="purified")
+    for column in ("image", "label before", "label after", "attended", "figure"):
+        table.add_column(column)
+    generator = torch.Generator().manual_seed(seed)
+    for path, stem_name, picture in zip(images, unique_stems(images), pictures):
+        if picture.size != (image_size, image_size):
+            console.print(f"note: {path.name} is {picture.size[0]}x{picture.size[1]}; resized to {image_size}x{image_size}")
+            picture = picture.resize((image_size, image_size), Image.BILINEAR)
+        x = picture_to_tensor(picture)[None]
+        with torch.no_grad():
+            attention, mask = wrapper.attention(x), wrapper.mask(x)
+            purified = wrapper.purify(x, generator=generator)
+            before, after = wrapper.classify(x).argmax(1).item(), wrapper.classify(purified).argmax(1).item()
+        resize = torch.nn.functional.interpolate
+        attention, mask = (resize(m, size=x.shape[-2:], mode="nearest") for m in (attention, mask))
+        stem = out / stem_name
+        save_image(purified[0], f"{stem}.purified.png")
+        titles = (f"input: label {before}", "attention", f"mask ({mask.mean().item():.0%} attended)",
+                  f"purified: label {after}")
+        Image.fromarray(defense_figure(x[0], attention[0], mask[0], purified[0], titles=titles)).save(f"{stem}.figure.png")
+        table.add_row(str(path), str(before), str(after), f"{mask.mean().item():.0%}", f"{stem}.figure.png")
+    console.print(table)
