@@ -34,7 +34,7 @@ import torch
 from robustwrap import PurifyConfig, RobustWrapper
 from robustwrap.export import OnnxRunner, compile_networks, export_bundle, export_onnx, load_bundle
 from robustwrap.nets import NCSNpp, SmallResNet
-from robustwrap.nets.ncsnpp import ScoreSDEEps
+from robustwrap.adapters import ScoreSDEEps
 
 from common import interleaved_medians, run_child, write_section
 
