@@ -451,7 +451,7 @@ def export_bundle(
         info = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "config": dataclasses.asdict(wrapper.config),
+            "config": wrapper.config.to_dict(),
             "denoiser_calls": wrapper.plan.denoiser_calls,
             "channels": wrapper.channels,
             "image_size": list(size),
@@ -512,7 +512,7 @@ def read_bundle(path: str | os.PathLike) -> dict:
 def resolve_config(info: Mapping[str, Any], config: PurifyConfig | Mapping[str, Any] | None) -> PurifyConfig:
     """The configuration to run: the saved one, a replacement, or the saved one with overrides."""
     fields = {f.name for f in dataclasses.fields(PurifyConfig)}
-    saved = PurifyConfig(**{k: v for k, v in info["config"].items() if k in fields})
+    saved = PurifyConfig.from_dict(info["config"], source="the bundle's config.json")  # validated, as config files are
     if config is None:
         return saved
     if isinstance(config, PurifyConfig):
