@@ -351,7 +351,11 @@ def table_markdown(result: TuneResult, settings: TuneSettings) -> str:
 
 
 def plot_frontiers(result: TuneResult, settings: TuneSettings, path: Path) -> None:
-    """Robust vs clean accuracy per family with standard-error bars; the choice and floor marked."""
+    """Robust vs clean accuracy per family with standard-error bars; the choice and floor marked.
+
+    Two panels: every point (left) and the points near the clean floor (right, clean accuracy
+    from 5 points below the floor up), where the choice is made and the points crowd.
+    """
     try:
         import matplotlib  # noqa: PLC0415
 
@@ -359,7 +363,25 @@ def plot_frontiers(result: TuneResult, settings: TuneSettings, path: Path) -> No
         import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError as error:
         raise ImportError("robustwrap tune draws its plot with matplotlib: pip install matplotlib") from error
-    figure, axes = plt.subplots(figsize=(7, 5), dpi=120)
+    figure, (whole, near) = plt.subplots(1, 2, figsize=(12, 5), dpi=120)
+    for axes in (whole, near):
+        _draw_points(axes, result, settings)
+    low = result.clean_floor - 0.05
+    near_points = [p for p in (result.baseline, *result.points) if p.clean >= low]
+    near.set_xlim(low, 1.0 + 0.005)
+    near.set_ylim(-0.01, max(p.robust + p.robust_se for p in near_points) + 0.02)
+    near.set_title("near the clean floor", fontsize=10)
+    attack = settings.eval_config()
+    whole.set_title(f"{settings.norm} eps {attack.radius:.3g}, PGD {settings.iters} it. x EOT {settings.eot}, "
+                    f"{settings.calls} denoiser calls; bars: 1 s.e.", fontsize=10)
+    whole.legend(fontsize=8, loc="best")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def _draw_points(axes, result: TuneResult, settings: TuneSettings) -> None:
+    """Both families' points and Pareto fronts, the undefended classifier, the choice and the floor."""
     colours = {"uniform": "tab:blue", "heterogeneous": "tab:orange"}
     for family in settings.families:
         members = sorted((p for p in result.points if p.candidate.family == family), key=lambda p: p.clean)
@@ -376,13 +398,6 @@ def plot_frontiers(result: TuneResult, settings: TuneSettings, path: Path) -> No
     axes.plot([result.chosen.clean], [result.chosen.robust], "*", markersize=18, color="tab:red",
               label=f"chosen: {result.chosen.candidate.name}")
     axes.axvline(result.clean_floor, color="grey", linestyle=":", label=f"clean floor ({settings.min_clean:g} x no defense)")
-    attack = settings.eval_config()
     axes.set_xlabel(f"clean accuracy (all {base.n_clean} images)")
     axes.set_ylabel(f"robust accuracy ({base.n_robust} images)")
-    axes.set_title(f"{settings.norm} eps {attack.radius:.3g}, PGD {settings.iters} it. x EOT {settings.eot}, "
-                   f"{settings.calls} denoiser calls; bars: 1 s.e.", fontsize=10)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="best")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
