@@ -74,7 +74,7 @@ def eval_command(
     PGD+EOT (L-inf 0.3, 10 iterations, step 2.5 * eps / iters), for no defense, the uniform
     DiffPure baseline and the heterogeneous defense.
     """
-    from robustwrap.data import default_eps, draw_subset, load_dataset
+    from robustwrap.data import draw_subset, load_dataset, resolve_eps
     from robustwrap.evaluation import EvalConfig
 
     if defenses is None:
@@ -87,7 +87,7 @@ def eval_command(
     require_folder(out, "one subfolder of results per defense")
     require_finite(eps=eps, step_size=step_size, t_l=t_l, t_s=t_s)
     try:
-        base = EvalConfig(attack=attack, norm=norm.value, eps=eps if eps is not None else default_eps(data, norm.value),
+        base = EvalConfig(attack=attack, norm=norm.value, eps=resolve_eps(eps, data, norm.value),
                           iters=iters, step_size=step_size, eot=eot, loss=loss.value, surrogate_steps=surrogate_steps,
                           runs=runs, seed=seed, batch_size=batch_size)
         defense = defense_config(config, steps=steps, t_l=t_l, t_s=t_s, votes=votes)

@@ -50,14 +50,15 @@ def tune_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from robustwrap import PurifyConfig
-    from robustwrap.data import default_eps, load_dataset
+    from robustwrap.data import load_dataset, resolve_eps
     from robustwrap.tune import TuneSettings, describe_attack, tune
 
     require_finite(eps=eps, step_size=step_size, min_clean=min_clean)
     require_folder(out, "for the evaluations, the table, the plot and best.json")
     try:
         base = PurifyConfig.load(config) if config is not None else PurifyConfig()
-        settings = TuneSettings(calls=calls, n_attack=n_attack, eps=eps if eps is not None else default_eps(data, norm.value), norm=norm.value, iters=iters, eot=eot,
+        settings = TuneSettings(calls=calls, n_attack=n_attack, eps=resolve_eps(eps, data, norm.value),
+                                norm=norm.value, iters=iters, eot=eot,
                                 step_size=step_size, loss=loss.value, attack="bpda" if surrogate else "pgd-eot",
                                 min_clean=min_clean, seed=seed, batch_size=batch_size, refine=refine,
                                 families=tuple(f.strip() for f in families.split(",") if f.strip()))

@@ -147,7 +147,11 @@ def load_checkpoint(path: str | os.PathLike, *, kind: Kind | None = None) -> tup
         )
     assert report.config is not None
     model = family.configs[report.config](state)  # its initial values are all overwritten below
-    load_strict(model, family.prepare(raw, state, model), path, f"{family.name} {report.config}", may_lack=family.may_lack)
+    try:
+        prepared = family.prepare(raw, state, model)
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from error
+    load_strict(model, prepared, path, f"{family.name} {report.config}", may_lack=family.may_lack)
     return family.adapt(model.eval()).eval(), report
 
 

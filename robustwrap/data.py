@@ -222,9 +222,12 @@ def is_mnist(spec: str) -> bool:
 MNIST_LINF_EPS = 0.3  # the standard MNIST threat model (Madry et al.)
 
 
-def default_eps(spec: str, norm: str) -> float | None:
-    """The attack radius a data set is usually evaluated at when none is given: 0.3 for MNIST
-    under L-inf; None elsewhere, which leaves the evaluation's default (8/255 L-inf, 0.5 L2)."""
+def resolve_eps(eps: float | None, spec: str, norm: str) -> float | None:
+    """The attack radius to use on data ``spec``: ``eps`` when given; else the data set's customary
+    radius (0.3 for MNIST under L-inf); else None, which leaves the evaluation's default for the
+    norm (8/255 L-inf, 0.5 L2; :data:`robustwrap.evaluation.DEFAULT_EPS`)."""
+    if eps is not None:
+        return eps
     return MNIST_LINF_EPS if norm == "Linf" and is_mnist(spec) else None
 
 

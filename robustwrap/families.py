@@ -100,7 +100,7 @@ def score_sde_ema_weights(checkpoint: Mapping, state: State, model: nn.Module) -
     """
     ema = checkpoint.get("ema")
     if not isinstance(ema, Mapping) or "shadow_params" not in ema:
-        raise CheckpointError("use_ema=True needs state['ema'] with a 'shadow_params' list")
+        raise CheckpointError("the EMA weights need the checkpoint's 'ema' entry to hold a 'shadow_params' list")
     shadow = list(ema["shadow_params"])
     named = list(model.named_parameters())
     if len(shadow) != len(named):
@@ -119,11 +119,16 @@ def score_sde_ema_weights(checkpoint: Mapping, state: State, model: nn.Module) -
 
 def _score_sde_prepare(checkpoint: Mapping, state: State, model: nn.Module) -> State:
     """A training checkpoint (with ``"ema"``) loads its EMA weights; a plain state dict as it is."""
-    return score_sde_ema_weights(checkpoint, state, model) if "ema" in checkpoint else state
+    return score_sde_ema_weights(checkpoint, state, model) if _has_ema(checkpoint) else state
+
+
+def _has_ema(checkpoint: Mapping) -> bool:
+    """Whether a score-SDE checkpoint carries EMA weights (an ``"ema"`` entry that is a mapping)."""
+    return isinstance(checkpoint.get("ema"), Mapping)
 
 
 def _score_sde_notes(checkpoint: Mapping, state: State) -> list[str]:
-    if not isinstance(checkpoint.get("ema"), dict):
+    if not _has_ema(checkpoint):
         return []
     shadow = checkpoint["ema"].get("shadow_params", [])
     return [f"score-SDE training checkpoint: EMA with {len(shadow)} shadow tensors (the weights loaded)"]

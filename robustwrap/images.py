@@ -14,7 +14,34 @@ import numpy as np
 import torch
 from torch import Tensor
 
-GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # PIL modes read as one channel when channels is None
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")  # one channel when channels is None
+DEEP_MODES = ("I", "I;16", "I;16B", "I;16L", "F")  # grey deeper than 8 bits: rescaled, not clipped, to 8 bits
+
+
+def _is_grey(picture) -> bool:
+    """Whether a PIL image holds only grey pixels: a grey mode, or a palette of grey colours."""
+    if picture.mode in GREY_MODES:
+        return True
+    if picture.mode not in ("P", "PA"):
+        return False
+    rgb = np.asarray(picture.convert("RGB"))
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+
+
+def _eight_bit(picture):
+    """A 16-bit, 32-bit integer or float grey image as 8-bit "L", scaled by its type's range
+    (16-bit: 65535; float files whose values stay within [0, 1]: 1; else 255), never clipped at 255."""
+    from PIL import Image  # noqa: PLC0415
+
+    values = np.asarray(picture, dtype=np.float64)
+    peak = values.max(initial=0.0)
+    if picture.mode.startswith("I;16") or (picture.mode == "I" and peak > 255):
+        scale = 65535.0
+    elif picture.mode == "F" and peak <= 1.0:
+        scale = 1.0
+    else:
+        scale = 255.0
+    return Image.fromarray(np.clip(np.round(values / scale * 255), 0, 255).astype(np.uint8), "L")
 
 
 def load_picture(path: str | os.PathLike, *, channels: int | None = None, background: int = 255,
@@ -27,7 +54,9 @@ def load_picture(path: str | os.PathLike, *, channels: int | None = None, backgr
     an image whose opaque pixels are about as dark as the background (they would vanish).
 
     Args:
-        channels: 1 or 3; None keeps the file's own: 1 for greyscale files, else 3.
+        channels: 1 or 3; None keeps the file's own: 1 for grey files (grey modes, and palettes
+            whose colours are all grey), else 3. 1-bit files read as 0 and 255; 16-bit and
+            float grey files are rescaled to 8 bits by their type's range.
 
     Raises:
         OSError: not an image PIL can read.
@@ -37,7 +66,9 @@ def load_picture(path: str | os.PathLike, *, channels: int | None = None, backgr
     picture = Image.open(path)
     picture.load()
     if channels is None:
-        channels = 1 if picture.mode in GREY_MODES else 3
+        channels = 1 if _is_grey(picture) else 3
+    if picture.mode in DEEP_MODES:
+        picture = _eight_bit(picture)
     warnings = []
     has_alpha = picture.mode in ("RGBA", "LA", "PA") or (picture.mode == "P" and "transparency" in picture.info)
     if has_alpha:

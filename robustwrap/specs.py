@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from torch import nn
@@ -182,13 +182,19 @@ def _diffusion(spec: str, channels: int, image_size: int) -> nn.Module:
     return model
 
 
-def spec_has_weights(spec: str, kind: str) -> bool:
-    """Whether ``spec`` brings trained weights of its own (``kind`` "classifier" or "diffusion").
+def spec_has_weights(spec: str, kind: Literal["classifier", "diffusion"]) -> bool:
+    """Whether ``spec`` brings trained weights of its own, for a network of ``kind``.
 
     True for the shipped models, pyautoattack's ``cifar10-resnet18`` and every spec that names a
     file or a repository (``checkpoint:``, ``robustbench:``, ``diffusers:``, ``hf:``); False for the
-    specs that build an initialised network (``small-resnet``, ``timm:<name>`` without a cache, ...).
+    specs that build a network and may only receive weights (``small-resnet``, ``small-unet``,
+    ``torchvision:<name>``, and ``timm:<name>``, whose cached pretrained weights are optional).
+
+    Raises:
+        ValueError: ``kind`` is neither "classifier" nor "diffusion".
     """
+    if kind not in ("classifier", "diffusion"):
+        raise ValueError(f"kind must be 'classifier' or 'diffusion', got {kind!r}")
     shipped = SHIPPED_CLASSIFIERS if kind == "classifier" else SHIPPED_DIFFUSION
-    return (spec in shipped or spec == "cifar10-resnet18"
+    return (spec in shipped or (kind == "classifier" and spec == "cifar10-resnet18")
             or spec.startswith(("checkpoint:", "robustbench:", "diffusers:", "hf:")))

@@ -287,3 +287,13 @@ def test_a_legacy_file_cut_inside_a_class_name_is_corrupted_not_code(tmp_path):
     with pytest.raises(CheckpointError, match="truncated or corrupted"):
         read_checkpoint(tmp_path / "cut.pt")
     assert list(read_checkpoint(tmp_path / "legacy.pt")) == ["w"]
+
+
+def test_score_sde_family_reads_ema_the_same_way_in_its_notes_and_its_filter():
+    from robustwrap.families import FAMILIES
+
+    family = next(f for f in FAMILIES if f.name == "score-SDE DDPM++")
+    state = {"w": torch.zeros(1)}
+    assert family.notes({"ema": None}, state) == [] and family.prepare({"ema": None}, state, torch.nn.Linear(1, 1)) is state
+    with pytest.raises(CheckpointError, match="'shadow_params' list"):
+        family.prepare({"ema": {"decay": 0.9}}, state, torch.nn.Linear(1, 1))

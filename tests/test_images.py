@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from robustwrap.data import default_eps, draw_subset, image_folder, stratified_subset
+from robustwrap.data import draw_subset, image_folder, resolve_eps, stratified_subset
 from robustwrap.evaluation import process_group_from_env
 from robustwrap.images import decode_image, save_image, to_uint8
 
@@ -63,9 +63,10 @@ def test_image_folder_reads_through_the_decoder_and_names_an_unreadable_file(tmp
         image_folder(tmp_path)
 
 
-def test_default_eps_is_the_mnist_radius_only_for_mnist_under_linf():
-    assert default_eps("mnist5k:heldout", "Linf") == 0.3 and default_eps("foolbox:mnist", "Linf") == 0.3
-    assert default_eps("mnist5k:heldout", "L2") is None and default_eps("cifar10:/data", "Linf") is None
+def test_resolve_eps_is_the_given_radius_else_mnists_under_linf_else_the_evaluations_default():
+    assert resolve_eps(None, "mnist5k:heldout", "Linf") == 0.3 and resolve_eps(None, "foolbox:mnist", "Linf") == 0.3
+    assert resolve_eps(None, "mnist5k:heldout", "L2") is None and resolve_eps(None, "cifar10:/data", "Linf") is None
+    assert resolve_eps(0.1, "mnist5k:heldout", "Linf") == 0.1 and resolve_eps(0.0, "cifar10:/data", "L2") == 0.0
 
 
 def test_draw_subset_is_the_stratified_subset_with_its_record():
@@ -80,3 +81,17 @@ def test_process_group_from_env_is_rank_0_and_starts_nothing_without_torchrun(mo
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with process_group_from_env() as rank:
         assert rank == 0 and not torch.distributed.is_initialized()
+
+
+def test_grey_palettes_stay_one_channel_and_deep_grey_files_are_rescaled_not_clipped(tmp_path):
+    grey = np.array([[0, 128], [255, 64]], dtype=np.uint8)
+    Image.fromarray(grey).convert("P").save(tmp_path / "grey-palette.png")
+    image, _ = decode_image(tmp_path / "grey-palette.png")
+    assert image.shape == (1, 2, 2) and torch.equal(image[0], torch.from_numpy(grey / np.float32(255)))
+    deep = np.array([[0, 32768], [65535, 16384]], dtype=np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")  # a 16-bit grey PNG
+    image, _ = decode_image(tmp_path / "deep.png")
+    assert image.shape == (1, 2, 2)
+    assert torch.allclose(image[0], torch.from_numpy(deep / np.float32(65535)), atol=0.5 / 255 + 1e-6)
+    Image.fromarray(np.array([[0, 1], [1, 0]], dtype=bool)).save(tmp_path / "bits.png")
+    assert decode_image(tmp_path / "bits.png")[0][0].tolist() == [[0.0, 1.0], [1.0, 0.0]]
