@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 import robustwrap
 from robustwrap.config import PurifyConfig
-from robustwrap.stages import HookedStages
+from robustwrap.stages import HookedStages, TimmIntermediates
 from robustwrap.wrapper import RobustWrapper
 
 from ._optional import require
@@ -63,10 +63,11 @@ Engine = Literal["onnxruntime", "tensorrt"]
 class ClassifierWithStages(nn.Module):
     """``images in [0, 1] -> (logits, *stage maps)``: the wrapper's normalisation, then the classifier.
 
-    Hooked stage sources (torchvision / RobustBench layouts, named modules) read the logits and
-    the maps in one forward pass: a forward hook on the classifier itself records its output.
-    Other sources (timm ``forward_intermediates``) run the classifier twice. Enter
-    :meth:`attached` around tracing so that every hook is registered outside the graph.
+    The logits and the maps come from one forward pass where the source allows it: timm models
+    through ``forward_intermediates`` + ``forward_head``; hooked sources (torchvision /
+    RobustBench layouts, named modules) with a forward hook on the classifier itself that
+    records its output. Other sources run the classifier twice. Enter :meth:`attached` around
+    tracing so that every hook is registered outside the graph.
 
     Args:
         wrapper: the eager defense whose ``classifier``, ``normalize`` and ``stages`` are used (shared).
@@ -104,6 +105,8 @@ class ClassifierWithStages(nn.Module):
             if len(self._logits) != 1:  # not inside attached(): run it again
                 self._logits[:] = [self.classifier(x)]
             logits = self._logits.pop()
+        elif isinstance(self.stages, TimmIntermediates):
+            logits, maps = self.stages.logits_and_maps(self.classifier, x)
         else:
             logits = self.classifier(x)
             maps = self.stages.capture(self.classifier, x)

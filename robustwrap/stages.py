@@ -69,6 +69,12 @@ class TimmIntermediates:
         maps = model.forward_intermediates(x, indices=self.indices, output_fmt="NCHW", intermediates_only=True)
         return list(maps)
 
+    def logits_and_maps(self, model: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The classifier's output ``model(x)`` and :meth:`capture`'s maps from one forward pass
+        (timm's ``forward_head`` on the final features ``forward_intermediates`` returns)."""
+        final, maps = model.forward_intermediates(x, indices=self.indices, output_fmt="NCHW", intermediates_only=False)
+        return model.forward_head(final), list(maps)
+
     def attached(self, model: nn.Module) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 

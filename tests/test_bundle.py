@@ -403,3 +403,29 @@ def test_timm_classifier_bundle_carries_its_normalisation_and_intermediates(tmp_
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, noise=noise), wrapper(x, noise=noise), rtol=0, atol=1e-4)
         assert torch.equal(loaded.mask(x), wrapper.mask(x))
+
+
+def test_an_exported_timm_classifier_runs_once_per_call_for_its_logits_and_maps():
+    import timm
+
+    from robustwrap.export.bundle import ClassifierWithStages
+
+    classifier = timm.create_model("resnet18", pretrained=False, num_classes=10).eval()
+    wrapper = RobustWrapper(classifier, tiny_unet(size=32), PurifyConfig(steps=10), image_size=32)
+    calls = {"forward": 0, "forward_intermediates": 0}
+    for name in calls:
+        original = getattr(classifier, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        setattr(classifier, name, counted)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits, *maps = ClassifierWithStages(wrapper)(x)
+    assert calls == {"forward": 0, "forward_intermediates": 1}  # was one of each: the network ran twice
+    with torch.no_grad():
+        torch.testing.assert_close(logits, classifier(wrapper.normalize(x)))
+        for got, want in zip(maps, wrapper.stage_maps(x), strict=True):
+            torch.testing.assert_close(got, want)

@@ -83,3 +83,19 @@ def test_inspect_reports_where_a_transformers_stage_maps_come_from():
     assert result.exit_code == 0, output
     assert "forward_intermediates index 11 (blocks.11)" in output and "(192, 14, 14)" in output
     assert "only (224, 224)" in output  # a ViT without dynamic_img_size pins its size
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, sizes",
+    [pytest.param(*entry, id=entry[0], marks=[pytest.mark.slow] if entry[0] in SLOW else []) for entry in ZOO],
+)
+def test_one_forward_pass_gives_the_classifiers_logits_and_its_stage_maps(name, kwargs, sizes):
+    """What exported classifiers compute (export.bundle.ClassifierWithStages): model(x) and the maps, once."""
+    classifier = timm.create_model(name, pretrained=False, num_classes=10, **kwargs).eval()
+    source = TimmIntermediates.default_for(classifier)
+    x = torch.rand(2, 3, sizes[0], sizes[0], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits, maps = source.logits_and_maps(classifier, x)
+        torch.testing.assert_close(logits, classifier(x))
+        for got, want in zip(maps, source.capture(classifier, x), strict=True):
+            torch.testing.assert_close(got, want)
