@@ -221,7 +221,7 @@ def test_eval_and_purify_options_have_help():
 
 
 def test_foolbox_mnist_gets_the_mnist_eps(tmp_path):
-    from robustwrap.data import FOOLBOX_SETS, foolbox_samples  # noqa: F401
+    from robustwrap.data import foolbox_samples
 
     try:
         foolbox_samples("mnist")
