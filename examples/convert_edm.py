@@ -15,7 +15,7 @@ It takes ``data['ema']`` (the EDMPrecond network) and saves ``net.state_dict()``
 
     from robustwrap.adapters import EDMDenoiserEps
     from robustwrap.nets import EDMDenoiser
-    from robustwrap.specs import load_state_dict
+    from robustwrap.checkpoints import load_state_dict
     denoiser = EDMDenoiser.cifar10_uncond_vp()
     denoiser.load_state_dict(load_state_dict("edm-cifar10-32x32-uncond-vp.safetensors"), strict=True)
     diffusion = EDMDenoiserEps(denoiser.eval())
