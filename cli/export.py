@@ -10,8 +10,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import (CLASSIFIER_SPECS, CONFIG_HELP, DIFFUSION_SPECS, STEPS_HELP, T_L_HELP, T_S_HELP, WEIGHTS_HELP,
-                     build_wrapper, console, defense_config, fail, input_defaults, model_specs, require_finite)
+from .common import (CHANNELS_HELP, CLASSIFIER_SPECS, CONFIG_HELP, DIFFUSION_SPECS, STEPS_HELP, T_L_HELP, T_S_HELP,
+                     WEIGHTS_HELP, build_wrapper, console, defense_config, fail, input_defaults, model_specs,
+                     require_finite)
 
 
 class Engine(str, Enum):
@@ -50,7 +51,7 @@ def export_command(
     diffusion: str = typer.Option("mnist", help=DIFFUSION_SPECS),
     diffusion_weights: Optional[Path] = typer.Option(None, help=WEIGHTS_HELP),
     num_classes: int = typer.Option(10, min=2),
-    channels: Optional[int] = typer.Option(None, min=1, help="the models' channels; default: 1 for mnist, else 3"),
+    channels: Optional[int] = typer.Option(None, min=1, help=CHANNELS_HELP),
     image_size: Optional[int] = typer.Option(None, min=8, help="input size of the defended model (square); default: "
                                              "28 for mnist, else 32 (or what the classifier only takes)"),
     config_file: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP + "; embedded in the bundle"),

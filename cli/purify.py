@@ -9,8 +9,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import (CLASSIFIER_SPECS, DIFFUSION_SPECS, STEPS_HELP, T_L_HELP, T_S_HELP, WEIGHTS_HELP,
-                     build_wrapper, console, defense_config, fail, input_defaults, require_finite, require_folder)
+from .common import (CHANNELS_HELP, CLASSIFIER_SPECS, CONFIG_FILE_HELP, DIFFUSION_SPECS, STEPS_HELP, T_L_HELP,
+                     T_S_HELP, WEIGHTS_HELP, build_wrapper, console, defense_config, fail, input_defaults,
+                     require_finite, require_folder)
 
 
 class Background(str, Enum):
@@ -44,11 +45,11 @@ def purify_command(
     diffusion: str = typer.Option("mnist", help=DIFFUSION_SPECS),
     diffusion_weights: Optional[Path] = typer.Option(None, help=WEIGHTS_HELP),
     num_classes: int = typer.Option(10, min=2),
-    channels: Optional[int] = typer.Option(None, min=1, help="the models' channels; default: 1 for mnist, else 3"),
+    channels: Optional[int] = typer.Option(None, min=1, help=CHANNELS_HELP),
     image_size: Optional[int] = typer.Option(None, min=8, help="the models' input size; default: 28 for mnist, "
                                              "32 for cifar10-resnet18 and small models, else what the classifier declares"),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="a PurifyConfig file (.json/.toml, e.g. the "
-                                               "best.json `robustwrap tune` writes); --steps, --t-l and --t-s override it"),
+    config_file: Optional[Path] = typer.Option(None, "--config", help=CONFIG_FILE_HELP + "; --steps, --t-l and --t-s "
+                                               "override it"),
     steps: Optional[int] = typer.Option(None, min=1, help=STEPS_HELP),
     t_l: Optional[float] = typer.Option(None, help=T_L_HELP),
     t_s: Optional[float] = typer.Option(None, help=T_S_HELP),

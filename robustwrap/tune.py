@@ -29,7 +29,7 @@ from typing import Callable, Literal
 from torch import Tensor
 
 from .config import PurifyConfig
-from .data import describe_subset, stratified_subset
+from .data import draw_subset
 from .evaluation import EvalConfig, run_evaluation
 from .schedule import make_plan
 from .wrapper import RobustWrapper
@@ -254,9 +254,7 @@ def tune(
     out.mkdir(parents=True, exist_ok=True)
     settings_file.write_text(json.dumps(header, indent=2) + "\n")
 
-    attacked = stratified_subset(labels, settings.n_attack, settings.seed)
-    subset = describe_subset(labels, attacked, seed=settings.seed, requested=settings.n_attack,
-                             spec=(description or {}).get("data"))
+    attacked, subset = draw_subset(labels, settings.n_attack, settings.seed, spec=(description or {}).get("data"))
     attack = settings.eval_config()
     clean_only = EvalConfig(attack="none", seed=settings.seed, batch_size=max(settings.batch_size, 256))
 
