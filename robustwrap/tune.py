@@ -397,5 +397,5 @@ def _draw_points(axes, result: TuneResult, settings: TuneSettings) -> None:
               label=f"chosen: {result.chosen.candidate.name}")
     axes.axvline(result.clean_floor, color="grey", linestyle=":", label=f"clean floor ({settings.min_clean:g} x no defense)")
     axes.set_xlabel(f"clean accuracy (all {base.n_clean} images)")
-    axes.set_ylabel(f"robust accuracy ({base.n_robust} images)")
+    axes.set_ylabel(f"robust accuracy ({base.n_robust} images, stratified, seed {settings.seed})")
     axes.grid(alpha=0.3)
