@@ -14,7 +14,7 @@ from .adapters import as_eps_model, diffusion_input_spec, diffusion_size_multipl
 from .config import PurifyConfig
 from .inputs import Normalize, check_images, classifier_fixed_size, infer_classifier_spec, infer_normalization
 from .mask import attention_map, binarize
-from .noise import NoiseSource
+from .noise import NoiseSource, check_seeds
 from .sampler import purify_latent
 from .schedule import make_plan
 from .stages import StageSource, infer_stage_source
@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 Size = tuple[int, int]
 NormalizationArg = Literal["auto"] | None | tuple[Sequence[float], Sequence[float]]
 StagesArg = Sequence[str] | Sequence[int] | StageSource | None
+SeedsArg = Tensor | Sequence[int] | None
 
 
 def _as_size(size: int | Sequence[int] | None) -> Size | None:
@@ -133,45 +134,70 @@ class RobustWrapper(nn.Module):
 
     # --- public API -------------------------------------------------------------------------
 
-    def forward(self, x: Tensor, *, generator: torch.Generator | None = None, noise: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, *, generator: torch.Generator | None = None, noise: Tensor | None = None,
+        seeds: SeedsArg = None,
+    ) -> Tensor:
         """Mean class probabilities over the S votes.
 
         Args:
             x: (B, C, H, W) images in [0, 1].
-            generator: draw the noise from this generator (reproducible from its seed).
+            generator: draw the noise from this generator (reproducible from its seed; the
+                whole batch shares its stream, so an image's result depends on its batch).
             noise: explicit noise of shape ``self.noise_shape(x)`` = (D, S, B, C, Hd, Wd),
                 D = ``self.plan.noise_draws``.
+            seeds: (B,) non-negative int64 tensor (or sequence of ints), one seed per image:
+                image i's noise (every draw of every vote) comes from a generator seeded with
+                ``seeds[i]`` on the images' device, so its result does not depend on the batch
+                it is in (:class:`robustwrap.noise.NoiseSource` states the exact draw order).
+                At most one of ``generator``, ``noise`` and ``seeds``; with none, in-graph noise.
 
         Returns:
             (B, K) probabilities over the K classes, differentiable w.r.t. ``x``.
         """
-        return self.vote_probabilities(x, generator=generator, noise=noise).mean(dim=0)
+        return self.vote_probabilities(x, generator=generator, noise=noise, seeds=seeds).mean(dim=0)
 
     @torch.no_grad()
-    def predict(self, x: Tensor, *, generator: torch.Generator | None = None, noise: Tensor | None = None) -> Tensor:
-        """(B,) int64 labels by the configured vote rule (``config.vote``), without gradient."""
-        return vote_labels(self.vote_probabilities(x, generator=generator, noise=noise), self.config.vote)
+    def predict(
+        self, x: Tensor, *, generator: torch.Generator | None = None, noise: Tensor | None = None,
+        seeds: SeedsArg = None,
+    ) -> Tensor:
+        """(B,) int64 labels by the configured vote rule (``config.vote``), without gradient.
 
-    def vote_logits(self, x: Tensor, *, generator: torch.Generator | None = None, noise: Tensor | None = None) -> Tensor:
-        """(S, B, K) classifier logits of each of the S purifications of each image."""
-        return self._purify_and_classify(x, generator, noise)[1]
+        ``generator`` / ``noise`` / ``seeds`` as in :meth:`forward`."""
+        return vote_labels(self.vote_probabilities(x, generator=generator, noise=noise, seeds=seeds), self.config.vote)
+
+    def vote_logits(
+        self, x: Tensor, *, generator: torch.Generator | None = None, noise: Tensor | None = None,
+        seeds: SeedsArg = None,
+    ) -> Tensor:
+        """(S, B, K) classifier logits of each of the S purifications of each image.
+
+        ``generator`` / ``noise`` / ``seeds`` as in :meth:`forward`."""
+        return self._purify_and_classify(x, generator, noise, seeds)[1]
 
     def vote_probabilities(
-        self, x: Tensor, *, generator: torch.Generator | None = None, noise: Tensor | None = None
+        self, x: Tensor, *, generator: torch.Generator | None = None, noise: Tensor | None = None,
+        seeds: SeedsArg = None,
     ) -> Tensor:
-        """(S, B, K) class probabilities of each of the S purifications of each image."""
-        return self.vote_logits(x, generator=generator, noise=noise).softmax(dim=2)
+        """(S, B, K) class probabilities of each of the S purifications of each image.
+
+        ``generator`` / ``noise`` / ``seeds`` as in :meth:`forward`."""
+        return self.vote_logits(x, generator=generator, noise=noise, seeds=seeds).softmax(dim=2)
 
     def purify_and_classify(
-        self, x: Tensor, *, generator: torch.Generator | None = None, noise: Tensor | None = None
+        self, x: Tensor, *, generator: torch.Generator | None = None, noise: Tensor | None = None,
+        seeds: SeedsArg = None,
     ) -> tuple[Tensor, Tensor]:
         """The whole pipeline, keeping its intermediate result.
+
+        ``generator`` / ``noise`` / ``seeds`` as in :meth:`forward`.
 
         Returns:
             purified: (S, B, C, H, W) purified images in [0, 1] at the input size.
             probs: (S, B, K) class probabilities of each purification.
         """
-        purified, logits = self._purify_and_classify(x, generator, noise)
+        purified, logits = self._purify_and_classify(x, generator, noise, seeds)
         return purified, logits.softmax(dim=2)
 
     def purify(
@@ -181,6 +207,7 @@ class RobustWrapper(nn.Module):
         generator: torch.Generator | None = None,
         noise: Tensor | None = None,
         mask: Tensor | None = None,
+        seeds: SeedsArg = None,
     ) -> Tensor:
         """One purification per image.
 
@@ -189,6 +216,8 @@ class RobustWrapper(nn.Module):
             noise: explicit noise (D, B, C, Hd, Wd), D = ``self.plan.noise_draws``.
             mask: (B, 1, Hd, Wd) mask in [0, 1] to use instead of the classifier's
                 (1 = strong noise); a soft mask may carry gradient.
+            seeds: (B,) per-image seeds as in :meth:`forward`; image i's purification equals
+                the single vote of a ``votes=1`` forward with the same seed.
 
         Returns:
             (B, C, H, W) purified images in [0, 1] at the input size.
@@ -198,7 +227,23 @@ class RobustWrapper(nn.Module):
             raise ValueError(
                 f"mask must have shape {(x.shape[0], 1, *self.diffusion_size_for(x))}, got {tuple(mask.shape)}"
             )
-        return self._resize(self._purify(x, 1, NoiseSource(generator, noise), mask), x.shape[-2:])
+        source = self.noise_source(x, 1, generator=generator, noise=noise, seeds=seeds)
+        return self._resize(self._purify(x, 1, source, mask), x.shape[-2:])
+
+    def noise_source(
+        self, x: Tensor, votes: int, *, generator: torch.Generator | None = None, noise: Tensor | None = None,
+        seeds: SeedsArg = None,
+    ) -> NoiseSource:
+        """The :class:`NoiseSource` for purifying ``votes`` copies of the (B, ...) images ``x``.
+
+        ``noise`` here is already flat: (D, votes * B, C, Hd, Wd). Raises ValueError / TypeError
+        when more than one source is given or the seeds are not (B,) non-negative integers.
+        """
+        if seeds is not None:
+            if generator is not None or noise is not None:
+                raise ValueError("pass one of generator=, noise= and seeds=, not several")
+            seeds = check_seeds(seeds, batch=x.shape[0])
+        return NoiseSource(generator, noise, seeds=seeds, votes=votes, device=x.device)
 
     def stage_maps(self, x: Tensor) -> list[Tensor]:
         """The classifier's stage maps on ``x``, the one seam the mask is built on.
@@ -299,14 +344,15 @@ class RobustWrapper(nn.Module):
                 raise ValueError(f"explicit noise must have shape {expected}, got {tuple(noise.shape)}")
 
     def _purify_and_classify(
-        self, x: Tensor, generator: torch.Generator | None, noise: Tensor | None
+        self, x: Tensor, generator: torch.Generator | None, noise: Tensor | None, seeds: SeedsArg = None
     ) -> tuple[Tensor, Tensor]:
         """(S, B, C, H, W) purified images and (S, B, K) logits."""
         x = self.validate(x, noise=noise)
         votes, batch = self.config.votes, x.shape[0]
         if noise is not None:
             noise = noise.flatten(1, 2)  # (D, S, B, ...) -> (D, S * B, ...), vote-major like repeat()
-        purified = self._resize(self._purify(x, votes, NoiseSource(generator, noise), mask=None), x.shape[-2:])
+        source = self.noise_source(x, votes, generator=generator, noise=noise, seeds=seeds)
+        purified = self._resize(self._purify(x, votes, source, mask=None), x.shape[-2:])
         logits = self._classify(purified)
         return purified.view(votes, batch, *x.shape[1:]), logits.view(votes, batch, -1)
 

@@ -224,3 +224,65 @@ def test_stage_outputs_are_captured_only_for_the_mask(images):
         wrapper.classify(images)
         wrapper(images)
     assert wrapper.stages._captured == {}
+
+
+def test_per_image_seeds_make_an_images_result_independent_of_its_batch(images):
+    """Image i's votes depend on seeds[i] alone: alone, in a batch, in another order."""
+    wrapper = tiny_wrapper(votes=3)
+    batch = torch.cat([images, torch.rand(2, 3, 16, 16)])
+    seeds = torch.tensor([11, 12, 13, 14, 15])
+    with torch.no_grad():
+        together = wrapper.vote_probabilities(batch, seeds=seeds)
+        alone = wrapper.vote_probabilities(batch[1:2], seeds=[12])
+        reordered = wrapper.vote_probabilities(batch.flip(0), seeds=seeds.flip(0))
+        other = wrapper.vote_probabilities(batch[1:2], seeds=[99])
+    torch.testing.assert_close(together[:, 1:2], alone, rtol=0, atol=1e-6)
+    torch.testing.assert_close(together, reordered.flip(1), rtol=0, atol=1e-6)
+    assert not torch.allclose(together[:, 1:2], other)
+    assert torch.equal(wrapper.predict(batch, seeds=seeds)[1:2], wrapper.predict(batch[1:2], seeds=[12]))
+
+
+def test_per_image_seed_means_one_generator_per_image_in_plan_order(images):
+    """The documented meaning: image i draws randn((S, C, Hd, Wd)) per plan draw from its own generator."""
+    wrapper = tiny_wrapper(votes=2)
+    seeds = [3, 5, 8]
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    draws = torch.stack([torch.stack([torch.randn(2, 3, 16, 16, generator=g) for g in generators], dim=1)
+                         for _ in range(wrapper.plan.noise_draws)])  # (D, S, B, C, H, W)
+    with torch.no_grad():
+        torch.testing.assert_close(wrapper.vote_probabilities(images, seeds=seeds),
+                                   wrapper.vote_probabilities(images, noise=draws), rtol=0, atol=0)
+        single = tiny_wrapper(votes=1)
+        torch.testing.assert_close(single.purify(images, seeds=seeds),
+                                   single.purify_and_classify(images, seeds=seeds)[0][0], rtol=0, atol=0)
+
+
+def test_per_image_seeds_are_validated_before_compute(images):
+    wrapper = tiny_wrapper()
+    for seeds, error, words in (
+        (torch.tensor([1, 2]), ValueError, "shape \\(3,\\)"),
+        (torch.tensor([[1, 2, 3]]), ValueError, "shape"),
+        (torch.tensor([1.0, 2.0, 3.0]), TypeError, "integer"),
+        (torch.tensor([True, False, True]), TypeError, "integer"),
+        ([1, -2, 3], ValueError, ">= 0"),
+        ([1, 2.5, 3], TypeError, "ints"),
+    ):
+        with pytest.raises(error, match=words):
+            wrapper.predict(images, seeds=seeds)
+    with pytest.raises(ValueError, match="not several"):
+        wrapper(images, seeds=[1, 2, 3], generator=_seeded(0))
+    with pytest.raises(ValueError, match="not several"):
+        wrapper.purify(images, seeds=[1, 2, 3], noise=torch.randn(wrapper.plan.noise_draws, 3, 3, 16, 16))
+
+
+def test_per_image_seeds_keep_gradients_and_mix_seed_is_stable(images):
+    from robustwrap.noise import derive_seeds, mix_seed
+
+    wrapper = tiny_wrapper(votes=2)
+    x = images.clone().requires_grad_(True)
+    wrapper(x, seeds=[1, 2, 3])[:, 0].sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert mix_seed(1, 2) == mix_seed(1, 2) != mix_seed(2, 1)
+    assert 0 <= mix_seed(-5, 2**70) < 2**63
+    derived = derive_seeds([4, 5], 7)
+    assert derived.dtype == torch.int64 and derived.tolist() == [mix_seed(4, 7), mix_seed(5, 7)]
