@@ -1,0 +1,133 @@
+"""The write rule (robustwrap.outputs): real folders, the user's files unchanged byte for byte."""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from robustwrap.outputs import (check_output, dumps_strict, remove_ours, replace_folder, temporary_beside,
+                                write_text_atomic)
+
+
+def marked(path: Path) -> bool:
+    return (path / "marker.json").is_file()
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def users_folder(tmp_path: Path) -> Path:
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_bytes(b"four years of work\n")
+    return precious
+
+
+def test_a_new_path_or_an_empty_folder_is_fine(tmp_path):
+    check_output(tmp_path / "new", overwrite=False, ours=marked, what="thing")
+    (tmp_path / "empty").mkdir()
+    check_output(tmp_path / "empty", overwrite=False, ours=marked, what="thing")
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_users_folder_is_refused_and_unchanged(users_folder, overwrite):
+    before = snapshot(users_folder)
+    with pytest.raises(ValueError, match="exists: choose another path or pass --overwrite" if not overwrite
+                       else "not a thing written by robustwrap: refusing to replace it") as error:
+        check_output(users_folder, overwrite=overwrite, ours=marked, what="thing")
+    assert str(users_folder) in str(error.value)
+    with pytest.raises(ValueError):
+        remove_ours(users_folder, ours=marked, what="thing")
+    assert snapshot(users_folder) == before
+
+
+def test_a_plain_file_and_a_symlink_are_refused(tmp_path, users_folder):
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"notes")
+    (users_folder / "marker.json").write_text("{}")  # even a link to a folder of ours is not replaced
+    link = tmp_path / "link"
+    link.symlink_to(users_folder)
+    for path, kind in ((notes, "a file"), (link, "a symlink")):
+        with pytest.raises(ValueError, match=f"is {kind}, not a thing"):
+            check_output(path, overwrite=True, ours=lambda p: True, what="thing")
+    assert notes.read_bytes() == b"notes" and (users_folder / "thesis.txt").exists()
+
+
+def test_the_working_directory_and_its_parents_are_refused(tmp_path, monkeypatch):
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    (work / "marker.json").write_text("{}")
+    monkeypatch.chdir(work)
+    for path, reason in ((Path("."), "the working directory"), (Path(os.getcwd()), "the working directory"),
+                         (Path(".."), "holds the working directory"), (tmp_path, "holds the working directory")):
+        with pytest.raises(ValueError, match=reason):
+            check_output(path, overwrite=True, ours=lambda p: True, what="thing")
+    with pytest.raises(ValueError, match="filesystem root"):
+        check_output(Path("/"), overwrite=True, ours=lambda p: True, what="thing")
+    assert (work / "marker.json").exists()
+
+
+def test_a_missing_parent_folder_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        check_output(tmp_path / "nowhere" / "out", overwrite=False, ours=marked, what="thing")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_a_read_only_parent_folder_is_refused(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        with pytest.raises(ValueError, match="not writable"):
+            check_output(locked / "out", overwrite=False, ours=marked, what="thing")
+    finally:
+        locked.chmod(0o755)
+
+
+def test_a_recognised_folder_is_replaced_whole(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "marker.json").write_text("old")
+    (target / "stale.png").write_bytes(b"old")
+    check_output(target, overwrite=True, ours=marked, what="thing")
+    work = temporary_beside(target)
+    assert work.parent == tmp_path and work.name.startswith(".out.")
+    (work / "marker.json").write_text("new")
+    replace_folder(work, target)
+    assert snapshot(target) == {"marker.json": b"new"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing left beside it
+
+
+def test_replace_folder_creates_a_new_target(tmp_path):
+    work = temporary_beside(tmp_path / "fresh")
+    (work / "a").write_text("a")
+    replace_folder(work, tmp_path / "fresh")
+    assert snapshot(tmp_path / "fresh") == {"a": b"a"} and not work.exists()
+
+
+def test_remove_ours_removes_only_a_recognised_folder(tmp_path):
+    target = tmp_path / "out"
+    (target / "sub").mkdir(parents=True)
+    (target / "marker.json").write_text("{}")
+    remove_ours(target, ours=marked, what="thing")
+    assert not target.exists()
+    remove_ours(target, ours=marked, what="thing")  # absent: nothing to do
+
+
+def test_write_text_atomic_replaces_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "best.json"
+    path.write_text("old")
+    write_text_atomic(path, "new")
+    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["best.json"]
+
+
+def test_dumps_strict_names_the_non_finite_field():
+    assert json.loads(dumps_strict({"a": [1.0, 2]})) == {"a": [1.0, 2]}
+    with pytest.raises(ValueError, match=r"points\[1\]\.clean is not a finite number"):
+        dumps_strict({"points": [{"clean": 0.5}, {"clean": math.nan}]})
+    with pytest.raises(ValueError, match="eta is not a finite number"):
+        dumps_strict({"eta": math.inf}, indent=2)
