@@ -1,10 +1,12 @@
 """Robustness evaluation: attack in fixed batches, record each batch as it finishes, report.
 
 Each batch's outcome is appended to a JSON-lines file as soon as it is known (a crash loses
-at most the batch in flight) and a rerun with ``resume=True`` skips recorded batches. Batches
-and their random seeds are fixed by the batch index alone, so the report is the same whether
-the run was interrupted, resumed, or sharded over torch.distributed ranks (batch i goes to
-rank i mod world size; each rank writes its own file; rank 0 merges).
+at most the batch in flight) and a rerun with ``resume=True`` skips recorded batches. Every
+random draw for an image (its purifications, its attacks, its verdicts) comes from per-image
+generators seeded from (seed, the image's index in the data set), as EDM's sampler does, so
+an image's result is the same whatever the batch size, and whether the run was interrupted,
+resumed, or sharded over torch.distributed ranks (batch i goes to rank i mod world size; each
+rank writes its own file; rank 0 merges).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +29,14 @@ from torch import Tensor
 
 from .attacks import BPDALogits, DefenseLogits, MaskAwareLogits, Undefended, autoattack, pgd_eot
 from .attacks.pgd import LOSSES, default_step_size
+from .noise import check_seeds, derive_seeds, mix_seed
 from .wrapper import RobustWrapper
 
 Attack = Literal["none", "pgd-eot", "bpda", "autoattack", "mask-aware"]
 ATTACKS = ("none", "pgd-eot", "bpda", "autoattack", "mask-aware")
 STEPPED = ("pgd-eot", "bpda", "mask-aware")  # the attacks that take a step size and a loss
 DEFAULT_EPS = {"Linf": 8 / 255, "L2": 0.5}
+RANDOMNESS = "per-image: mix_seed(seed, data-set index)"  # recorded in the header; older files are not resumed
 logger = logging.getLogger(__name__)
 
 
@@ -129,16 +133,38 @@ def check_inputs(wrapper: RobustWrapper, images: Tensor, labels: Tensor, num_cla
         raise ValueError(f"labels must be in [0, {num_classes}), got range [{int(labels.min())}, {int(labels.max())}]")
 
 
-def _seed(*parts: int) -> int:
-    value = 0
-    for part in parts:
-        value = (value * 1_000_003 + part) % (2**63 - 1)
-    return value
+def image_seeds(seed: int, ids: Sequence[int]) -> Tensor:
+    """(B,) int64 base seeds ``mix_seed(seed, id)`` of the images with data-set indices ``ids``.
+
+    Everything random about an image in an evaluation (its purifications, its attacks, its
+    verdicts) is derived from this seed alone, so its record does not depend on the batch,
+    the shard, ``--resume`` or the other images.
+    """
+    return torch.tensor([mix_seed(seed, int(i)) for i in ids], dtype=torch.int64)
 
 
-def make_generator(device: torch.device | str, *parts: int) -> torch.Generator:
-    """A fresh generator on ``device`` seeded from ``parts`` (the global RNG is never touched)."""
-    return torch.Generator(device=device).manual_seed(_seed(*parts))
+def _attack_target(attacked: RobustWrapper, attack: str, cfg: EvalConfig, noise: dict) -> torch.nn.Module:
+    """The ``model(x) -> logits`` view ``attack`` differentiates; ``noise`` is {"generator": g} or {"seeds": s}."""
+    if not cfg.defended:
+        return Undefended(attacked)
+    if attack == "bpda":
+        return BPDALogits(attacked, **noise)
+    if attack == "mask-aware":
+        return MaskAwareLogits(attacked, cfg.mask_temperature, **noise)
+    return DefenseLogits(attacked, **noise)
+
+
+def _autoattack_per_image(attacked: RobustWrapper, images: Tensor, labels: Tensor, cfg: EvalConfig,
+                          seeds: Tensor) -> Tensor:
+    """AutoAttack one image at a time, each from its own seed (its internal RNG is batch-wide)."""
+    version = "rand" if cfg.defended else "standard"
+    adversarial = []
+    for i, seed in enumerate(seeds.tolist()):
+        model = _attack_target(attacked, "autoattack", cfg, {"seeds": derive_seeds([seed], 1)})
+        adversarial.append(autoattack(model, images[i:i + 1], labels[i:i + 1], eps=cfg.radius, norm=cfg.norm,
+                                      version=version, iterations=cfg.iters, eot=cfg.eot,
+                                      seed=mix_seed(seed, 0) % (2**31 - 1), batch_size=1))
+    return torch.cat(adversarial)
 
 
 def attack_images(
@@ -149,62 +175,75 @@ def attack_images(
     *,
     attack: str | None = None,
     generator: torch.Generator | None = None,
+    seeds: Tensor | Sequence[int] | None = None,
 ) -> Tensor:
     """Adversarial images for one batch under ``cfg`` (the clean ones for attack 'none').
 
     Args:
         images: (B, C, H, W) in [0, 1]; labels: (B,).
         attack: which of ``cfg.attacks`` to run (default: the first).
-        generator: all the attack's and the defense's randomness comes from it (default: a
-            generator seeded with ``cfg.seed`` on the images' device).
+        generator: all the attack's and the defense's randomness comes from it (one stream for
+            the batch: an image's attack depends on its batch).
+        seeds: (B,) per-image seeds instead: image i's random start, its defense noise at every
+            gradient call (and AutoAttack's own randomness, run image by image) come from
+            ``seeds[i]`` alone. Default (neither): seeds ``mix_seed(cfg.seed, i)`` for the
+            batch positions i.
     """
     attack = cfg.attacks[0] if attack is None else attack
     if attack not in ATTACKS:
         raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
+    if generator is not None and seeds is not None:
+        raise ValueError("pass a generator or per-image seeds, not both")
     if attack == "none" or cfg.iters == 0:
         return images
-    generator = generator if generator is not None else make_generator(images.device, cfg.seed)
+    if generator is None:
+        seeds = image_seeds(cfg.seed, range(images.shape[0])) if seeds is None else check_seeds(seeds, images.shape[0])
     attacked = wrapper
     if cfg.surrogate_steps is not None:
         attacked = wrapper.with_config(dataclasses.replace(wrapper.config, steps=cfg.surrogate_steps))
-    if not cfg.defended:
-        model = Undefended(attacked)
-    elif attack == "bpda":
-        model = BPDALogits(attacked, generator=generator)
-    elif attack == "mask-aware":
-        model = MaskAwareLogits(attacked, cfg.mask_temperature, generator=generator)
-    else:
-        model = DefenseLogits(attacked, generator=generator)
     if attack == "autoattack":
-        version = "rand" if cfg.defended else "standard"
-        return autoattack(model, images, labels, eps=cfg.radius, norm=cfg.norm, version=version,
-                          iterations=cfg.iters, eot=cfg.eot, seed=generator.initial_seed() % (2**31 - 1),
-                          batch_size=images.shape[0])
-    return pgd_eot(model, images, labels, eps=cfg.radius, norm=cfg.norm, steps=cfg.iters,
-                   step_size=cfg.step, eot=cfg.eot if cfg.defended else 1, loss=cfg.loss, generator=generator)
+        if seeds is None:
+            model = _attack_target(attacked, attack, cfg, {"generator": generator})
+            return autoattack(model, images, labels, eps=cfg.radius, norm=cfg.norm,
+                              version="rand" if cfg.defended else "standard", iterations=cfg.iters, eot=cfg.eot,
+                              seed=generator.initial_seed() % (2**31 - 1), batch_size=images.shape[0])
+        return _autoattack_per_image(attacked, images, labels, cfg, seeds)
+    noise = {"generator": generator} if seeds is None else {"seeds": derive_seeds(seeds, 1)}
+    start = {"generator": generator} if seeds is None else {"seeds": derive_seeds(seeds, 0)}
+    return pgd_eot(_attack_target(attacked, attack, cfg, noise), images, labels, eps=cfg.radius, norm=cfg.norm,
+                   steps=cfg.iters, step_size=cfg.step, eot=cfg.eot if cfg.defended else 1, loss=cfg.loss, **start)
 
 
-def evaluate_batch(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: EvalConfig, index: int) -> dict:
+def evaluate_batch(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: EvalConfig, index: int,
+                   ids: Sequence[int] | None = None) -> dict:
     """Per-image correctness on clean images and under each attack, for each of the R runs.
 
-    Every random draw comes from generators seeded by (cfg.seed, index, ...): the record does
-    not depend on the process, on other batches, or on the global RNG (which is left alone).
+    Args:
+        images: (B, C, H, W) in [0, 1]; labels: (B,).
+        index: the batch's index (recorded).
+        ids: the images' indices in the data set (default: ``index * cfg.batch_size + i``).
+
+    Every random draw of image i comes from its seed ``mix_seed(cfg.seed, ids[i])``
+    (:func:`image_seeds`): clean run r from ``(seed, 1, r)``, attack a from ``(seed, 0, a)``,
+    run r of the verdict after attack a from ``(seed, 2, r, a)``. The record does not depend
+    on the batch size, the process, other batches, or the global RNG (which is left alone).
     """
     start = time.perf_counter()
-    device = images.device
+    if ids is None:
+        ids = range(index * cfg.batch_size, index * cfg.batch_size + images.shape[0])
+    base = image_seeds(cfg.seed, ids)
 
     def correct(x: Tensor, *parts: int) -> list[bool]:
         with torch.no_grad():
             if cfg.defended:
-                predicted = wrapper.predict(x, generator=make_generator(device, cfg.seed, index, *parts))
+                predicted = wrapper.predict(x, seeds=derive_seeds(base, *parts))
             else:
                 predicted = wrapper.classify(x).argmax(1)
         return (predicted == labels).tolist()
 
     robust = {}
     for number, attack in enumerate(cfg.attacks):
-        adversarial = attack_images(wrapper, images, labels, cfg, attack=attack,
-                                    generator=make_generator(device, cfg.seed, index, 0, number))
+        adversarial = attack_images(wrapper, images, labels, cfg, attack=attack, seeds=derive_seeds(base, 0, number))
         robust[attack] = [correct(adversarial, 2, run, number) for run in range(cfg.runs)]
     return {
         "batch": index,
@@ -360,8 +399,9 @@ def run_evaluation(
 ) -> dict | None:
     """Attack and score every batch, appending each to the results file; return the report.
 
-    No global random state is read or changed: every draw comes from generators seeded by
-    ``cfg.seed`` and the batch index (AutoAttack, which seeds the global RNG, runs in a fork).
+    No global random state is read or changed: every draw comes from per-image generators
+    seeded by ``cfg.seed`` and the image's data-set index (``subset["indices"]``; AutoAttack,
+    which seeds the global RNG, runs in a fork).
 
     Args:
         images: (N, C, H, W) in [0, 1]; labels: (N,) in [0, num_classes).
@@ -397,7 +437,9 @@ def run_evaluation(
         "subset": subset,
         **(description or {}),
     }
+    header["randomness"] = RANDOMNESS
     header = json.loads(json.dumps(header))  # as it reads back from the file (tuples become lists)
+    ids = subset.get("indices") or list(range(images.shape[0]))  # each image's identity: its data-set index
     path = _results_file(out, rank, world)
     if path.exists() and not resume:
         raise FileExistsError(f"{path} exists: pass resume=True (--resume) to continue it, or choose another folder")
@@ -414,7 +456,7 @@ def run_evaluation(
             if stop_after is not None and new >= stop_after:
                 return None
             sl = slice(index * cfg.batch_size, (index + 1) * cfg.batch_size)
-            record = evaluate_batch(wrapper, images[sl], labels[sl], cfg, index)
+            record = evaluate_batch(wrapper, images[sl], labels[sl], cfg, index, ids=ids[sl])
             file.write(json.dumps(record) + "\n")
             file.flush()
             os.fsync(file.fileno())

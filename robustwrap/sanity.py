@@ -1,7 +1,7 @@
 """The checks a careful reviewer runs on a robustness claim; failures are reported, not hidden.
 
-Each check attacks the given images anew with generators seeded from ``cfg.seed`` (the
-global random state is never used). Keep the images to a batch or two, drawn with
+Each check attacks the given images anew with per-image generators seeded from ``cfg.seed``
+and the image's position (the global random state is never used). Keep the images to a batch or two, drawn with
 :func:`robustwrap.data.stratified_subset`.
 """
 
@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from .attacks import DefenseLogits, Undefended, eot_gradient
-from .evaluation import EvalConfig, attack_images, make_generator
+from .evaluation import EvalConfig, attack_images, image_seeds
+from .noise import derive_seeds
 from .wrapper import RobustWrapper
 
 UNDEFENDED_CEILING = 0.05  # the attack must drive the bare classifier to at most this accuracy
@@ -43,10 +44,11 @@ def _pct(p: float, n: int) -> str:
 
 def _accuracy(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: EvalConfig, tag: int) -> float:
     """Accuracy of ``wrapper`` (the defense, or the bare classifier when not cfg.defended) under cfg's attack."""
-    adversarial = attack_images(wrapper, images, labels, cfg, generator=make_generator(images.device, cfg.seed, tag, 0))
+    base = image_seeds(cfg.seed, range(images.shape[0]))
+    adversarial = attack_images(wrapper, images, labels, cfg, seeds=derive_seeds(base, tag, 0))
     with torch.no_grad():
         if cfg.defended:
-            predicted = wrapper.predict(adversarial, generator=make_generator(images.device, cfg.seed, tag, 1))
+            predicted = wrapper.predict(adversarial, seeds=derive_seeds(base, tag, 1))
         else:
             predicted = wrapper.classify(adversarial).argmax(1)
     return float((predicted == labels).float().mean())
@@ -94,7 +96,7 @@ def sanity_checks(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: E
               f"EOT {pgd.eot}, loss {pgd.loss}")
     checks = []
 
-    target = (DefenseLogits(wrapper, generator=make_generator(images.device, cfg.seed, 1)) if cfg.defended
+    target = (DefenseLogits(wrapper, seeds=derive_seeds(image_seeds(cfg.seed, range(n)), 1)) if cfg.defended
               else Undefended(wrapper))
     gradient = eot_gradient(target, images, labels, samples=1, loss=cfg.loss)
     finite, norm = bool(torch.isfinite(gradient).all()), float(gradient.abs().sum())

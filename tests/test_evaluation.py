@@ -200,6 +200,9 @@ def test_two_process_evaluation_equals_single_process(tmp_path):
     assert shards == ["results.rank0-of-2.jsonl", "results.rank1-of-2.jsonl"]
     merged = json.loads((tmp_path / "two" / "report.json").read_text())
     assert _comparable(merged) == _comparable(json.loads(json.dumps(single)))
+    # each image's record is the same as in one process with one batch of 16 (per-image seeds)
+    run_evaluation(tiny_wrapper(), images, labels, replace(CFG, batch_size=16), tmp_path / "whole", num_classes=10)
+    assert _per_image(tmp_path / "two") == _per_image(tmp_path / "whole")
 
 
 def test_stratified_subset_is_seeded_proportional_and_not_the_first_class():
@@ -333,3 +336,53 @@ def test_sanity_flags_an_attack_that_does_nothing():
     strong = EvalConfig(iters=4, eot=1, eps=0.5, loss="margin")
     checks = {c.name: c for c in sanity_checks(wrapper, images, labels, strong)}
     assert checks["attack drives the undefended classifier to <= 5%"].passed
+
+
+def _per_image(folder: Path) -> dict:
+    """Each image's clean and robust outcomes, in data-set order, from every results file in ``folder``."""
+    records = []
+    for path in sorted(folder.glob("results*.jsonl")):
+        records += [json.loads(line) for line in path.read_text().splitlines()[1:] if line.strip()]
+    records.sort(key=lambda r: r["batch"])
+    flat = {"clean": [[v for r in records for v in r["clean"][run]] for run in range(CFG.runs)]}
+    for attack in records[0]["robust"]:
+        flat[attack] = [[v for r in records for v in r["robust"][attack][run]] for run in range(CFG.runs)]
+    return flat
+
+
+def test_an_images_record_does_not_depend_on_the_batch_size_or_on_the_other_images(tmp_path):
+    """Batch 1 vs batch 16 vs a shuffled subset: identical per-image outcomes (per-image seeds)."""
+    images, labels = _data(7)
+    cfg = replace(CFG, attack="pgd-eot,bpda", runs=2)
+    wrapper = tiny_wrapper(votes=3)
+    run_evaluation(wrapper, images, labels, replace(cfg, batch_size=1), tmp_path / "one", num_classes=10)
+    run_evaluation(wrapper, images, labels, replace(cfg, batch_size=16), tmp_path / "sixteen", num_classes=10)
+    one, sixteen = _per_image(tmp_path / "one"), _per_image(tmp_path / "sixteen")
+    assert one == sixteen
+    # a subset holds the same images, identified by their data-set index: same outcomes
+    picked = torch.tensor([5, 1, 6])
+    subset = describe_subset(labels, picked, seed=None, requested=3)
+    run_evaluation(wrapper, images[picked], labels[picked], replace(cfg, batch_size=2), tmp_path / "subset",
+                   num_classes=10, subset=subset)
+    part = _per_image(tmp_path / "subset")
+    for key, table in part.items():
+        assert table == [[row[i] for i in picked.tolist()] for row in one[key]], key
+    header = json.loads((tmp_path / "one" / "results.jsonl").read_text().splitlines()[0])["header"]
+    assert header["randomness"].startswith("per-image")
+
+
+def test_attack_images_with_per_image_seeds_is_batch_independent():
+    from robustwrap.evaluation import attack_images, image_seeds
+
+    images, labels = _data(5)
+    wrapper = tiny_wrapper(votes=2)
+    cfg = EvalConfig(attack="pgd-eot", iters=2, eot=2)
+    seeds = image_seeds(7, range(5))
+    for attack in ("pgd-eot", "bpda", "mask-aware"):
+        whole = attack_images(wrapper, images, labels, cfg, attack=attack, seeds=seeds)
+        halves = torch.cat([attack_images(wrapper, images[:2], labels[:2], cfg, attack=attack, seeds=seeds[:2]),
+                            attack_images(wrapper, images[2:], labels[2:], cfg, attack=attack, seeds=seeds[2:])])
+        torch.testing.assert_close(whole, halves, rtol=0, atol=1e-6, msg=attack)
+        assert not torch.equal(whole, images)
+    with pytest.raises(ValueError, match="not both"):
+        attack_images(wrapper, images, labels, cfg, seeds=seeds, generator=torch.Generator())

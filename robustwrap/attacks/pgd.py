@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..noise import per_image_rand
+
 Norm = Literal["Linf", "L2"]
 Loss = Literal["ce", "margin", "dlr"]
 LOSSES = ("ce", "margin", "dlr")
@@ -87,6 +89,28 @@ def project(x_adv: Tensor, x: Tensor, eps: float, norm: Norm) -> Tensor:
     return (x + delta).clamp(0.0, 1.0)
 
 
+def random_start_point(x: Tensor, eps: float, norm: Norm, *, generator: torch.Generator | None = None,
+                       seeds: Tensor | None = None) -> Tensor:
+    """A random point of the eps-ball around ``x`` (B, C, H, W), within [0, 1].
+
+    L-inf: uniform in the cube; L2: a uniform direction scaled by eps * U(0, 1). Drawn from
+    ``generator`` (one stream for the batch) or, with ``seeds`` (B,), image i from a generator
+    seeded with ``seeds[i]`` (its C*H*W uniforms, then for L2 one more for the radius).
+    """
+    if eps <= 0:
+        return x.clone()
+    if seeds is not None:
+        draws = per_image_rand(seeds, (x[0].numel() + 1,), device=x.device, dtype=x.dtype)
+        noise, radius = draws[:, :-1].view_as(x) * 2 - 1, draws[:, -1]
+    else:
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
+        radius = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) if norm == "L2" else None
+    if norm == "L2":
+        noise = noise / _l2_norm(noise) * eps * radius.view(-1, 1, 1, 1)
+        return project(x + noise, x, eps, norm)
+    return project(x + eps * noise, x, eps, norm)
+
+
 def pgd_eot(
     model: Model,
     x: Tensor,
@@ -100,6 +124,7 @@ def pgd_eot(
     loss: Loss = "ce",
     random_start: bool = True,
     generator: torch.Generator | None = None,
+    seeds: Tensor | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> Tensor:
     """Projected gradient ascent on ``loss``, each step on an EOT-averaged gradient.
@@ -115,6 +140,8 @@ def pgd_eot(
         loss: ``"ce"`` (cross-entropy), ``"margin"`` (CW margin) or ``"dlr"`` (Croce & Hein).
         random_start: start from a uniform (L-inf) or random-direction (L2) point in the ball.
         generator: draws the random start (the global RNG is never used when given).
+        seeds: (B,) per-image seeds for the random start instead (image i's start comes from
+            ``seeds[i]`` alone: :func:`random_start_point`).
         on_step: called with the step index after each step (progress reporting).
 
     Returns:
@@ -130,12 +157,7 @@ def pgd_eot(
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     step_size = step_size if step_size is not None else default_step_size(eps, steps)
     x = x.detach()
-    x_adv = x.clone()
-    if random_start and eps > 0:
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
-        if norm == "L2":
-            noise = noise / _l2_norm(noise) * eps * torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
-        x_adv = project(x + eps * noise if norm == "Linf" else x + noise, x, eps, norm)
+    x_adv = random_start_point(x, eps, norm, generator=generator, seeds=seeds) if random_start else x.clone()
     for step in range(steps):
         grad = eot_gradient(model, x_adv, y, eot, loss)
         ascent = grad.sign() if norm == "Linf" else grad / _l2_norm(grad)

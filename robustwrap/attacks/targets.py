@@ -4,7 +4,10 @@ Every view maps images (B, C, H, W) in [0, 1] to (B, K) logits-like scores over 
 (log mean vote probabilities for the defense, computed stably by
 :func:`robustwrap.vote.log_mean_probability`), the one seam shared with torchattacks and
 AutoAttack. Each view takes an optional ``generator`` for the defense's noise, so that an
-attack is reproducible from a seed without touching torch's global random state.
+attack is reproducible from a seed without touching torch's global random state, or
+per-image ``seeds`` (B,): then call c of the view purifies image i with the seed
+``derive_seeds(seeds, c)[i]`` (:func:`robustwrap.noise.derive_seeds`), so an image's attack
+depends on its own seed only, not on the batch it is attacked in.
 """
 
 from __future__ import annotations
@@ -13,58 +16,77 @@ import torch
 from torch import Tensor, nn
 
 from ..mask import soft_mask
+from ..noise import check_seeds, derive_seeds
 from ..vote import log_mean_probability
 from ..wrapper import RobustWrapper
 
 
-class DefenseLogits(nn.Module):
-    """Full gradient: log of the wrapper's mean vote probabilities (the defense as attacked)."""
+class NoisyView(nn.Module):
+    """Base of the views: hands out the noise keyword of each call (generator, per-image seeds or none).
 
-    def __init__(self, wrapper: RobustWrapper, generator: torch.Generator | None = None) -> None:
-        super().__init__()
-        self.wrapper = wrapper
-        self.generator = generator
-
-    def forward(self, x: Tensor) -> Tensor:
-        return log_mean_probability(self.wrapper.vote_logits(x, generator=self.generator))
-
-
-class Undefended(nn.Module):
-    """The bare classifier (with its normalisation): the no-defense baseline.
-
-    ``generator`` is accepted so that every view is built alike; the bare classifier draws no noise.
+    Args:
+        wrapper: the defended classifier.
+        generator: one stream for the whole batch (the image's noise depends on its batch).
+        seeds: (B,) per-image seeds; call c uses ``derive_seeds(seeds, c)``. Each call must then
+            get the same B images, in order.
     """
 
-    def __init__(self, wrapper: RobustWrapper, generator: torch.Generator | None = None) -> None:
+    def __init__(self, wrapper: RobustWrapper, generator: torch.Generator | None = None,
+                 seeds: Tensor | None = None) -> None:
         super().__init__()
+        if generator is not None and seeds is not None:
+            raise ValueError("pass a generator or per-image seeds, not both")
         self.wrapper = wrapper
+        self.generator = generator
+        self.seeds = None if seeds is None else check_seeds(seeds)
+        self.calls = 0
+
+    def noise(self, x: Tensor) -> dict:
+        """The keyword for the wrapper's next purification of ``x`` (B, ...): ``{"generator": g}``,
+        ``{"seeds": (B,) int64}`` or ``{}`` (in-graph noise)."""
+        if self.seeds is None:
+            return {"generator": self.generator} if self.generator is not None else {}
+        if x.shape[0] != self.seeds.shape[0]:
+            raise ValueError(f"this view has seeds for {self.seeds.shape[0]} images, got a batch of {x.shape[0]}")
+        self.calls += 1
+        return {"seeds": derive_seeds(self.seeds, self.calls - 1)}
+
+
+class DefenseLogits(NoisyView):
+    """Full gradient: log of the wrapper's mean vote probabilities (the defense as attacked)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return log_mean_probability(self.wrapper.vote_logits(x, **self.noise(x)))
+
+
+class Undefended(NoisyView):
+    """The bare classifier (with its normalisation): the no-defense baseline.
+
+    ``generator`` and ``seeds`` are accepted so that every view is built alike; the bare
+    classifier draws no noise.
+    """
 
     def forward(self, x: Tensor) -> Tensor:
         return self.wrapper.classify(x)
 
 
-class BPDALogits(nn.Module):
+class BPDALogits(NoisyView):
     """BPDA: purify without gradient, backward as identity through the purifier.
 
     Forward equals the defense (S votes); backward is the classifier's gradient at the
     purified images, passed straight to the input.
     """
 
-    def __init__(self, wrapper: RobustWrapper, generator: torch.Generator | None = None) -> None:
-        super().__init__()
-        self.wrapper = wrapper
-        self.generator = generator
-
     def forward(self, x: Tensor) -> Tensor:
         votes = self.wrapper.config.votes
         with torch.no_grad():
-            purified = self.wrapper.purify_and_classify(x, generator=self.generator)[0]  # (S, B, C, H, W)
+            purified = self.wrapper.purify_and_classify(x, **self.noise(x))[0]  # (S, B, C, H, W)
         straight_through = x.unsqueeze(0) + (purified - x.unsqueeze(0)).detach()
         logits = self.wrapper.classify(straight_through.flatten(0, 1))
         return log_mean_probability(logits.view(votes, x.shape[0], -1))
 
 
-class MaskAwareLogits(nn.Module):
+class MaskAwareLogits(NoisyView):
     """The defense with a differentiable mask: the gradient also flows through mask building.
 
     The mask is :func:`robustwrap.mask.soft_mask` of the wrapper's (differentiable)
@@ -73,13 +95,12 @@ class MaskAwareLogits(nn.Module):
     One purification per call (use EOT).
     """
 
-    def __init__(self, wrapper: RobustWrapper, temperature: float = 0.05, generator: torch.Generator | None = None) -> None:
-        super().__init__()
+    def __init__(self, wrapper: RobustWrapper, temperature: float = 0.05, generator: torch.Generator | None = None,
+                 seeds: Tensor | None = None) -> None:
+        super().__init__(wrapper, generator, seeds)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.wrapper = wrapper
         self.temperature = temperature
-        self.generator = generator
 
     def soft_mask(self, x: Tensor) -> Tensor:
         """(B, 1, Hd, Wd) mask in (0, 1), differentiable w.r.t. ``x`` (all ones in uniform mode)."""
@@ -89,5 +110,5 @@ class MaskAwareLogits(nn.Module):
         return soft_mask(self.wrapper.attention(x), cfg.mask_rule, cfg.tau, cfg.top_fraction, self.temperature)
 
     def forward(self, x: Tensor) -> Tensor:
-        purified = self.wrapper.purify(x, mask=self.soft_mask(x), generator=self.generator)
+        purified = self.wrapper.purify(x, mask=self.soft_mask(x), **self.noise(x))
         return self.wrapper.classify(purified).log_softmax(dim=1)
