@@ -4,11 +4,11 @@ Every command that writes (eval, tune, purify, export) calls :func:`check_output
 target before any work is done. The target may be:
 
 - absent (it is created) or an empty folder (nothing in it can be lost): always fine;
-- anything else only with ``overwrite=True``, and then only when it is a folder that is
-  recognisably ours (``ours(path)`` is true: a bundle's ``config.json`` with our format tag, a
-  tune folder's ``tune.json``, an eval folder's results headers, a purify folder's
-  ``purify.json``). A plain file or a symlink is never replaced, and the working directory,
-  its parents, the home folder and the filesystem root are never written as a target.
+- anything else only with ``overwrite=True``, and then only when it is recognisably ours
+  (``ours(path)`` is true: a bundle's ``config.json`` with our format tag, a tune folder's
+  ``tune.json``, an eval folder's results headers, a purify folder's ``purify.json``; a
+  single-file writer may recognise its own file). A symlink is never replaced, and the working
+  directory, its parents, the home folder and the filesystem root are never written as a target.
 
 Everything else is refused with a :class:`ValueError` naming the path and the reason. A
 replacement is written into a temporary folder beside the target (:func:`temporary_beside`)
@@ -71,9 +71,9 @@ def check_output(path: str | os.PathLike, *, overwrite: bool, ours: Callable[[Pa
 
     Raises:
         ValueError: naming the path and the reason: its parent folder is missing or not
-            writable; it exists and ``overwrite`` is false; it exists and is a file or symlink,
-            the working directory or one of its parents, the home folder or the root, or is not
-            recognisably ours.
+            writable; it is a symlink, the working directory or one of its parents, the home
+            folder or the root; it exists (and is not an empty folder) but is not recognisably
+            ours; it is ours but ``overwrite`` is false.
     """
     path = Path(path)
     parent = path.absolute().parent
@@ -83,18 +83,18 @@ def check_output(path: str | os.PathLike, *, overwrite: bool, ours: Callable[[Pa
         raise ValueError(f"{path}: its folder {parent} is not writable")
     if not (path.exists() or path.is_symlink()):
         return
-    reason = None if path.is_symlink() else _protected(path.resolve())
+    if path.is_symlink():
+        raise ValueError(f"{path} is a symlink, not a {what} written by robustwrap: refusing to replace it")
+    reason = _protected(path.resolve())
     if reason:
         raise ValueError(f"{path}: {reason}; refusing to write there (choose a new folder)")
     if is_empty_folder(path):
         return
+    if not ours(path):
+        kind = "a folder with other files" if path.is_dir() else "a file"
+        raise ValueError(f"{path} is {kind}, not a {what} written by robustwrap: refusing to replace it")
     if not overwrite:
         raise ValueError(f"{path} exists: {OVERWRITE_HINT}")
-    if path.is_symlink() or not path.is_dir():
-        raise ValueError(f"{path} is {'a symlink' if path.is_symlink() else 'a file'}, not a {what} written by "
-                         "robustwrap: refusing to replace it")
-    if not ours(path):
-        raise ValueError(f"{path} is not a {what} written by robustwrap: refusing to replace it")
 
 
 def temporary_beside(target: str | os.PathLike) -> Path:

@@ -36,13 +36,21 @@ def test_a_new_path_or_an_empty_folder_is_fine(tmp_path):
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_a_users_folder_is_refused_and_unchanged(users_folder, overwrite):
     before = snapshot(users_folder)
-    with pytest.raises(ValueError, match="exists: choose another path or pass --overwrite" if not overwrite
-                       else "not a thing written by robustwrap: refusing to replace it") as error:
+    with pytest.raises(ValueError, match="is a folder with other files, not a thing written by robustwrap: "
+                       "refusing to replace it") as error:
         check_output(users_folder, overwrite=overwrite, ours=marked, what="thing")
     assert str(users_folder) in str(error.value)
     with pytest.raises(ValueError):
         remove_ours(users_folder, ours=marked, what="thing")
     assert snapshot(users_folder) == before
+
+
+def test_our_folder_needs_overwrite(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "marker.json").write_text("{}")
+    with pytest.raises(ValueError, match="out exists: choose another path or pass --overwrite"):
+        check_output(tmp_path / "out", overwrite=False, ours=marked, what="thing")
+    check_output(tmp_path / "out", overwrite=True, ours=marked, what="thing")
 
 
 def test_a_plain_file_and_a_symlink_are_refused(tmp_path, users_folder):
@@ -51,10 +59,17 @@ def test_a_plain_file_and_a_symlink_are_refused(tmp_path, users_folder):
     (users_folder / "marker.json").write_text("{}")  # even a link to a folder of ours is not replaced
     link = tmp_path / "link"
     link.symlink_to(users_folder)
-    for path, kind in ((notes, "a file"), (link, "a symlink")):
-        with pytest.raises(ValueError, match=f"is {kind}, not a thing"):
-            check_output(path, overwrite=True, ours=lambda p: True, what="thing")
+    for path, kind, ours in ((notes, "a file", marked), (link, "a symlink", lambda p: True)):
+        for overwrite in (False, True):
+            with pytest.raises(ValueError, match=f"is {kind}, not a thing"):
+                check_output(path, overwrite=overwrite, ours=ours, what="thing")
     assert notes.read_bytes() == b"notes" and (users_folder / "thesis.txt").exists()
+
+
+def test_a_single_file_writer_may_recognise_its_own_file(tmp_path):
+    graph = tmp_path / "model.onnx"
+    graph.write_bytes(b"ours")
+    check_output(graph, overwrite=True, ours=lambda p: p.read_bytes() == b"ours", what="graph")
 
 
 def test_the_working_directory_and_its_parents_are_refused(tmp_path, monkeypatch):
