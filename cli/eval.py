@@ -12,7 +12,7 @@ from rich.table import Table
 
 from .common import (CLASSIFIER_SPECS, CONFIG_HELP, DATA_SPECS, DIFFUSION_SPECS, T_L_HELP, T_S_HELP, WEIGHTS_HELP,
                      LossName, NormName, build_wrapper, console, defense_config, fail, percent, require_finite,
-                     require_folder, subset_words)
+                     subset_words)
 
 DEFENSES = ("none", "uniform", "heterogeneous", "config")
 ATTACK_HELP = ("comma list of pgd-eot (full gradient through every denoiser call, with EOT), bpda (identity "
@@ -64,7 +64,10 @@ def eval_command(
     votes: Optional[int] = typer.Option(None, min=1, help="S purifications per image, combined by the vote rule "
                                         "(hard majority by default); default 1"),
     out: Path = typer.Option(Path("eval-results"), help="folder: one subfolder of results per defense"),
-    resume: bool = typer.Option(False, help="continue the runs recorded in --out"),
+    resume: bool = typer.Option(False, help="continue the runs recorded in --out (same settings, data and weights: "
+                                "their fingerprints are checked)"),
+    overwrite: bool = typer.Option(False, help="replace the chosen defenses' results in --out; only folders an "
+                                   "earlier eval wrote are replaced, never anything else"),
     sanity: bool = typer.Option(False, help="run the reviewer's sanity checks on one stratified batch of each "
                                 "--defenses instead (exit code 1 when any check fails)"),
 ) -> None:
@@ -84,8 +87,9 @@ def eval_command(
         fail(f"--defenses takes a comma list of {DEFENSES}, got {defenses!r}")
     if "config" in chosen and config is None:
         fail("--defenses config needs --config FILE")
-    require_folder(out, "one subfolder of results per defense")
     require_finite(eps=eps, step_size=step_size, t_l=t_l, t_s=t_s)
+    if not sanity:
+        check_eval_folder(out, chosen, resume, overwrite)
     try:
         base = EvalConfig(attack=attack, norm=norm.value, eps=resolve_eps(eps, data, norm.value),
                           iters=iters, step_size=step_size, eot=eot, loss=loss.value, surrogate_steps=surrogate_steps,
@@ -108,9 +112,31 @@ def eval_command(
     description = {"data": data, "classifier": classifier, "diffusion": diffusion,
                    "classifier_weights": str(classifier_weights), "diffusion_weights": str(diffusion_weights)}
     reports, rank = _evaluate(wrapper, defense, chosen, images, labels, base, num_classes, out, resume, subset,
-                              description)
+                              description, overwrite=overwrite)
     if rank == 0:
         _print_results(reports, wrapper, defense, base, budget, subset, len(labels), out)
+
+
+def is_eval_folder(path: Path) -> bool:
+    """Whether ``path`` holds only what eval writes: one results folder per defense."""
+    from robustwrap.evaluation import is_evaluation_folder
+
+    entries = list(path.iterdir()) if path.is_dir() else []
+    return bool(entries) and all(e.name in DEFENSES and is_evaluation_folder(e) for e in entries)
+
+
+def check_eval_folder(out: Path, chosen: list[str], resume: bool, overwrite: bool) -> None:
+    """End the command (exit 2) before any work when --out, or a chosen defense's folder in it, may not be written:
+    --out must be new, empty or an eval folder; a defense's results need --resume or --overwrite."""
+    from robustwrap.evaluation import check_results_folder
+    from robustwrap.outputs import check_output
+
+    try:
+        check_output(out, overwrite=True, ours=is_eval_folder, what="eval folder", parents=True)
+        for name in chosen:
+            check_results_folder(out / name, resume=resume, overwrite=overwrite)
+    except (ValueError, FileExistsError) as error:
+        fail(str(error))
 
 
 def _sanity(wrapper, defense, chosen, images, labels, base, num_classes: int, budget: str, subset: dict) -> None:
@@ -140,7 +166,7 @@ def _sanity(wrapper, defense, chosen, images, labels, base, num_classes: int, bu
 
 
 def _evaluate(wrapper, defense, chosen, images, labels, base, num_classes: int, out: Path, resume: bool,
-              subset: dict, description: dict) -> tuple[dict, int]:
+              subset: dict, description: dict, *, overwrite: bool) -> tuple[dict, int]:
     """Each defense's report (on rank 0; empty elsewhere) and this process's rank, with progress bars."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -156,7 +182,7 @@ def _evaluate(wrapper, defense, chosen, images, labels, base, num_classes: int, 
                 reports[name] = run_evaluation(
                     defense_view(wrapper, defense, name), images, labels,
                     dataclasses.replace(base, defended=name != "none"), out / name, num_classes=num_classes,
-                    resume=resume, subset=subset, description={**description, "defense_name": name},
+                    resume=resume, overwrite=overwrite, subset=subset, description={**description, "defense_name": name},
                     on_batch=lambda done, total, task=task: progress.update(task, completed=done, total=total),
                 )
     except (ValueError, FileExistsError, RuntimeError, ImportError, FileNotFoundError, NotADirectoryError) as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -11,7 +12,7 @@ from rich.table import Table
 
 from .common import (CHANNELS_HELP, CLASSIFIER_SPECS, CONFIG_FILE_HELP, DIFFUSION_SPECS, STEPS_HELP, T_L_HELP,
                      T_S_HELP, WEIGHTS_HELP, build_wrapper, console, defense_config, fail, input_defaults,
-                     require_finite, require_folder)
+                     require_finite)
 
 
 class Background(str, Enum):
@@ -21,6 +22,21 @@ class Background(str, Enum):
 
 
 DARK_BACKGROUND_MODELS = ("mnist",)  # classifier specs trained on light digits on a dark background
+PURIFY_FORMAT = "robustwrap.purify"  # purify.json's tag: what --overwrite recognises as ours
+OVERWRITE_HELP = ("replace --out when it is a folder an earlier purify wrote (its purify.json lists every file in "
+                  "it); a folder with anything else, a file or the working directory is never replaced")
+
+
+def is_purify_folder(path: Path) -> bool:
+    """Whether ``path`` holds only what one ``robustwrap purify`` wrote: purify.json and the files it lists."""
+    import json
+
+    try:
+        manifest = json.loads((path / "purify.json").read_text())
+        listed = set(manifest["files"]) | {"purify.json"} if manifest.get("format") == PURIFY_FORMAT else set()
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return False
+    return bool(listed) and all(entry.name in listed and entry.is_file() for entry in path.iterdir())
 
 
 def unique_stems(paths: list[Path]) -> list[str]:
@@ -57,18 +73,23 @@ def purify_command(
                                           "training background (black for mnist, else white)"),
     invert: bool = typer.Option(False, help="invert the images first (e.g. dark digits on white paper for mnist)"),
     seed: int = typer.Option(0, help="seeds the purification noise"),
+    max_pixels: Optional[int] = typer.Option(None, min=1, help="refuse images with more pixels than this before "
+                                             "decoding them (a decompression bomb guard); default 50,000,000"),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Purify images and draw input | attention map | mask | purified for each (the paper's Figure 5)."""
     import torch
-    from PIL import Image
 
-    from robustwrap.figures import defense_figure
-    from robustwrap.images import load_picture, picture_to_tensor, save_image
+    from robustwrap.images import DEFAULT_MAX_PIXELS, load_picture
+    from robustwrap.outputs import check_output, dumps_strict, replace_folder, temporary_beside
 
     missing = [str(p) for p in images if not p.is_file()]
     if missing:
         fail(f"no such image file: {', '.join(missing)}")
-    require_folder(out, "for the purified images and figures")
+    try:
+        check_output(out, overwrite=overwrite, ours=is_purify_folder, what="purify folder")
+    except ValueError as error:
+        fail(str(error))
     require_finite(t_l=t_l, t_s=t_s)
     channels, image_size = input_defaults(classifier, channels, image_size)
     config = defense_config(config_file, steps=steps, t_l=t_l, t_s=t_s)
@@ -78,35 +99,59 @@ def purify_command(
     if background is Background.auto:
         background = Background.black if classifier in DARK_BACKGROUND_MODELS else Background.white
     fill = 0 if background is Background.black else 255
+    generator = torch.Generator().manual_seed(seed)
     pictures = []
     for path in images:
         try:
-            picture, warnings = load_picture(path, channels=channels, background=fill, invert=invert)
+            picture, warnings = load_picture(path, channels=channels, background=fill, invert=invert,
+                                             max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
         except OSError as error:
             fail(f"{path} is not an image PIL can read ({error})")
+        except ValueError as error:
+            fail(str(error))
         for warning in warnings:
             console.print(f"[yellow]warning:[/yellow] {path.name}: {warning}")
         pictures.append(picture)
-    out.mkdir(parents=True, exist_ok=True)
     table = Table(title="purified")
     for column in ("image", "label before", "label after", "attended", "figure"):
         table.add_column(column)
-    generator = torch.Generator().manual_seed(seed)
-    for path, stem_name, picture in zip(images, unique_stems(images), pictures):
-        if picture.size != (image_size, image_size):
-            console.print(f"note: {path.name} is {picture.size[0]}x{picture.size[1]}; resized to {image_size}x{image_size}")
-            picture = picture.resize((image_size, image_size), Image.BILINEAR)
-        x = picture_to_tensor(picture)[None]
-        with torch.no_grad():
-            attention, mask = wrapper.attention(x), wrapper.mask(x)
-            purified = wrapper.purify(x, generator=generator)
-            before, after = wrapper.classify(x).argmax(1).item(), wrapper.classify(purified).argmax(1).item()
-        resize = torch.nn.functional.interpolate
-        attention, mask = (resize(m, size=x.shape[-2:], mode="nearest") for m in (attention, mask))
-        stem = out / stem_name
-        save_image(purified[0], f"{stem}.purified.png")
-        titles = (f"input: label {before}", "attention", f"mask ({mask.mean().item():.0%} attended)",
-                  f"purified: label {after}")
-        Image.fromarray(defense_figure(x[0], attention[0], mask[0], purified[0], titles=titles)).save(f"{stem}.figure.png")
-        table.add_row(str(path), str(before), str(after), f"{mask.mean().item():.0%}", f"{stem}.figure.png")
+    work = temporary_beside(out)
+    try:
+        written = [_purify_one(wrapper, path, picture, image_size, work / stem, generator, table, out / stem)
+                   for path, stem, picture in zip(images, unique_stems(images), pictures)]
+        manifest = {"format": PURIFY_FORMAT, "files": [name for pair in written for name in pair],
+                    "inputs": [str(p) for p in images], "seed": seed, "config": config.to_dict(),
+                    "models": {"classifier": classifier, "diffusion": diffusion}}
+        (work / "purify.json").write_text(dumps_strict(manifest, indent=2) + "\n")
+        replace_folder(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     console.print(table)
+
+
+def _purify_one(wrapper, path: Path, picture, image_size: int, stem: Path, generator, table: Table,
+                shown: Path) -> tuple[str, str]:
+    """Purify one picture, write ``<stem>.purified.png`` and ``<stem>.figure.png``; the two names written."""
+    import torch
+    from PIL import Image
+
+    from robustwrap.figures import defense_figure
+    from robustwrap.images import picture_to_tensor, save_image
+
+    if picture.size != (image_size, image_size):
+        console.print(f"note: {path.name} is {picture.size[0]}x{picture.size[1]}; resized to {image_size}x{image_size}")
+        picture = picture.resize((image_size, image_size), Image.BILINEAR)
+    x = picture_to_tensor(picture)[None]
+    with torch.no_grad():
+        attention, mask = wrapper.attention(x), wrapper.mask(x)
+        purified = wrapper.purify(x, generator=generator)
+        before, after = wrapper.classify(x).argmax(1).item(), wrapper.classify(purified).argmax(1).item()
+    resize = torch.nn.functional.interpolate
+    attention, mask = (resize(m, size=x.shape[-2:], mode="nearest") for m in (attention, mask))
+    save_image(purified[0], f"{stem}.purified.png")
+    titles = (f"input: label {before}", "attention", f"mask ({mask.mean().item():.0%} attended)",
+              f"purified: label {after}")
+    Image.fromarray(defense_figure(x[0], attention[0], mask[0], purified[0], titles=titles)).save(f"{stem}.figure.png")
+    table.add_row(str(path), str(before), str(after), f"{mask.mean().item():.0%}", f"{shown}.figure.png")
+    return f"{stem.name}.purified.png", f"{stem.name}.figure.png"

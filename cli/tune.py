@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from .common import (CLASSIFIER_SPECS, DATA_SPECS, DIFFUSION_SPECS, WEIGHTS_HELP, LossName, NormName, build_wrapper,
-                     console, fail, model_specs, require_finite, require_folder)
+                     console, fail, model_specs, require_finite)
 
 
 def tune_command(
@@ -40,7 +40,10 @@ def tune_command(
     seed: int = typer.Option(0, help="seeds the subset, the attack and the defense's noise"),
     batch_size: int = typer.Option(64, min=1, help="images per attacked batch (the unit of resumption)"),
     out: Path = typer.Option(Path("tune-results"), help="folder for the evaluations, table.md, frontier.png, best.json"),
-    resume: bool = typer.Option(False, help="continue the sweep recorded in --out"),
+    resume: bool = typer.Option(False, help="continue the sweep recorded in --out (same settings, data and weights: "
+                                "their fingerprints are checked)"),
+    overwrite: bool = typer.Option(False, help="replace --out when it holds an earlier sweep (its tune.json); a "
+                                   "folder with anything else is never replaced"),
 ) -> None:
     """Sweep noise levels and the mask cut at a fixed denoiser budget; write the best setting as a config file.
 
@@ -51,10 +54,14 @@ def tune_command(
 
     from robustwrap import PurifyConfig
     from robustwrap.data import load_dataset, resolve_eps
-    from robustwrap.tune import TuneSettings, describe_attack, tune
+    from robustwrap.outputs import check_resumable_output
+    from robustwrap.tune import TuneSettings, describe_attack, is_tune_folder, tune
 
     require_finite(eps=eps, step_size=step_size, min_clean=min_clean)
-    require_folder(out, "for the evaluations, the table, the plot and best.json")
+    try:
+        check_resumable_output(out, resume=resume, overwrite=overwrite, ours=is_tune_folder, what="tune folder")
+    except (ValueError, FileExistsError) as error:
+        fail(str(error))
     try:
         base = PurifyConfig.load(config) if config is not None else PurifyConfig()
         settings = TuneSettings(calls=calls, n_attack=n_attack, eps=resolve_eps(eps, data, norm.value),
@@ -78,6 +85,7 @@ def tune_command(
                 progress.update(task, completed=done, total=planned, description=f"tuning: {name} done")
 
             result = tune(wrapper, images, labels, out, settings, num_classes=num_classes, resume=resume,
+                          overwrite=overwrite,
                           description=description, on_progress=advance)
     except (ValueError, FileExistsError) as error:
         fail(str(error))

@@ -46,7 +46,11 @@ def foolbox_samples(name: str) -> tuple[Tensor, Tensor]:
 
 
 def tensor_file(path: str | Path) -> tuple[Tensor, Tensor]:
-    """``images`` (N, C, H, W) float in [0, 1] and ``labels`` (N,) int from a tensor file."""
+    """``images`` (N, C, H, W) float in [0, 1] and ``labels`` (N,) int from a tensor file.
+
+    uint8 images are scaled by 1/255; other integer images, non-integer labels, other ranks
+    and unequal counts are refused with a ValueError naming the file.
+    """
     from .checkpoints import load_state_dict  # noqa: PLC0415
 
     if not Path(path).is_file():
@@ -56,7 +60,19 @@ def tensor_file(path: str | Path) -> tuple[Tensor, Tensor]:
     missing = {"images", "labels"} - set(tensors)
     if missing:
         raise ValueError(f"{path} must hold tensors named 'images' and 'labels'; missing {sorted(missing)}")
-    return tensors["images"].float(), tensors["labels"].long()
+    images, labels = tensors["images"], tensors["labels"]
+    if images.dim() != 4 or labels.dim() != 1:
+        raise ValueError(f"{path}: images must be (N, C, H, W) and labels (N,), got {tuple(images.shape)} and "
+                         f"{tuple(labels.shape)}")
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{path} holds {images.shape[0]} images but {labels.shape[0]} labels: they must match one "
+                         "to one")
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise ValueError(f"{path}: labels must be integers (class indices), got {labels.dtype}")
+    if not (images.is_floating_point() or images.dtype == torch.uint8):
+        raise ValueError(f"{path}: images must be floats in [0, 1] (or uint8 0..255), got {images.dtype}")
+    images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    return images, labels.long()
 
 
 MNIST5K_SEED = 20250301  # fixes the train / held-out split forever: never change it

@@ -29,7 +29,11 @@ from torch import Tensor
 
 from .attacks import BPDALogits, DefenseLogits, MaskAwareLogits, Undefended, autoattack, pgd_eot
 from .attacks.pgd import LOSSES, default_step_size
+from .fingerprint import header_differences, run_fingerprint
+from .inputs import check_images
 from .noise import check_seeds, derive_seeds, mix_seed
+from .statistics import INTERVAL_NOTE, interval_record
+from .outputs import check_resumable_output, dumps_strict, make_folders, remove_empty_folders, remove_ours, write_text_atomic
 from .wrapper import RobustWrapper
 
 Attack = Literal["none", "pgd-eot", "bpda", "autoattack", "mask-aware"]
@@ -131,6 +135,36 @@ def check_inputs(wrapper: RobustWrapper, images: Tensor, labels: Tensor, num_cla
         raise ValueError(f"the data is {tuple(images.shape[-2:])} but the model takes {tuple(wrapper.image_size)}")
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(f"labels must be in [0, {num_classes}), got range [{int(labels.min())}, {int(labels.max())}]")
+    try:
+        check_images(images, wrapper.channels, wrapper.image_size)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"the data: {error}") from error
+
+
+def is_evaluation_folder(path: Path) -> bool:
+    """Whether ``path`` holds only what :func:`run_evaluation` writes: results files (each empty or
+    starting with a header) and ``report.json``; what ``overwrite=True`` may replace."""
+    entries = list(path.iterdir()) if path.is_dir() and not path.is_symlink() else []
+    results = [e for e in entries if e.name.startswith("results") and e.suffix == ".jsonl" and e.is_file()]
+    if not results or any(e not in results and not (e.name == "report.json" and e.is_file()) for e in entries):
+        return False
+    for result in results:
+        with result.open("rb") as file:
+            start = file.read(10)
+        if start and start != b'{"header":':
+            return False
+    return True
+
+
+def check_results_folder(out: str | os.PathLike, *, resume: bool, overwrite: bool) -> None:
+    """Refuse, before any work, a results folder this run may not write (robustwrap.outputs' rule).
+
+    Raises:
+        FileExistsError: ``out`` holds results and neither ``resume`` nor ``overwrite`` is set.
+        ValueError: both are set; or ``out`` is a file, a folder with other files, the working
+            directory or one of its parents.
+    """
+    check_resumable_output(out, resume=resume, overwrite=overwrite, ours=is_evaluation_folder, what="results folder")
 
 
 def image_seeds(seed: int, ids: Sequence[int]) -> Tensor:
@@ -336,7 +370,9 @@ def read_records(path: Path, header: dict) -> tuple[dict[int, dict], int, bool]:
             if not isinstance(entry, dict) or "header" not in entry:
                 raise ValueError(f"{path} line {number} should be the header of a results file: {advice}")
             if entry["header"] != header:
-                raise ValueError(f"{path} was written with other settings; use another --out or remove it")
+                changes = header_differences(entry["header"], header)
+                raise ValueError(f"{path} was written with other settings ({', '.join(changes[:4])}): "
+                                 "use another --out, or --overwrite to replace it")
             has_header = True
         else:
             problem = _record_problem(entry, header)
@@ -350,7 +386,7 @@ def _prepare_results_file(path: Path, header: dict) -> dict[int, dict]:
     """Records already in ``path``, after dropping a torn last line; writes the header if missing."""
     done, kept, has_header = read_records(path, header) if path.exists() else ({}, 0, False)
     if not has_header:  # a new file, an empty one, or one whose only line (the header) is torn
-        path.write_text(json.dumps({"header": header, "versions": versions()}) + "\n")
+        path.write_text(dumps_strict({"header": header, "versions": versions()}) + "\n")
         return {}
     if kept < path.stat().st_size:
         with path.open("r+b") as file:
@@ -392,6 +428,7 @@ def run_evaluation(
     *,
     num_classes: int,
     resume: bool = False,
+    overwrite: bool = False,
     subset: dict | None = None,
     description: dict | None = None,
     on_batch: Callable[[int, int], None] | None = None,
@@ -406,8 +443,12 @@ def run_evaluation(
     Args:
         images: (N, C, H, W) in [0, 1]; labels: (N,) in [0, num_classes).
         out: results folder (created); holds ``results*.jsonl`` and, at the end, ``report.json``.
-        resume: continue an existing run (same settings) instead of refusing to touch it. An
-            empty results file starts over; a torn last line is dropped and its batch recomputed.
+        resume: continue an existing run (same settings, data and weights: the header records
+            their fingerprints) instead of refusing to touch it. An empty results file starts
+            over; a torn last line is dropped and its batch recomputed.
+        overwrite: replace ``out`` when it holds only an earlier run's files (never a folder
+            with other files; :func:`check_results_folder`). A run that fails before recording
+            a batch leaves nothing behind.
         subset: which items of a data set ``images`` are (:func:`robustwrap.data.describe_subset`);
             default: all of them, as given.
         description: extra JSON-able facts for the header (model specs, data spec).
@@ -419,8 +460,7 @@ def run_evaluation(
     """
     check_inputs(wrapper, images, labels, num_classes)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} is a file; the results need a folder")
+    check_results_folder(out, resume=resume, overwrite=overwrite)
     if subset is None:
         from .data import describe_subset  # noqa: PLC0415
 
@@ -429,41 +469,37 @@ def run_evaluation(
         raise ValueError(f"subset describes {subset.get('size')} items but {images.shape[0]} images were given")
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
-    out.mkdir(parents=True, exist_ok=True)
     header = {
         "eval": cfg.resolved(),
         "defense": dataclasses.asdict(wrapper.config),
         "n_samples": int(images.shape[0]),
         "subset": subset,
         **(description or {}),
+        "fingerprint": run_fingerprint(images, labels, wrapper.classifier, wrapper.eps_model),
     }
     header["randomness"] = RANDOMNESS
-    header = json.loads(json.dumps(header))  # as it reads back from the file (tuples become lists)
+    header = json.loads(dumps_strict(header))  # as it reads back from the file (tuples become lists)
     ids = subset.get("indices") or list(range(images.shape[0]))  # each image's identity: its data-set index
+    if overwrite and rank == 0:
+        remove_ours(out, ours=is_evaluation_folder, what="results folder")
+    if overwrite and distributed:
+        torch.distributed.barrier()  # every rank starts from the emptied folder
+    created = make_folders(out)
     path = _results_file(out, rank, world)
     if path.exists() and not resume:
         raise FileExistsError(f"{path} exists: pass resume=True (--resume) to continue it, or choose another folder")
-    done = _prepare_results_file(path, header)
-
+    fresh = not path.exists()
+    try:
+        done = _prepare_results_file(path, header)
+        complete = _run_batches(wrapper, images, labels, cfg, path, done, ids, rank, world, on_batch, stop_after)
+    except BaseException:
+        if fresh and path.exists() and len(path.read_bytes().splitlines()) <= 1:  # nothing recorded: leave nothing
+            path.unlink()
+            remove_empty_folders(created)
+        raise
+    if not complete:
+        return None
     batches = math.ceil(images.shape[0] / cfg.batch_size)
-    mine = [i for i in range(batches) if i % world == rank]
-    finished = sum(i in done for i in mine)
-    new = 0
-    with path.open("a") as file:
-        for index in mine:
-            if index in done:
-                continue
-            if stop_after is not None and new >= stop_after:
-                return None
-            sl = slice(index * cfg.batch_size, (index + 1) * cfg.batch_size)
-            record = evaluate_batch(wrapper, images[sl], labels[sl], cfg, index, ids=ids[sl])
-            file.write(json.dumps(record) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-            new += 1
-            finished += 1
-            if on_batch is not None:
-                on_batch(finished, len(mine))
     if distributed:
         torch.distributed.barrier()
     if rank != 0:
@@ -475,8 +511,38 @@ def run_evaluation(
     if missing:
         raise RuntimeError(f"batches {missing[:10]} are missing from {out}: rerun with --resume")
     report = summarize([records[i] for i in range(batches)], header)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out / "report.json", dumps_strict(report, indent=2) + "\n")
     return report
+
+
+def _run_batches(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: EvalConfig, path: Path,
+                 done: dict[int, dict], ids: Sequence[int], rank: int, world: int,
+                 on_batch: Callable[[int, int], None] | None, stop_after: int | None) -> bool:
+    """Evaluate this rank's batches not in ``done``, appending each record to ``path``.
+
+    Returns:
+        False when ``stop_after`` new batches were recorded before the end, else True.
+    """
+    batches = math.ceil(images.shape[0] / cfg.batch_size)
+    mine = [i for i in range(batches) if i % world == rank]
+    finished = sum(i in done for i in mine)
+    new = 0
+    with path.open("a") as file:
+        for index in mine:
+            if index in done:
+                continue
+            if stop_after is not None and new >= stop_after:
+                return False
+            sl = slice(index * cfg.batch_size, (index + 1) * cfg.batch_size)
+            record = evaluate_batch(wrapper, images[sl], labels[sl], cfg, index, ids=ids[sl])
+            file.write(dumps_strict(record) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+            new += 1
+            finished += 1
+            if on_batch is not None:
+                on_batch(finished, len(mine))
+    return True
 
 
 def _stats(values: list[float], n: int) -> dict:

@@ -8,7 +8,9 @@ about. :func:`to_uint8` and :func:`save_image` go the other way.
 
 from __future__ import annotations
 
+import logging
 import os
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -16,6 +18,51 @@ from torch import Tensor
 
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")  # one channel when channels is None
 DEEP_MODES = ("I", "I;16", "I;16B", "I;16L", "F")  # grey deeper than 8 bits: rescaled, not clipped, to 8 bits
+DEFAULT_MAX_PIXELS = 50_000_000  # refuse larger images (a 7071 x 7071 RGB image decodes to 150 MB)
+LARGE_PIXELS = 4_000_000  # warn (logging) above this: decoding takes memory and the image is resized anyway
+logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def _pillow_limit(max_pixels: int):
+    """Let Pillow open images up to ``max_pixels`` (its own bomb check is a module setting, restored after)."""
+    from PIL import Image  # noqa: PLC0415
+
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max(saved or 0, max_pixels)  # its error fires at twice this; ours comes first
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def open_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """Open an image file (header only) after checking its pixel count against ``max_pixels``.
+
+    Images above :data:`LARGE_PIXELS` are logged as a warning (decoding them takes memory).
+
+    Raises:
+        ValueError: the image has more than ``max_pixels`` pixels (naming the file and the limit).
+        OSError: not an image PIL can read.
+    """
+    from PIL import Image  # noqa: PLC0415
+
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
+    with _pillow_limit(max_pixels):
+        try:
+            picture = Image.open(path)
+        except Image.DecompressionBombError as error:
+            raise ValueError(f"{path}: {error}; over the limit of {max_pixels} pixels (--max-pixels)") from error
+    width, height = picture.size
+    if width * height > max_pixels:
+        picture.close()
+        raise ValueError(f"{path} is {width} x {height} = {width * height} pixels, over the limit of {max_pixels} "
+                         "(raise it with --max-pixels / max_pixels= if the image is trusted)")
+    if width * height > LARGE_PIXELS:
+        logger.warning("%s is a large image (%d x %d pixels): decoding it takes memory, and it is resized to the "
+                       "model's input", path, width, height)
+    return picture
 
 
 def _is_grey(picture) -> bool:
@@ -45,7 +92,7 @@ def _eight_bit(picture):
 
 
 def load_picture(path: str | os.PathLike, *, channels: int | None = None, background: int = 255,
-                 invert: bool = False):
+                 invert: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS):
     """An image file as a PIL image of ``channels`` (1: "L", else "RGB"), and warnings about it.
 
     Transparent pixels are composited on ``background`` (0 black, 255 white: what the model was
@@ -57,14 +104,17 @@ def load_picture(path: str | os.PathLike, *, channels: int | None = None, backgr
         channels: 1 or 3; None keeps the file's own: 1 for grey files (grey modes, and palettes
             whose colours are all grey), else 3. 1-bit files read as 0 and 255; 16-bit and
             float grey files are rescaled to 8 bits by their type's range.
+        max_pixels: larger images are refused before they are decoded (:func:`open_image`).
 
     Raises:
         OSError: not an image PIL can read.
+        ValueError: more than ``max_pixels`` pixels.
     """
     from PIL import Image, ImageChops  # noqa: PLC0415  (pillow comes with torchvision)
 
-    picture = Image.open(path)
-    picture.load()
+    picture = open_image(path, max_pixels=max_pixels)
+    with _pillow_limit(max_pixels):
+        picture.load()
     if channels is None:
         channels = 1 if _is_grey(picture) else 3
     if picture.mode in DEEP_MODES:
@@ -99,19 +149,22 @@ def picture_to_tensor(picture) -> Tensor:
 
 
 def decode_image(path: str | os.PathLike, *, channels: int | None = None, background: int = 255,
-                 invert: bool = False, size: int | None = None) -> tuple[Tensor, list[str]]:
+                 invert: bool = False, size: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Tensor, list[str]]:
     """An image file as a (C, H, W) float32 tensor in [0, 1], and warnings about it.
 
     Args:
-        channels, background, invert: as for :func:`load_picture`.
+        channels, background, invert, max_pixels: as for :func:`load_picture`.
         size: resize to ``size`` x ``size`` (bilinear) when the file has another size.
 
     Raises:
         OSError: not an image PIL can read.
+        ValueError: more than ``max_pixels`` pixels.
     """
     from PIL import Image  # noqa: PLC0415
 
-    picture, warnings = load_picture(path, channels=channels, background=background, invert=invert)
+    picture, warnings = load_picture(path, channels=channels, background=background, invert=invert,
+                                     max_pixels=max_pixels)
     if size is not None and picture.size != (size, size):
         picture = picture.resize((size, size), Image.BILINEAR)
     return picture_to_tensor(picture), warnings

@@ -14,7 +14,9 @@ Everything else is refused with a :class:`ValueError` naming the path and the re
 replacement is written into a temporary folder beside the target (:func:`temporary_beside`)
 and swapped in by :func:`replace_folder` only once the write succeeded, so a failure leaves
 the old folder as it was. Resumable writers (eval, tune) instead remove the old folder with
-:func:`remove_ours` once their inputs and settings are checked.
+:func:`remove_ours` once their inputs and settings are checked, create theirs with
+:func:`make_folders`, and undo that with :func:`remove_empty_folders` when they fail before
+recording anything (so a failed start does not block its rerun).
 
 Files: :func:`write_text_atomic` (a temporary file and ``os.replace``: a reader never sees half
 a file) and :func:`dumps_strict` (JSON without ``NaN``/``Infinity`` tokens, naming the field
@@ -41,6 +43,11 @@ from typing import Callable
 OVERWRITE_HINT = "choose another path or pass --overwrite"
 
 
+def _a(what: str) -> str:
+    """``what`` with its indefinite article: "a bundle", "an eval folder"."""
+    return f"{'an' if what[:1].lower() in 'aeiou' else 'a'} {what}"
+
+
 def _protected(path: Path) -> str | None:
     """Why ``path`` (resolved) may never be replaced, or None."""
     cwd = Path.cwd().resolve()
@@ -60,7 +67,8 @@ def is_empty_folder(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
 
 
-def check_output(path: str | os.PathLike, *, overwrite: bool, ours: Callable[[Path], bool], what: str) -> None:
+def check_output(path: str | os.PathLike, *, overwrite: bool, ours: Callable[[Path], bool], what: str,
+                 parents: bool = False) -> None:
     """Refuse, before any work, a target whose writing could destroy what this command did not make.
 
     Args:
@@ -68,6 +76,8 @@ def check_output(path: str | os.PathLike, *, overwrite: bool, ours: Callable[[Pa
         overwrite: the user asked to replace an earlier output (``--overwrite``).
         ours: recognises an output of this command (e.g. a folder with our marker file).
         what: the output's name in messages ("bundle", "tune folder", ...).
+        parents: missing parent folders will be created (the nearest existing one must be a
+            writable folder); by default the parent folder must exist.
 
     Raises:
         ValueError: naming the path and the reason: its parent folder is missing or not
@@ -77,14 +87,16 @@ def check_output(path: str | os.PathLike, *, overwrite: bool, ours: Callable[[Pa
     """
     path = Path(path)
     parent = path.absolute().parent
+    while parents and not parent.exists() and parent != parent.parent:
+        parent = parent.parent
     if not parent.is_dir():
-        raise ValueError(f"{path}: its folder {parent} does not exist")
+        raise ValueError(f"{path}: its folder {parent} {'is not a folder' if parent.exists() else 'does not exist'}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{path}: its folder {parent} is not writable")
     if not (path.exists() or path.is_symlink()):
         return
     if path.is_symlink():
-        raise ValueError(f"{path} is a symlink, not a {what} written by robustwrap: refusing to replace it")
+        raise ValueError(f"{path} is a symlink, not {_a(what)} written by robustwrap: refusing to replace it")
     reason = _protected(path.resolve())
     if reason:
         raise ValueError(f"{path}: {reason}; refusing to write there (choose a new folder)")
@@ -92,9 +104,35 @@ def check_output(path: str | os.PathLike, *, overwrite: bool, ours: Callable[[Pa
         return
     if not ours(path):
         kind = "a folder with other files" if path.is_dir() else "a file"
-        raise ValueError(f"{path} is {kind}, not a {what} written by robustwrap: refusing to replace it")
+        raise ValueError(f"{path} is {kind}, not {_a(what)} written by robustwrap: refusing to replace it")
     if not overwrite:
         raise ValueError(f"{path} exists: {OVERWRITE_HINT}")
+
+
+def check_resumable_output(path: str | os.PathLike, *, resume: bool, overwrite: bool, ours: Callable[[Path], bool],
+                           what: str) -> None:
+    """:func:`check_output` for a writer that can also continue its own earlier output (eval, tune).
+
+    Missing parent folders are fine (they are created). An output of ours needs ``resume``
+    (continue it) or ``overwrite`` (replace it).
+
+    Raises:
+        FileExistsError: ``path`` is ours and neither ``resume`` nor ``overwrite`` is set.
+        ValueError: both are set, or :func:`check_output` refuses ``path``.
+    """
+    path = Path(path)
+    if resume and overwrite:
+        raise ValueError("--resume continues an earlier run and --overwrite replaces it: pass one of them")
+    if path.exists() and not path.is_symlink() and not is_empty_folder(path) and ours(path):
+        if not (resume or overwrite):
+            raise FileExistsError(f"{path} holds {_a(what)}: pass --resume to continue it, --overwrite to replace it, "
+                                  "or choose another folder")
+        if resume:
+            reason = _protected(path.resolve())
+            if reason:
+                raise ValueError(f"{path}: {reason}; refusing to write there (choose a new folder)")
+            return
+    check_output(path, overwrite=overwrite, ours=ours, what=what, parents=True)
 
 
 def temporary_beside(target: str | os.PathLike) -> Path:
@@ -137,6 +175,22 @@ def remove_ours(path: str | os.PathLike, *, ours: Callable[[Path], bool], what: 
     if is_empty_folder(path):
         return
     shutil.rmtree(path)
+
+
+def make_folders(path: str | os.PathLike) -> list[Path]:
+    """Create ``path`` and its missing parents; the folders this created, outermost first."""
+    path = Path(path)
+    missing = [p for p in (path, *path.parents) if not p.exists()][::-1]
+    path.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove the folders :func:`make_folders` created, innermost first, as long as they are empty."""
+    for folder in reversed(folders):
+        if not is_empty_folder(folder):
+            return
+        folder.rmdir()
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -30,12 +30,16 @@ from torch import Tensor
 
 from .config import PurifyConfig
 from .data import draw_subset
-from .evaluation import EvalConfig, run_evaluation
+from .evaluation import EvalConfig, check_inputs, is_evaluation_folder, run_evaluation
+from .fingerprint import header_differences, run_fingerprint
+from .outputs import (check_resumable_output, dumps_strict, make_folders, remove_empty_folders, remove_ours,
+                      write_text_atomic)
 from .schedule import make_plan
 from .wrapper import RobustWrapper
 
 Family = Literal["none", "uniform", "heterogeneous"]
 FAMILIES = ("uniform", "heterogeneous")
+TUNE_FILES = ("tune.json", "points.json", "table.md", "frontier.png", "best.json")  # beside the candidates' folders
 
 
 @dataclass(frozen=True)
@@ -222,6 +226,7 @@ def tune(
     *,
     num_classes: int,
     resume: bool = False,
+    overwrite: bool = False,
     description: dict | None = None,
     on_progress: Callable[[int, int, str], None] | None = None,
 ) -> TuneResult:
@@ -232,8 +237,11 @@ def tune(
             each candidate runs on ``wrapper.with_config(...)`` (the same networks).
         images: (N, C, H, W) held-out images in [0, 1]; labels: (N,) in [0, num_classes).
         out: folder for the evaluations, the table, the plot and ``best.json``.
-        resume: continue a sweep recorded in ``out`` (same settings); otherwise ``out`` must not
-            hold one.
+        resume: continue a sweep recorded in ``out`` (same settings, data and weights: ``tune.json``
+            records their fingerprints); otherwise ``out`` must not hold one.
+        overwrite: replace ``out`` when it holds only an earlier sweep's files (never a folder
+            with other files: :mod:`robustwrap.outputs`). A sweep that fails before scoring
+            anything leaves nothing behind.
         description: JSON-able facts recorded with the settings (model and data specs).
         on_progress: called with (candidates done, candidates planned so far, the one just done).
 
@@ -241,19 +249,54 @@ def tune(
         The scored points and the chosen one (``result.config`` is its PurifyConfig).
     """
     out = Path(out)
-    header = {"tune": json.loads(json.dumps(dataclasses.asdict(settings))), "base": wrapper.config.to_dict(),
-              "n_images": int(images.shape[0]), **(description or {})}
+    check_inputs(wrapper, images, labels, num_classes)
+    check_resumable_output(out, resume=resume, overwrite=overwrite, ours=is_tune_folder, what="tune folder")
+    header = {"tune": dataclasses.asdict(settings), "base": wrapper.config.to_dict(),
+              "n_images": int(images.shape[0]), **(description or {}),
+              "fingerprint": run_fingerprint(images, labels, wrapper.classifier, wrapper.eps_model)}
+    header = json.loads(dumps_strict(header))  # as it reads back (tuples become lists)
     settings_file = out / "tune.json"
-    if settings_file.exists():
-        if not resume:
-            raise FileExistsError(f"{out} holds a sweep: resume it (--resume) or choose another folder")
-        if json.loads(settings_file.read_text()) != json.loads(json.dumps(header)):
-            raise ValueError(f"{out} holds a sweep with other settings; choose another folder")
-    elif out.exists() and not out.is_dir():
-        raise ValueError(f"{out} is a file; the sweep needs a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    settings_file.write_text(json.dumps(header, indent=2) + "\n")
+    if resume and settings_file.exists():
+        changes = header_differences(json.loads(settings_file.read_text()), header)
+        if changes:
+            raise ValueError(f"{out} holds a sweep with other settings ({', '.join(changes[:4])}): choose another "
+                             "folder, or --overwrite to replace it")
+    if overwrite:
+        remove_ours(out, ours=is_tune_folder, what="tune folder")
+    created = make_folders(out)
+    fresh = not settings_file.exists()
+    write_text_atomic(settings_file, dumps_strict(header, indent=2) + "\n")
+    try:
+        return _sweep(wrapper, images, labels, out, settings, header, num_classes=num_classes,
+                      description=description, on_progress=on_progress)
+    except BaseException:
+        if fresh and all(entry.name == "tune.json" for entry in out.iterdir()):  # nothing scored: leave nothing
+            settings_file.unlink()
+            remove_empty_folders(created)
+        raise
 
+
+def is_tune_folder(path: Path) -> bool:
+    """Whether ``path`` holds only what :func:`tune` writes: ``tune.json`` (a sweep's header), the
+    summary files, and one folder of evaluations (``clean``, ``robust``) per candidate."""
+    try:
+        if "tune" not in json.loads((path / "tune.json").read_text()):
+            return False
+    except (OSError, ValueError, TypeError):
+        return False
+    for entry in path.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            if not all(e.name in ("clean", "robust") and is_evaluation_folder(e) for e in entry.iterdir()):
+                return False
+        elif entry.name not in TUNE_FILES or not entry.is_file():
+            return False
+    return True
+
+
+def _sweep(wrapper: RobustWrapper, images: Tensor, labels: Tensor, out: Path, settings: TuneSettings, header: dict,
+           *, num_classes: int, description: dict | None,
+           on_progress: Callable[[int, int, str], None] | None) -> TuneResult:
+    """Score the coarse grid and the refinements into ``out`` (checked, ``tune.json`` written); write the outputs."""
     attacked, subset = draw_subset(labels, settings.n_attack, settings.seed, spec=(description or {}).get("data"))
     attack = settings.eval_config()
     clean_only = EvalConfig(attack="none", seed=settings.seed, batch_size=max(settings.batch_size, 256))
@@ -309,8 +352,8 @@ def write_outputs(result: TuneResult, settings: TuneSettings, header: dict) -> N
                "points": [p.to_dict() for p in result.points],
                "pareto": {f: [p.candidate.name for p in pareto_front([q for q in result.points if q.candidate.family == f])]
                           for f in settings.families}}
-    (out / "points.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "table.md").write_text(table_markdown(result, settings))
+    write_text_atomic(out / "points.json", dumps_strict(summary, indent=2) + "\n")
+    write_text_atomic(out / "table.md", table_markdown(result, settings))
     plot_frontiers(result, settings, out / "frontier.png")
 
 

@@ -316,7 +316,7 @@ def test_purify_same_named_inputs_get_unique_outputs(tmp_path):
                           "--out", str(tmp_path / "out"), *PURIFY_ARGS)
     assert code == 0, output
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert names == ["x-2.figure.png", "x-2.purified.png", "x.figure.png", "x.purified.png"]
+    assert names == ["purify.json", "x-2.figure.png", "x-2.purified.png", "x.figure.png", "x.purified.png"]
 
 
 def test_purify_composites_alpha_on_the_background_and_warns_on_polarity(tmp_path):
