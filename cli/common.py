@@ -113,9 +113,11 @@ def model_specs(classifier: str, classifier_weights: Optional[Path], diffusion: 
             "diffusion_weights": str(diffusion_weights) if diffusion_weights else None, **extra}
 
 
-def percent(value: float, stderr: float) -> str:
-    """A fraction as a percentage with its standard error: '62.5 ± 8.6'."""
-    return f"{100 * value:.1f} ± {100 * stderr:.1f}"
+def percent(value: float, n: int) -> str:
+    """A fraction over n images as a percentage with its Wilson 95% interval: '62.5 [52.1, 71.8]'."""
+    from robustwrap.statistics import format_accuracy
+
+    return format_accuracy(value, n, percent_sign=False)
 
 
 def subset_words(subset: dict) -> str:

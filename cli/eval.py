@@ -1,4 +1,4 @@
-"""`robustwrap eval`: attack each defense and print clean and robust accuracy with standard errors."""
+"""`robustwrap eval`: attack each defense and print clean and robust accuracy with Wilson 95% intervals."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from rich.table import Table
 from .common import (CLASSIFIER_SPECS, CONFIG_HELP, DATA_SPECS, DIFFUSION_SPECS, T_L_HELP, T_S_HELP, WEIGHTS_HELP,
                      LossName, NormName, build_wrapper, console, defense_config, fail, percent, require_finite,
                      subset_words)
+from robustwrap.statistics import INTERVAL_NOTE
 
 DEFENSES = ("none", "uniform", "heterogeneous", "config")
 ATTACK_HELP = ("comma list of pgd-eot (full gradient through every denoiser call, with EOT), bpda (identity "
@@ -154,7 +155,7 @@ def _sanity(wrapper, defense, chosen, images, labels, base, num_classes: int, bu
         with console.status(f"{name}: running sanity checks (each attacks the batch anew)..."):
             checks = sanity_checks(defense_view(wrapper, defense, name), images, labels, cfg)
         table = Table(title=f"sanity checks, defense {name}: {sanity_attack(cfg)} ({budget})",
-                      caption=f"on {subset_words(subset)}; ± is one binomial standard error")
+                      caption=f"on {subset_words(subset)}; {INTERVAL_NOTE}")
         for column in ("check", "result", "measured"):
             table.add_column(column)
         for check in checks:
@@ -198,7 +199,7 @@ def _print_results(reports: dict, wrapper, defense, base, budget: str, subset: d
              if defended else "")
     times = ", ".join(f"{name} {report['seconds']:.0f} s" for name, report in reports.items())
     table = Table(title=f"accuracy (%) under {', '.join(attacks)} ({budget})", box=box.SIMPLE_HEAD, pad_edge=False)
-    notes = (f"on {subset_words(subset)}; ± is one binomial standard error over the images"
+    notes = (f"on {subset_words(subset)}; {INTERVAL_NOTE}"
              + (f"; accuracies are means over {runs} runs" if runs > 1 else "")
              + ("; all attacks: robust to every attack (per-image worst case)" if len(attacks) > 1 else "")
              + (f"; worst run: the lowest of the {runs} runs; all {runs} runs: robust in every run"
@@ -213,15 +214,13 @@ def _print_results(reports: dict, wrapper, defense, base, budget: str, subset: d
         rows = [(a, report["robust_accuracy_by_attack"][a]) for a in attacks]
         if len(attacks) > 1:
             rows.append(("all attacks", {**report["robust_accuracy"], "worst_run": report["robust_accuracy_worst_run"],
-                                         "all_runs": report["robust_accuracy_all_runs"],
-                                         "stderr_all_runs": report["robust_accuracy_all_runs_stderr"]}))
+                                         "all_runs": report["robust_accuracy_all_runs"]}))
+        size = report["n_samples"]
         for position, (label, stats) in enumerate(rows):
-            row = [name if position == 0 else "", percent(clean["mean"], clean["stderr"]) if position == 0 else "",
-                   label, percent(stats["mean"], stats["stderr"])]
+            row = [name if position == 0 else "", percent(clean["mean"], size) if position == 0 else "",
+                   label, percent(stats["mean"], size)]
             if runs > 1:
-                worst = stats["worst_run"]
-                row += [percent(worst, (worst * (1 - worst) / n) ** 0.5),
-                        percent(stats["all_runs"], stats["stderr_all_runs"])]
+                row += [percent(stats["worst_run"], size), percent(stats["all_runs"], size)]
             table.add_row(*row, end_section=position == len(rows) - 1 and len(rows) > 1)
     console.print(table)
     console.print(notes)

@@ -54,6 +54,7 @@ def tune_command(
 
     from robustwrap import PurifyConfig
     from robustwrap.data import load_dataset, resolve_eps
+    from robustwrap.statistics import format_accuracy
     from robustwrap.outputs import check_resumable_output
     from robustwrap.tune import TuneSettings, describe_attack, is_tune_folder, tune
 
@@ -91,12 +92,12 @@ def tune_command(
         fail(str(error))
 
     table = Table(title=f"robustwrap tune on {data}: {describe_attack(settings, result.baseline.n_robust, result.baseline.n_clean)}")
-    for column in ("setting", "calls", "clean (± se)", "robust (± se)"):
+    for column in ("setting", "calls", "clean [95%]", "robust [95%]"):
         table.add_column(column, no_wrap=column == "setting")
     for point in [result.baseline, *sorted(result.points, key=lambda p: (p.candidate.family, p.candidate.t_l, p.candidate.cut))]:
         name = point.candidate.name + (" [bold](chosen)[/bold]" if point is result.chosen else "")
-        table.add_row(name, str(point.calls), f"{point.clean:.1%} ± {point.clean_se:.1%}",
-                      f"{point.robust:.1%} ± {point.robust_se:.1%}")
+        table.add_row(name, str(point.calls), format_accuracy(point.clean, point.n_clean),
+                      format_accuracy(point.robust, point.n_robust))
     console.print(table)
     verdict = "" if result.meets_min_clean else " [yellow](no setting reaches the clean floor: the cleanest is chosen)[/yellow]"
     console.print(f"clean floor {min_clean:g} x {result.baseline.clean:.1%} = {result.clean_floor:.1%}; "

@@ -546,14 +546,14 @@ def _run_batches(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: Ev
 
 
 def _stats(values: list[float], n: int) -> dict:
-    """Mean, std over runs, per-run values, and the binomial standard error of the mean over n images."""
+    """Mean, std over runs, per-run values, and the Wilson 95% interval of the mean over n images."""
     mean = sum(values) / len(values)
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return {"mean": mean, "std": std, "per_run": values, "stderr": math.sqrt(mean * (1 - mean) / n)}
+    return {"mean": mean, "std": std, "per_run": values, "interval": interval_record(mean, n)}
 
 
 def summarize(records: list[dict], header: dict) -> dict:
-    """Accuracy over all images: per run, mean ± std over runs, worst case, standard error.
+    """Accuracy over all images: per run, mean and std over runs, worst case, Wilson 95% intervals.
 
     ``robust_accuracy`` counts an image as robust in a run when it is classified correctly
     after every attack (the per-image worst case over attacks, as AutoAttack reports its
@@ -570,8 +570,8 @@ def summarize(records: list[dict], header: dict) -> dict:
     def summary(names: list[str]) -> dict:
         per_run = [sum(survived(r, names, run, i) for r in records for i in range(r["size"])) / n for run in range(runs)]
         every_run = sum(all(survived(r, names, run, i) for run in range(runs)) for r in records for i in range(r["size"])) / n
-        return {**_stats(per_run, n), "worst_run": min(per_run), "all_runs": every_run,
-                "stderr_all_runs": math.sqrt(every_run * (1 - every_run) / n)}
+        return {**_stats(per_run, n), "worst_run": min(per_run), "worst_run_interval": interval_record(min(per_run), n),
+                "all_runs": every_run, "all_runs_interval": interval_record(every_run, n)}
 
     clean = [sum(sum(r["clean"][run]) for r in records) / n for run in range(runs)]
     worst = summary(attacks)
@@ -582,11 +582,13 @@ def summarize(records: list[dict], header: dict) -> dict:
         "attacks": attacks,
         "threat": {key: settings[key] for key in ("norm", "eps", "step_size", "iters", "eot", "loss", "surrogate_steps")},
         "clean_accuracy": _stats(clean, n),
-        "robust_accuracy": {key: worst[key] for key in ("mean", "std", "per_run", "stderr")},
+        "robust_accuracy": {key: worst[key] for key in ("mean", "std", "per_run", "interval")},
         "robust_accuracy_by_attack": {a: summary([a]) for a in attacks},
         "robust_accuracy_worst_run": worst["worst_run"],
+        "robust_accuracy_worst_run_interval": worst["worst_run_interval"],
         "robust_accuracy_all_runs": worst["all_runs"],
-        "robust_accuracy_all_runs_stderr": worst["stderr_all_runs"],
+        "robust_accuracy_all_runs_interval": worst["all_runs_interval"],
+        "intervals": INTERVAL_NOTE,
         "seconds": round(sum(r["seconds"] for r in records), 1),
         "settings": header,
         "versions": versions(),

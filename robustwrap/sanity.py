@@ -8,7 +8,6 @@ and the image's position (the global random state is never used). Keep the image
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +16,7 @@ from torch import Tensor
 from .attacks import DefenseLogits, Undefended, eot_gradient
 from .evaluation import EvalConfig, attack_images, image_seeds
 from .noise import derive_seeds
+from .statistics import Accuracy, format_accuracy
 from .wrapper import RobustWrapper
 
 UNDEFENDED_CEILING = 0.05  # the attack must drive the bare classifier to at most this accuracy
@@ -30,16 +30,6 @@ class Check:
     name: str
     passed: bool
     detail: str
-
-
-def _stderr(p: float, n: int) -> float:
-    """Binomial standard error, at least that of one image in n (so 0% and 100% are not exact)."""
-    return math.sqrt(max(p * (1 - p), (1 / n) * (1 - 1 / n)) / n)
-
-
-def _pct(p: float, n: int) -> str:
-    """'12.5% ± 8.3%': an accuracy over n images with its standard error."""
-    return f"{p:.1%} ± {_stderr(p, n):.1%}"
 
 
 def _accuracy(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: EvalConfig, tag: int) -> float:
@@ -74,14 +64,15 @@ def sanity_checks(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: E
        (random weights, wrong data): then nothing shows that the attack works.
     3. At a radius that can erase the image (L-inf 1, L2 1000) it reaches <= 10%.
     4. Robust accuracy at 1x, 2x and 4x the iterations (the default step follows the budget,
-       2.5 * eps / iterations) is reported; flagged if it still falls by more than two
-       standard errors from 2x to 4x (the attack has not converged: the claim is optimistic).
-    5. More iterations never give higher robust accuracy (1x vs 4x, beyond 2 standard errors).
-    6. BPDA is not much stronger than the full gradient (that would hint at obfuscated gradients).
+       2.5 * eps / iterations) is reported; flagged if the 4x accuracy falls below the 2x one's
+       interval (the attack has not converged: the claim is optimistic).
+    5. More iterations never give higher robust accuracy (4x above the 1x interval is flagged).
+    6. BPDA is not much stronger than the full gradient (BPDA below the full gradient's
+       interval would hint at obfuscated gradients).
 
     Without ``cfg.defended`` (the bare classifier): checks 1-5 on the classifier itself.
-    Standard errors are binomial over the images, at least that of one image in n (so a
-    measured 0% still shows its uncertainty); the details quote each accuracy with it.
+    Intervals are Wilson 95% over the images (:mod:`robustwrap.statistics`; a measured 0% still
+    shows its uncertainty); the details quote each accuracy with its interval.
 
     Returns:
         The checks in that order; nothing is raised for a failed check.
@@ -110,27 +101,26 @@ def sanity_checks(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: E
             if clean <= UNDEFENDED_CEILING else "")
     checks.append(Check(f"attack drives the undefended classifier to <= {UNDEFENDED_CEILING:.0%}",
                         bare <= UNDEFENDED_CEILING and clean > UNDEFENDED_CEILING and not iters_zero,
-                        f"clean {_pct(clean, n)} -> {_pct(bare, n)} of {n} images under {budget}{note}"))
+                        f"clean {format_accuracy(clean, n)} -> {format_accuracy(bare, n)} of {n} images under "
+                        f"{budget}{note}"))
 
     huge = dataclasses.replace(pgd, eps=1.0 if cfg.norm == "Linf" else 1e3, step_size=None)
     large = _accuracy(wrapper, images, labels, huge, tag=3)
     checks.append(Check(f"robust accuracy <= {HUGE_RADIUS_CEILING:.0%} at a huge radius", large <= HUGE_RADIUS_CEILING,
-                        f"{_pct(large, n)} at eps={huge.radius:g} ({huge.iters} iterations, step {huge.step:.3g})"))
+                        f"{format_accuracy(large, n)} at eps={huge.radius:g} ({huge.iters} iterations, step {huge.step:.3g})"))
 
-    accuracy = {k: _accuracy(wrapper, images, labels, dataclasses.replace(pgd, iters=k * pgd.iters), tag=4)
+    accuracy = {k: Accuracy(_accuracy(wrapper, images, labels, dataclasses.replace(pgd, iters=k * pgd.iters), tag=4), n)
                 for k in (1, 2, 4)}
-    ladder = ", ".join(f"{_pct(accuracy[k], n)} at {k * pgd.iters}" for k in (1, 2, 4)) + f" iterations ({n} images)"
-    falling = accuracy[2] - accuracy[4]
-    slack = 2 * _stderr(accuracy[2], n)
-    checks.append(Check("robust accuracy converged (2x -> 4x iterations falls by <= 2 se)", falling <= slack,
-                        f"{ladder}; fell {falling:.1%} from 2x to 4x, 2 se = {slack:.1%}"))
-    rise = accuracy[4] - accuracy[1]
-    checks.append(Check("more iterations do not raise robust accuracy", rise <= 2 * _stderr(accuracy[1], n),
-                        f"{ladder}; 4x - 1x = {rise:+.1%}"))
+    ladder = ", ".join(f"{accuracy[k]} at {k * pgd.iters}" for k in (1, 2, 4)) + f" iterations ({n} images)"
+    checks.append(Check("robust accuracy converged (4x iterations within the 2x interval)",
+                        not accuracy[4].below(accuracy[2]),
+                        f"{ladder}; fell {accuracy[2].value - accuracy[4].value:.1%} from 2x to 4x"))
+    checks.append(Check("more iterations do not raise robust accuracy", not accuracy[4].above(accuracy[1]),
+                        f"{ladder}; 4x - 1x = {accuracy[4].value - accuracy[1].value:+.1%}"))
 
     if cfg.defended:
-        full = _accuracy(wrapper, images, labels, dataclasses.replace(pgd, attack="pgd-eot"), tag=5)
-        bpda = _accuracy(wrapper, images, labels, dataclasses.replace(pgd, attack="bpda"), tag=5)
-        checks.append(Check("BPDA not much stronger than the full gradient", bpda >= full - 2 * _stderr(full, n),
-                            f"full gradient {_pct(full, n)}, BPDA {_pct(bpda, n)} ({pgd.iters} iterations)"))
+        full = Accuracy(_accuracy(wrapper, images, labels, dataclasses.replace(pgd, attack="pgd-eot"), tag=5), n)
+        bpda = Accuracy(_accuracy(wrapper, images, labels, dataclasses.replace(pgd, attack="bpda"), tag=5), n)
+        checks.append(Check("BPDA not much stronger than the full gradient", not bpda.below(full),
+                            f"full gradient {full}, BPDA {bpda} ({pgd.iters} iterations)"))
     return checks

@@ -7,7 +7,7 @@ The paper's first stated limitation is that the attention mask depends on the cl
   uniform baseline over t* (all-ones mask), each at the same number of denoiser calls per image;
 - every candidate is scored by :func:`robustwrap.evaluation.run_evaluation` (so it is resumable
   batch by batch): clean accuracy on the whole set, robust accuracy on a seeded stratified subset
-  under an adaptive attack (full-gradient PGD+EOT by default), each with its standard error;
+  under an adaptive attack (full-gradient PGD+EOT by default), each with its Wilson 95% interval;
 - a coarse grid first, then the neighbours of each family's best point;
 - the chosen setting is the most robust one whose clean accuracy is at least ``min_clean`` times
   the undefended classifier's (ties: the higher clean accuracy).
@@ -35,6 +35,7 @@ from .fingerprint import header_differences, run_fingerprint
 from .outputs import (check_resumable_output, dumps_strict, make_folders, remove_empty_folders, remove_ours,
                       write_text_atomic)
 from .schedule import make_plan
+from .statistics import INTERVAL_NOTE, format_accuracy, interval_record, wilson_interval
 from .wrapper import RobustWrapper
 
 Family = Literal["none", "uniform", "heterogeneous"]
@@ -153,16 +154,26 @@ class Point:
     config: PurifyConfig | None
     calls: int
     clean: float
-    clean_se: float
     n_clean: int
     robust: float
-    robust_se: float
     n_robust: int
+
+    @property
+    def clean_interval(self) -> tuple[float, float]:
+        """Wilson 95% interval of the clean accuracy (:mod:`robustwrap.statistics`)."""
+        return wilson_interval(self.clean, self.n_clean)
+
+    @property
+    def robust_interval(self) -> tuple[float, float]:
+        """Wilson 95% interval of the robust accuracy."""
+        return wilson_interval(self.robust, self.n_robust)
 
     def to_dict(self) -> dict:
         return {"name": self.candidate.name, **dataclasses.asdict(self.candidate),
                 "config": None if self.config is None else self.config.to_dict(),
-                **{k: getattr(self, k) for k in ("calls", "clean", "clean_se", "n_clean", "robust", "robust_se", "n_robust")}}
+                **{k: getattr(self, k) for k in ("calls", "clean", "n_clean", "robust", "n_robust")},
+                "clean_interval": interval_record(self.clean, self.n_clean),
+                "robust_interval": interval_record(self.robust, self.n_robust)}
 
 
 @dataclass(frozen=True)
@@ -313,8 +324,8 @@ def _sweep(wrapper: RobustWrapper, images: Tensor, labels: Tensor, out: Path, se
                                 description=description)
         assert clean is not None and robust is not None  # single process: every batch is recorded
         return Point(candidate, config, view.plan.denoiser_calls * view.config.votes if defended else 0,
-                     clean["clean_accuracy"]["mean"], clean["clean_accuracy"]["stderr"], clean["n_samples"],
-                     robust["robust_accuracy"]["mean"], robust["robust_accuracy"]["stderr"], robust["n_samples"])
+                     clean["clean_accuracy"]["mean"], clean["n_samples"],
+                     robust["robust_accuracy"]["mean"], robust["n_samples"])
 
     planned = [Candidate("none"), *coarse_grid(settings)]
     scored: dict[str, Point] = {}
@@ -371,7 +382,7 @@ def table_markdown(result: TuneResult, settings: TuneSettings) -> str:
     """The sweep as a Markdown table, with its protocol and the choice stated."""
     lines = [
         f"Robust accuracy: {describe_attack(settings, result.baseline.n_robust, result.baseline.n_clean)}. "
-        "± is one standard error.",
+        f"{INTERVAL_NOTE}.",
         "",
         "| setting | family | t_l (t*) | t_s | cut | steps | calls | clean | robust |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -383,7 +394,7 @@ def table_markdown(result: TuneResult, settings: TuneSettings) -> str:
         lines.append(
             f"| {c.name}{mark} | {c.family} | {'-' if cfg is None else f'{cfg.t_l:g}'} | {'-' if cfg is None else f'{cfg.t_s:g}'} | "
             f"{'-' if c.family != 'heterogeneous' else f'{c.cut:g}'} | {'-' if cfg is None else cfg.steps} | {p.calls} | "
-            f"{p.clean:.1%} ± {p.clean_se:.1%} | {p.robust:.1%} ± {p.robust_se:.1%} |"
+            f"{format_accuracy(p.clean, p.n_clean)} | {format_accuracy(p.robust, p.n_robust)} |"
         )
     verdict = "meets" if result.meets_min_clean else "no setting meets"
     lines += ["", f"Chosen: `{result.chosen.candidate.name}` ({verdict} the clean floor "
@@ -392,7 +403,7 @@ def table_markdown(result: TuneResult, settings: TuneSettings) -> str:
 
 
 def plot_frontiers(result: TuneResult, settings: TuneSettings, path: Path) -> None:
-    """Robust vs clean accuracy per family with standard-error bars; the choice and floor marked.
+    """Robust vs clean accuracy per family with Wilson 95% bars; the choice and floor marked.
 
     Two panels: every point (left) and the points near the clean floor (right, clean accuracy
     from 5 points below the floor up), where the choice is made and the points crowd.
@@ -410,15 +421,21 @@ def plot_frontiers(result: TuneResult, settings: TuneSettings, path: Path) -> No
     low = result.clean_floor - 0.05
     near_points = [p for p in (result.baseline, *result.points) if p.clean >= low]
     near.set_xlim(low, 1.0 + 0.005)
-    near.set_ylim(-0.01, max(p.robust + p.robust_se for p in near_points) + 0.02)
+    near.set_ylim(-0.01, max(p.robust_interval[1] for p in near_points) + 0.02)
     near.set_title("near the clean floor", fontsize=10)
     attack = settings.eval_config()
     whole.set_title(f"{settings.norm} eps {attack.radius:.3g}, PGD {settings.iters} it. x EOT {settings.eot}, "
-                    f"{settings.calls} denoiser calls; bars: 1 s.e.", fontsize=10)
+                    f"{settings.calls} denoiser calls; bars: Wilson 95%", fontsize=10)
     whole.legend(fontsize=8, loc="best")
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
+
+
+def _error_bars(points: list[Point], which: str) -> list[list[float]]:
+    """matplotlib's asymmetric bars [[below...], [above...]] from each point's Wilson interval."""
+    pairs = [(getattr(p, which), getattr(p, f"{which}_interval")) for p in points]
+    return [[value - low for value, (low, _) in pairs], [high - value for value, (_, high) in pairs]]
 
 
 def _draw_points(axes, result: TuneResult, settings: TuneSettings) -> None:
@@ -429,12 +446,13 @@ def _draw_points(axes, result: TuneResult, settings: TuneSettings) -> None:
         if not members:
             continue
         axes.errorbar([p.clean for p in members], [p.robust for p in members],
-                      xerr=[p.clean_se for p in members], yerr=[p.robust_se for p in members],
+                      xerr=_error_bars(members, "clean"), yerr=_error_bars(members, "robust"),
                       fmt="o", color=colours[family], alpha=0.6, capsize=2, label=f"{family} (all points)")
         front = pareto_front(members)
         axes.plot([p.clean for p in front], [p.robust for p in front], "-", color=colours[family], label=f"{family} frontier")
     base = result.baseline
-    axes.errorbar([base.clean], [base.robust], xerr=[base.clean_se], yerr=[base.robust_se], fmt="s", color="black",
+    axes.errorbar([base.clean], [base.robust], xerr=_error_bars([base], "clean"), yerr=_error_bars([base], "robust"),
+                  fmt="s", color="black",
                   capsize=2, label="no defense")
     axes.plot([result.chosen.clean], [result.chosen.robust], "*", markersize=18, color="tab:red",
               label=f"chosen: {result.chosen.candidate.name}")

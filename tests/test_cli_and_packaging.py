@@ -162,7 +162,7 @@ def test_eval_several_attacks_and_a_loss_are_reported_each(tmp_path, tensor_data
     assert code == 0, output
     report = json.loads((tmp_path / "r" / "heterogeneous" / "report.json").read_text())
     assert set(report["robust_accuracy_by_attack"]) == {"none", "pgd-eot"} and report["threat"]["loss"] == "margin"
-    for words in ("all attacks", "robust to every attack", "all 2 runs", "standard error", "worst run"):
+    for words in ("all attacks", "robust to every attack", "all 2 runs", "Wilson 95% interval", "worst run"):
         assert words in output, words
 
 

@@ -37,7 +37,7 @@ def test_report_has_the_promised_fields(tmp_path):
     images, labels = _data()
     report = run_evaluation(tiny_wrapper(), images, labels, CFG, tmp_path, num_classes=10)
     assert report["n_samples"] == 7 and report["runs"] == 2
-    for key in ("mean", "std", "per_run", "stderr"):
+    for key in ("mean", "std", "per_run", "interval"):
         assert key in report["robust_accuracy"] and key in report["clean_accuracy"]
     assert report["robust_accuracy_all_runs"] <= report["robust_accuracy_worst_run"] <= report["robust_accuracy"]["mean"]
     assert report["settings"]["eval"]["iters"] == 2 and "torch" in report["versions"]
@@ -280,7 +280,7 @@ def test_several_attacks_report_each_and_the_per_image_worst_case(tmp_path):
     assert report["robust_accuracy"]["mean"] <= min(v["mean"] for v in by_attack.values())
     assert report["threat"]["loss"] == "margin"
     for stats in by_attack.values():
-        assert {"mean", "stderr", "all_runs", "worst_run"} <= set(stats)
+        assert {"mean", "interval", "all_runs", "all_runs_interval", "worst_run"} <= set(stats)
 
 
 def test_evaluation_leaves_the_callers_random_state_alone_and_ignores_it(tmp_path):
@@ -311,7 +311,7 @@ SANITY_NAMES = [
     "gradient finite and non-zero",
     "attack drives the undefended classifier to <= 5%",
     "robust accuracy <= 10% at a huge radius",
-    "robust accuracy converged (2x -> 4x iterations falls by <= 2 se)",
+    "robust accuracy converged (4x iterations within the 2x interval)",
     "more iterations do not raise robust accuracy",
 ]
 

@@ -12,7 +12,7 @@ from .tiny import tiny_classifier, tiny_unet
 
 
 def _point(name_level: float, clean: float, robust: float) -> Point:
-    return Point(Candidate("uniform", name_level), None, 10, clean, 0.01, 100, robust, 0.05, 32)
+    return Point(Candidate("uniform", name_level), None, 10, clean, 100, robust, 32)
 
 
 def test_steps_give_the_requested_denoiser_budget():
@@ -65,7 +65,8 @@ def test_tune_writes_table_plot_and_a_config_the_chosen_point_reproduces(tmp_pat
     assert PurifyConfig.load(out / "best.json") == result.config
     assert (out / "frontier.png").stat().st_size > 10_000
     table = (out / "table.md").read_text()
-    assert "(chosen)" in table and "stratified subset of 8 images" in table and "±" in table
+    assert "(chosen)" in table and "stratified subset of 8 images" in table and "Wilson 95% interval" in table
+    assert "% [" in table  # each accuracy with its interval
     summary = json.loads((out / "points.json").read_text())
     assert summary["chosen"] == result.chosen.candidate.name
 
