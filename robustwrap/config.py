@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import os
 import warnings
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from .outputs import dumps_strict, write_text_atomic
 
 NUM_TRAIN_STEPS = 1000  # the DDPM schedule the diffusion models were trained with
 CONFIG_FORMAT = "robustwrap.PurifyConfig"  # what a config file says it is
@@ -19,6 +23,32 @@ MaskNormalization = Literal["minmax", "softmax"]
 Resampling = Literal["single", "repaint", "none"]
 Mode = Literal["heterogeneous", "uniform"]
 VoteRule = Literal["hard", "soft"]
+INT_FIELDS = ("steps", "resample_steps", "votes")
+FLOAT_FIELDS = ("t_l", "t_s", "eta", "tau", "top_fraction", "p")
+BOOL_FIELDS = ("p_root", "grad_checkpoint")
+
+
+def type_problems(values: dict[str, object], *, ints: tuple[str, ...] = (), floats: tuple[str, ...] = (),
+                  bools: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> list[str]:
+    """What is wrong with the types of named values, one phrase per field (empty: nothing).
+
+    ``ints`` must be whole numbers (never a bool, a float such as 2.5 or a string), ``floats``
+    finite real numbers (ints are fine; NaN, infinities, bools and strings are not), ``bools``
+    real booleans (never the string "no" or 0). A name in ``optional`` may also be None.
+    """
+    problems = []
+    for name, value in values.items():
+        if value is None and name in optional:
+            continue
+        if name in ints and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            problems.append(f"{name} must be an int (a whole number), got {value!r}")
+        elif name in floats and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            problems.append(f"{name} must be a number, got {value!r}")
+        elif name in floats and not math.isfinite(value):
+            problems.append(f"{name} must be a finite number, got {value!r}")
+        elif name in bools and not isinstance(value, bool):
+            problems.append(f"{name} must be true or false, got {value!r}")
+    return problems
 
 
 @dataclass(frozen=True)
@@ -59,7 +89,13 @@ class PurifyConfig:
             if value is not None:
                 warnings.warn(f"PurifyConfig({old}=...) is deprecated; use {new}=", DeprecationWarning, stacklevel=3)
                 object.__setattr__(self, new, value)
-        problems = []
+        fields = INT_FIELDS + FLOAT_FIELDS + BOOL_FIELDS
+        problems = type_problems({name: getattr(self, name) for name in fields},
+                                 ints=INT_FIELDS, floats=FLOAT_FIELDS, bools=BOOL_FIELDS)
+        if problems:  # the range checks below need numbers
+            raise ValueError("invalid PurifyConfig: " + "; ".join(problems))
+        for name, kind in [*((n, int) for n in INT_FIELDS), *((n, float) for n in FLOAT_FIELDS)]:
+            object.__setattr__(self, name, kind(getattr(self, name)))  # numpy scalars, ints for floats
         if not 0.0 < self.t_l < 1.0:
             problems.append(f"t_l must be in (0, 1), got {self.t_l}")
         if not 0.0 <= self.t_s <= self.t_l:
@@ -107,23 +143,28 @@ class PurifyConfig:
     def from_dict(cls, values: dict[str, object], source: str = "the configuration") -> "PurifyConfig":
         """A validated config from field values; unknown names and wrong types are refused.
 
+        Types are strict (no coercion): counts are ints, levels finite numbers, switches
+        booleans, rules strings.
+
         Raises:
-            ValueError: naming the unknown fields, the field of the wrong type, or the bad value.
+            ValueError: naming ``source`` and the unknown fields, the field of the wrong type, or
+                the bad value.
         """
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(fields) - {"normalization", "checkpoint"})
         if unknown:
             raise ValueError(f"{source}: unknown PurifyConfig fields {unknown}; known: {sorted(fields)}")
-        defaults = cls()
-        for name, value in values.items():
-            if name not in fields:
-                continue  # a deprecated alias, checked by __post_init__
-            expected = type(getattr(defaults, name))
-            integral = isinstance(value, int) and not isinstance(value, bool)
-            fits = integral if expected is int else (integral or isinstance(value, float)) if expected is float else isinstance(value, expected)
-            if not fits:
-                raise ValueError(f"{source}: {name} must be a {expected.__name__}, got {value!r}")
-        return cls(**values)  # type: ignore[arg-type]  (values are validated by __post_init__)
+        problems = type_problems(values, ints=INT_FIELDS, floats=FLOAT_FIELDS,
+                                 bools=BOOL_FIELDS + ("checkpoint",))
+        problems += [f"{name} must be a string, got {value!r}" for name, value in values.items()
+                     if name not in INT_FIELDS + FLOAT_FIELDS + BOOL_FIELDS + ("checkpoint",)
+                     and not isinstance(value, str)]
+        if problems:
+            raise ValueError(f"{source}: " + "; ".join(problems))
+        try:
+            return cls(**values)  # type: ignore[arg-type]  (ranges are checked by __post_init__)
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from error
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the config to ``path``: JSON (``.json``) or TOML (``.toml``), with its format version.
@@ -133,14 +174,15 @@ class PurifyConfig:
         """
         path = Path(path)
         if path.suffix.lower() == ".json":
-            text = json.dumps({"format": CONFIG_FORMAT, "version": CONFIG_VERSION, "config": self.to_dict()}, indent=2) + "\n"
+            text = dumps_strict({"format": CONFIG_FORMAT, "version": CONFIG_VERSION, "config": self.to_dict()},
+                                indent=2) + "\n"
         elif path.suffix.lower() == ".toml":
             lines = [f'format = "{CONFIG_FORMAT}"', f"version = {CONFIG_VERSION}", "", "[config]"]
             lines += [f"{name} = {_toml_value(value)}" for name, value in self.to_dict().items()]
             text = "\n".join(lines) + "\n"
         else:
             raise ValueError(f"config files are .json or .toml, got {path.name}")
-        path.write_text(text)
+        write_text_atomic(path, text)
         return path
 
     @classmethod
@@ -162,11 +204,15 @@ class PurifyConfig:
                 data = json.loads(text)
         except ValueError as error:  # json.JSONDecodeError and tomllib.TOMLDecodeError are ValueErrors
             raise ValueError(f"{path} is not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: {error}") from error
+        except RecursionError as error:
+            raise ValueError(f"{path} is nested too deeply to be a robustwrap config") from error
         if not isinstance(data, dict) or data.get("format") != CONFIG_FORMAT or not isinstance(data.get("config"), dict):
             raise ValueError(f"{path} is not a robustwrap config: expected format = {CONFIG_FORMAT!r} and a config table")
         version = data.get("version")
-        if not isinstance(version, int) or not 1 <= version <= CONFIG_VERSION:
-            raise ValueError(f"{path} has config version {version!r}; this robustwrap reads versions 1 to {CONFIG_VERSION}")
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ValueError(f"{path}: version must be an integer (1 to {CONFIG_VERSION}), got {version!r}")
+        if not 1 <= version <= CONFIG_VERSION:
+            raise ValueError(f"{path} has config version {version}; this robustwrap reads versions 1 to {CONFIG_VERSION}")
         return cls.from_dict(data["config"], source=str(path))
 
 

@@ -28,7 +28,7 @@ from typing import Callable, Literal
 
 from torch import Tensor
 
-from .config import PurifyConfig
+from .config import PurifyConfig, type_problems
 from .data import draw_subset
 from .evaluation import EvalConfig, check_inputs, is_evaluation_folder, run_evaluation
 from .fingerprint import header_differences, run_fingerprint
@@ -124,7 +124,17 @@ class TuneSettings:
     batch_size: int = 64
 
     def __post_init__(self) -> None:
-        problems = []
+        values = {name: getattr(self, name) for name in ("calls", "n_attack", "iters", "eot", "seed", "batch_size",
+                                                           "level_step", "cut_step", "eps", "step_size", "min_clean",
+                                                           "refine")}
+        values.update({f"{name}[{i}]": value for name in ("uniform_levels", "heterogeneous_levels", "cuts")
+                        for i, value in enumerate(getattr(self, name))})
+        problems = type_problems(values, ints=("calls", "n_attack", "iters", "eot", "seed", "batch_size"),
+                                 floats=tuple(k for k in values if k[-1] == "]") + ("level_step", "cut_step", "eps",
+                                                                                       "step_size", "min_clean"),
+                                 bools=("refine",), optional=("eps", "step_size"))
+        if problems:  # the range checks below need numbers
+            raise ValueError("invalid tune settings: " + "; ".join(problems))
         if self.calls < 1 or self.n_attack < 0 or self.iters < 0 or self.eot < 1 or self.batch_size < 1:
             problems.append("need calls >= 1, n_attack >= 0, iters >= 0, eot >= 1 and batch_size >= 1")
         if not 0 < self.min_clean <= 1:
