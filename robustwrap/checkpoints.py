@@ -11,6 +11,7 @@ Git LFS pointer.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import re
 from collections.abc import Collection, Mapping
@@ -76,10 +77,23 @@ def _importable(name: str) -> bool:
         return False
 
 
+def _not_installed(name: str) -> bool:
+    """Whether the top-level package of a pickled global is absent here (looked up, never imported)."""
+    top = name.split(".")[0]
+    try:
+        return bool(top.isidentifier()) and "." in name and importlib.util.find_spec(top) is None
+    except (ImportError, ValueError):
+        return False
+
+
 def _load_error(path: Path, error: Exception) -> CheckpointError:
     """The user-facing reason ``torch.load(weights_only=True)`` failed on ``path``."""
     message = str(error)
     unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    if unsupported and _not_installed(unsupported.group(1)):
+        name = unsupported.group(1)
+        return CheckpointError(f"{path} was refused: loading it would execute code ({name}, from a package that is "
+                               f"not installed here; the file pickles objects, not only weights).\n{CONVERT_HINT}")
     if unsupported and _importable(unsupported.group(1)) or "Can only build Tensor" in message:
         what = f"it pickles {unsupported.group(1)}" if unsupported else "it pickles a class"
         return CheckpointError(f"{path} was refused: loading it would execute code ({what}).\n{CONVERT_HINT}")

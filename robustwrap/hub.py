@@ -70,20 +70,36 @@ def _first_file(folder: Path, names: tuple[str, ...], repo_id: str) -> Path:
     raise FileNotFoundError(f"hf:{repo_id} has none of {list(names)} in {folder}")
 
 
+def read_hub_config(path: Path, repo_id: str) -> dict:
+    """A hub snapshot's ``config.json`` as a dict; anything else is a ValueError naming the file."""
+    try:
+        config = json.loads(path.read_text())
+    except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"hf:{repo_id}: {path} is not valid JSON ({str(error)[:120]})") from error
+    if not isinstance(config, dict):
+        raise ValueError(f"hf:{repo_id}: {path} holds a JSON {type(config).__name__}, not an object of settings")
+    return config
+
+
 def hf_diffusion(spec: str, cache_dir: str | os.PathLike | None = None) -> nn.Module:
     """A diffusers ``UNet2DModel`` from ``<org>/<name>[@revision]`` (root or ``unet/`` folder)."""
     repo_id, revision = parse_hf_spec(spec)
     folder = hf_snapshot(repo_id, revision, cache_dir)
     if not (folder / "config.json").is_file() and (folder / "unet" / "config.json").is_file():
         folder = folder / "unet"
-    config = json.loads(_first_file(folder, ("config.json",), repo_id).read_text())
+    config_file = _first_file(folder, ("config.json",), repo_id)
+    config = read_hub_config(config_file, repo_id)
     if config.get("_class_name") != "UNet2DModel":
         raise ValueError(f"hf:{repo_id} holds a {config.get('_class_name')!r}, not a diffusers UNet2DModel")
     try:
         from diffusers import UNet2DModel  # noqa: PLC0415
     except ImportError as error:
         raise ImportError("hf: diffusion models need diffusers: pip install 'robustwrap[diffusers]'") from error
-    model = UNet2DModel.from_config(config)
+    try:
+        model = UNet2DModel.from_config(config)
+    except (TypeError, ValueError, KeyError, AttributeError) as error:
+        raise ValueError(f"hf:{repo_id}: {config_file} does not describe a UNet2DModel diffusers can build "
+                         f"({type(error).__name__}: {str(error)[:120]})") from error
     weights = _first_file(folder, ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"), repo_id)
     load_strict(model, load_state_dict(weights), weights, f"hf:{repo_id}")
     return model.eval()
@@ -95,12 +111,18 @@ def hf_timm_classifier(spec: str, cache_dir: str | os.PathLike | None = None) ->
 
     repo_id, revision = parse_hf_spec(spec)
     folder = hf_snapshot(repo_id, revision, cache_dir)
-    config = json.loads(_first_file(folder, ("config.json",), repo_id).read_text())
+    config_file = _first_file(folder, ("config.json",), repo_id)
+    config = read_hub_config(config_file, repo_id)
     architecture = config.get("architecture")
     if not isinstance(architecture, str):
-        raise ValueError(f"hf:{repo_id} is not a timm model repository (its config.json names no architecture)")
+        raise ValueError(f"hf:{repo_id} is not a timm model repository ({config_file} names no architecture)")
     pretrained_cfg = config.get("pretrained_cfg") or {}
+    if not isinstance(pretrained_cfg, dict):
+        raise ValueError(f"hf:{repo_id}: {config_file}: pretrained_cfg must be an object, got {pretrained_cfg!r}")
     num_classes = config.get("num_classes", pretrained_cfg.get("num_classes"))
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise ValueError(f"hf:{repo_id}: {config_file}: num_classes must be a positive integer, got {num_classes!r}")
     kwargs = {"num_classes": num_classes} if num_classes else {}
     model = timm.create_model(architecture, pretrained=False, pretrained_cfg_overlay=pretrained_cfg, **kwargs)
     weights = _first_file(folder, ("model.safetensors", "pytorch_model.bin"), repo_id)
