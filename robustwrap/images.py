@@ -53,7 +53,8 @@ def open_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
         try:
             picture = Image.open(path)
         except Image.DecompressionBombError as error:
-            raise ValueError(f"{path}: {error}; over the limit of {max_pixels} pixels (--max-pixels)") from error
+            raise ValueError(f"{path} is over the limit of {max_pixels} pixels ({str(error).rstrip('.')}); raise it "
+                             "with --max-pixels / max_pixels= if the image is trusted") from error
     width, height = picture.size
     if width * height > max_pixels:
         picture.close()
