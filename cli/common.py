@@ -56,12 +56,6 @@ def require_finite(**values: Optional[float]) -> None:
         fail(f"{', '.join(bad)}: settings must be finite numbers")
 
 
-def require_folder(out: Path, what: str) -> None:
-    """End the command (exit 2) when ``out`` exists as a file: it must be (or become) a folder."""
-    if out.exists() and not out.is_dir():
-        fail(f"--out {out} is a file: give a folder ({what})")
-
-
 def defense_config(config: Optional[Path], **overrides: object):
     """The PurifyConfig from --config (or the defaults, with steps 50) with the options given on the command line."""
     from robustwrap import PurifyConfig

@@ -148,6 +148,7 @@ COMMAND_ROWS = [
     ("eval-config-a-list", [*EVAL, "--config", "list.json", "--out", "r"], "is not a robustwrap config"),
     ("eval-eps-nan", [*EVAL, "--eps", "nan", "--out", "r"], "--eps nan: settings must be finite"),
     ("eval-t-l-inf", [*EVAL, "--t-l", "inf", "--out", "r"], "--t-l inf: settings must be finite"),
+    ("eval-votes-a-billion", [*EVAL, "--votes", "1000000000", "--out", "r"], "allocate"),  # fails in batch 1
     # eval: weights and hub specs
     ("eval-weights-need-code", [*EVAL, "--classifier-weights", "code.pt", "--out", "r"], "would execute code"),
     ("eval-weights-truncated", [*EVAL, "--classifier-weights", "cut.pt", "--out", "r"], "cut.pt"),
