@@ -35,7 +35,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -136,9 +135,18 @@ def check_resumable_output(path: str | os.PathLike, *, resume: bool, overwrite: 
 
 
 def temporary_beside(target: str | os.PathLike) -> Path:
-    """A new empty folder next to ``target`` (same filesystem, so :func:`replace_folder` is a rename)."""
+    """A new empty folder next to ``target`` (same filesystem, so :func:`replace_folder` is a rename).
+
+    Its permissions follow the umask, as a folder made by ``mkdir`` would (not ``mkdtemp``'s 0700).
+    """
     target = Path(target)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.absolute().parent))
+    while True:
+        folder = target.absolute().parent / f".{target.name}.{uuid.uuid4().hex[:8]}.partial"
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
 
 
 def replace_folder(temporary: str | os.PathLike, target: str | os.PathLike) -> None:
@@ -194,15 +202,18 @@ def remove_empty_folders(folders: list[Path]) -> None:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (never half a file)."""
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (never half a file).
+
+    The file's permissions follow the umask, as ``open(path, "w")`` would give.
+    """
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.absolute().parent)
+    temporary = path.absolute().parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        with os.fdopen(handle, "w") as file:
+        with open(temporary, "x") as file:
             file.write(text)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 

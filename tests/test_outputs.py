@@ -140,6 +140,14 @@ def test_write_text_atomic_replaces_and_leaves_no_temporary(tmp_path):
     assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["best.json"]
 
 
+def test_written_files_and_folders_get_the_usual_permissions(tmp_path):
+    (tmp_path / "plain").write_text("x")
+    (tmp_path / "plain-folder").mkdir()
+    write_text_atomic(tmp_path / "atomic", "x")
+    assert (tmp_path / "atomic").stat().st_mode == (tmp_path / "plain").stat().st_mode  # not mkstemp's 0600
+    assert temporary_beside(tmp_path / "out").stat().st_mode == (tmp_path / "plain-folder").stat().st_mode
+
+
 def test_dumps_strict_names_the_non_finite_field():
     assert json.loads(dumps_strict({"a": [1.0, 2]})) == {"a": [1.0, 2]}
     with pytest.raises(ValueError, match=r"points\[1\]\.clean is not a finite number"):
