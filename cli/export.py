@@ -1,5 +1,5 @@
-"""`robustwrap export`: write the defended model as an ONNX component bundle, TensorRT engines, a
-single graph or a Triton repository, and check what was written against eager."""
+"""`robustwrap export`: write the defended model as a bundle (the two networks, optionally the
+unrolled loop), its TensorRT engines and a Triton repository, and check each against eager."""
 
 from __future__ import annotations
 
@@ -26,26 +26,23 @@ class NoiseMode(str, Enum):
     explicit = "explicit"
 
 
-class GraphMode(str, Enum):
-    components = "components"
-    single = "single"
-
-
 class Precision(str, Enum):
     fp32 = "fp32"
     fp16 = "fp16"
     bf16 = "bf16"
 
 
+class TritonBackend(str, Enum):
+    onnxruntime = "onnxruntime"
+    tensorrt = "tensorrt"
+    python = "python"
+
+
 def export_command(
-    engine: Engine = typer.Option(Engine.onnx, help="onnx (ONNX Runtime), trt (TensorRT engines, needs a GPU) or "
-                                  "compile (torch.compile the networks and compare with eager)"),
-    out: Optional[Path] = typer.Option(None, help="bundle folder to write (default robustwrap-bundle); with "
-                                       "--graph single the .onnx file (default robustwrap.onnx)"),
-    graph: GraphMode = typer.Option(GraphMode.components, help="components: the denoiser and the classifier as two "
-                                    "graphs, the loop runs in robustwrap (steps, votes change at load time; export "
-                                    "time does not grow with steps); single: the whole loop unrolled into one "
-                                    "self-contained graph (small budgets only: size and export time grow with the calls)"),
+    engine: Engine = typer.Option(Engine.onnx, help="onnx: the bundle (ONNX graphs, run by ONNX Runtime); trt: the "
+                                  "bundle plus TensorRT engines (needs a GPU); compile: torch.compile the networks "
+                                  "and compare with eager (writes nothing)"),
+    out: Path = typer.Option(Path("robustwrap-bundle"), help="the bundle folder to write"),
     classifier: str = typer.Option("mnist", help=CLASSIFIER_SPECS),
     classifier_weights: Optional[Path] = typer.Option(None, help=WEIGHTS_HELP),
     diffusion: str = typer.Option("mnist", help=DIFFUSION_SPECS),
@@ -54,55 +51,88 @@ def export_command(
     channels: Optional[int] = typer.Option(None, min=1, help=CHANNELS_HELP),
     image_size: Optional[int] = typer.Option(None, min=8, help="input size of the defended model (square); default: "
                                              "28 for mnist, else 32 (or what the classifier only takes)"),
-    config_file: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP + "; embedded in the bundle"),
+    config_file: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP + "; saved in the bundle"),
     steps: Optional[int] = typer.Option(None, min=1, help=STEPS_HELP),
     t_l: Optional[float] = typer.Option(None, help=T_L_HELP),
     t_s: Optional[float] = typer.Option(None, help=T_S_HELP),
     votes: Optional[int] = typer.Option(None, min=1, help="S purifications per image; default 1"),
-    noise: NoiseMode = typer.Option(NoiseMode.in_graph, help="--graph single: in-graph random ops, or noise as a graph input"),
-    with_purified: bool = typer.Option(False, help="--graph single: also output the purified images"),
-    max_batch: int = typer.Option(64, min=1, help="rows per network call for TensorRT profiles and Triton "
-                                  "(the denoiser sees images x votes rows)"),
+    unrolled: bool = typer.Option(False, help="also write unrolled.onnx in the bundle: the whole loop at these "
+                                  "settings in one graph, no Python at serving time (size and export time grow with "
+                                  "the denoiser calls: a few calls only)"),
+    noise: NoiseMode = typer.Option(NoiseMode.in_graph, help="--unrolled: in-graph random ops, or noise as an input"),
+    max_batch: int = typer.Option(64, min=1, help="rows per network call for TensorRT profiles and the Triton "
+                                  "component models (the denoiser sees images x votes rows)"),
     precision: Precision = typer.Option(Precision.fp32, help="TensorRT kernels: fp32, fp16 or bf16 (TensorRT 10)"),
     fp16: bool = typer.Option(False, help="TensorRT: same as --precision fp16"),
-    triton_repo: Optional[Path] = typer.Option(None, help="also write a Triton model repository here"),
-    overwrite: bool = typer.Option(False, help="replace an existing bundle folder"),
-    check: bool = typer.Option(True, help="load what was written and compare its probabilities with eager (same fixed "
-                               "noise, batch 2)"),
+    triton_repo: Optional[Path] = typer.Option(None, help="also write this defense's models into this Triton model "
+                                               "repository (other models in it stay)"),
+    triton_backend: Optional[TritonBackend] = typer.Option(
+        None, help="how Triton runs the two networks: onnxruntime (NVIDIA's containers), tensorrt (the engines; the "
+        "default with --engine trt) or python (ONNX Runtime in the Python backend: PyTriton's server, "
+        "`robustwrap serve`)"),
+    name: Optional[str] = typer.Option(None, help="the Triton model name (components NAME-classifier, "
+                                       "NAME-denoiser); default from the specs, e.g. mnist-mnist"),
+    triton_max_batch: int = typer.Option(8, min=1, help="images per batch of the Triton pipeline model"),
+    instances: int = typer.Option(1, min=1, help="Triton pipeline model instances (stub processes)"),
+    component_instances: int = typer.Option(1, min=1, help="instances of each Triton component model"),
+    overwrite: bool = typer.Option(False, help="replace a bundle (and Triton models) an earlier export wrote; "
+                                   "nothing else is ever replaced"),
+    check: bool = typer.Option(True, help="load what was written and compare its probabilities with eager (same "
+                               "fixed noise, batch 2)"),
 ) -> None:
-    """Export the defended model: a component bundle (default), TensorRT engines, a single graph, or a compile check."""
+    """Export the defended model as a bundle (+ TensorRT engines, + a Triton repository), or check torch.compile."""
     import torch
 
     require_finite(t_l=t_l, t_s=t_s)
     channels, size = input_defaults(classifier, channels, image_size)
-    out = out or Path("robustwrap.onnx" if graph is GraphMode.single else "robustwrap-bundle")
-    if engine is not Engine.compile and not out.parent.resolve().is_dir():
-        fail(f"cannot write {out}: folder {out.parent} does not exist")
-    if engine is not Engine.compile and graph is GraphMode.components and out.exists() and not overwrite:
-        fail(f"{out} exists: choose another --out or pass --overwrite")
+    if engine is not Engine.compile:
+        _check_targets(out, triton_repo, overwrite)
     config = defense_config(config_file, t_l=t_l, t_s=t_s, steps=steps, votes=votes)
     wrapper = build_wrapper(classifier, classifier_weights, diffusion, diffusion_weights,
                             num_classes, channels, size, config)
     if image_size is None and wrapper.image_size:  # a classifier that only takes one size
         size = wrapper.image_size[0]
     channels = wrapper.channels or channels
-    precision_name = "fp16" if fp16 else precision.value
 
-    summary = Table(title=f"robustwrap export --engine {engine.value} --graph {graph.value}", show_header=False)
+    summary = Table(title=f"robustwrap export --engine {engine.value}", show_header=False)
     summary.add_row("models", f"classifier {classifier}, diffusion {diffusion}: {channels} x {size} x {size}")
     summary.add_row("denoiser calls x votes", f"{wrapper.plan.denoiser_calls} x {config.votes}")
     x = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0))
     fixed = torch.randn(wrapper.noise_shape(x), generator=torch.Generator().manual_seed(1))
     if engine is Engine.compile:
         _compile_check(wrapper, x, fixed, summary)
-    elif graph is GraphMode.components:
-        specs = model_specs(classifier, classifier_weights, diffusion, diffusion_weights, num_classes=num_classes)
-        _write_bundle(wrapper, out, size, specs, overwrite, check, engine, precision_name, max_batch, triton_repo,
-                      x, fixed, summary)
-    else:
-        _write_single_graph(wrapper, out, engine, noise, with_purified, max_batch, check, precision_name,
-                            triton_repo, (channels, size), summary)
+        console.print(summary)
+        return
+    specs = model_specs(classifier, classifier_weights, diffusion, diffusion_weights, num_classes=num_classes)
+    try:
+        _write_bundle(wrapper, out, size, specs, overwrite, unrolled, noise, check, x, fixed, summary)
+        built = _build_engines(wrapper, out, engine, "fp16" if fp16 else precision.value, max_batch, check, x, fixed,
+                               summary)
+        if triton_repo is not None:
+            from robustwrap.export.triton import ServingOptions, write_triton_bundle
+
+            backend = triton_backend.value if triton_backend else ("tensorrt" if built else "onnxruntime")
+            options = ServingOptions(max_batch_size=triton_max_batch, component_max_batch=max_batch,
+                                     instances=instances, component_instances=component_instances)
+            folders = write_triton_bundle(triton_repo, out, component_backend=backend, name=name, options=options,
+                                          overwrite=overwrite)
+            summary.add_row(f"triton models ({backend} components)", ", ".join(str(f) for f in folders.values()))
+    except (ValueError, ImportError, OSError, RuntimeError) as error:
+        fail(str(error))
     console.print(summary)
+
+
+def _check_targets(out: Path, triton_repo: Optional[Path], overwrite: bool) -> None:
+    """Refuse, before any work, targets that may not be written (robustwrap.outputs' rule)."""
+    from robustwrap.export.bundle import is_bundle
+    from robustwrap.outputs import check_output
+
+    try:
+        check_output(out, overwrite=overwrite, ours=is_bundle, what="bundle")
+        if triton_repo is not None and triton_repo.exists() and not triton_repo.is_dir():
+            raise ValueError(f"{triton_repo} is a file, not a Triton model repository folder")
+    except ValueError as error:
+        fail(str(error))
 
 
 def _compile_check(wrapper, x, fixed, summary: Table) -> None:
@@ -125,104 +155,59 @@ def _compile_check(wrapper, x, fixed, summary: Table) -> None:
     summary.add_row("parity vs eager (max |d prob|, fixed noise)", f"{float((got - want).abs().max()):.2e}")
 
 
-def _write_bundle(wrapper, out: Path, size: int, specs: dict, overwrite: bool, check: bool, engine: Engine,
-                  precision_name: str, max_batch: int, triton_repo: Optional[Path], x, fixed, summary: Table) -> None:
-    """The component bundle (denoiser + classifier graphs), its engines and Triton models, each checked."""
+def _write_bundle(wrapper, out: Path, size: int, specs: dict, overwrite: bool, unrolled: bool, noise: NoiseMode,
+                  check: bool, x, fixed, summary: Table) -> None:
+    """The bundle (denoiser + classifier graphs, optionally the unrolled loop), checked against eager."""
     import torch
 
-    from robustwrap.export import export_bundle, load_bundle
+    from robustwrap.export import export_bundle, load_bundle, load_unrolled
 
-    try:
-        with console.status("exporting the denoiser and the classifier..."):
-            result = export_bundle(wrapper, out, image_size=size, specs=specs, overwrite=overwrite)
-    except (ValueError, ImportError, OSError, RuntimeError) as error:
-        fail(str(error))
-    files = result.config["files"]
+    mode = "explicit" if noise is NoiseMode.explicit else "in_graph"
+    what = f"the denoiser, the classifier{f' and {wrapper.plan.denoiser_calls} unrolled calls' if unrolled else ''}"
+    with console.status(f"exporting {what}..."):
+        result = export_bundle(wrapper, out, image_size=size, specs=specs, overwrite=overwrite, unrolled=unrolled,
+                               unrolled_noise=mode)
+    parts = result.info.components
     summary.add_row("bundle", f"{result.path} ({result.bytes / 1e6:.1f} MB)")
-    summary.add_row("nodes", f"denoiser {files['denoiser']['nodes']}, classifier {files['classifier']['nodes']}")
-    summary.add_row("export time", f"{result.seconds:.1f} s (does not depend on steps)")
-    if check:
-        loaded = load_bundle(out)
+    summary.add_row("nodes", ", ".join(f"{name} {spec.nodes}" for name, spec in parts.items()))
+    summary.add_row("export time", f"{result.seconds:.1f} s" + ("" if unrolled else " (does not depend on steps)"))
+    if not check:
+        return
+    loaded = load_bundle(out)
+    with torch.no_grad():
+        gap = float((loaded(x, noise=fixed) - wrapper(x, noise=fixed)).abs().max())
+    summary.add_row("ONNX Runtime vs eager: max |d prob|", f"{gap:.2e}")
+    if unrolled and mode == "explicit":
+        graph = load_unrolled(out)
         with torch.no_grad():
-            gap = float((loaded(x, noise=fixed) - wrapper(x, noise=fixed)).abs().max())
-        summary.add_row("ONNX Runtime vs eager: max |d prob|", f"{gap:.2e}")
-    if engine is Engine.trt and not torch.cuda.is_available():
+            gap = float((graph(x, fixed.permute(2, 0, 1, 3, 4, 5))[0] - wrapper(x, noise=fixed)).abs().max())
+        summary.add_row("unrolled graph vs eager: max |d prob|", f"{gap:.2e}")
+    elif unrolled:
+        probabilities = load_unrolled(out)(x)[0]
+        summary.add_row("unrolled graph vs eager", "n/a with in-graph noise (--noise explicit to compare); ran: "
+                        f"probabilities sum to {float(probabilities.sum(1).mean()):.4f}")
+
+
+def _build_engines(wrapper, out: Path, engine: Engine, precision_name: str, max_batch: int, check: bool, x, fixed,
+                   summary: Table) -> bool:
+    """TensorRT engines for every graph of the bundle (--engine trt on a GPU); True when built."""
+    import torch
+
+    if engine is not Engine.trt:
+        return False
+    if not torch.cuda.is_available():
         summary.add_row("TensorRT engines", "skipped: no CUDA GPU visible here (the ONNX bundle is written; "
                         "build later with robustwrap.export.build_bundle_engines on a GPU machine)")
-    elif engine is Engine.trt:
-        from robustwrap.export import build_bundle_engines
+        return False
+    from robustwrap.export import build_bundle_engines, load_bundle
 
-        try:
-            with console.status("building the TensorRT engines..."):
-                builds = build_bundle_engines(out, precision=precision_name, max_batch=max_batch,
-                                              opt_batch=min(8, max_batch))
-        except (RuntimeError, ValueError, ImportError) as error:
-            fail(str(error))
-        summary.add_row("TensorRT engines", ", ".join(f"{b.path.name} ({b.bytes / 1e6:.1f} MB)"
-                                                     for b in builds.values()) + f", {precision_name}")
-        if check:
-            engines = load_bundle(out, engine="tensorrt", device="cuda")
-            with torch.no_grad():
-                gap = float((engines(x.cuda(), noise=fixed.cuda()).cpu() - wrapper(x, noise=fixed)).abs().max())
-            summary.add_row("TensorRT vs eager: max |d prob|", f"{gap:.2e}")
-    if triton_repo is not None:
-        from robustwrap.export import write_triton_bundle
-
-        built = engine is Engine.trt and (out / "denoiser.plan").is_file()
-        folders = write_triton_bundle(triton_repo, out, backend="tensorrt" if built else "onnxruntime",
-                                      max_batch_size=max_batch)
-        summary.add_row("triton models", ", ".join(str(f) for f in folders.values()))
-
-
-def _write_single_graph(wrapper, out: Path, engine: Engine, noise: NoiseMode, with_purified: bool, max_batch: int,
-                        check: bool, precision_name: str, triton_repo: Optional[Path], shape: tuple[int, int],
-                        summary: Table) -> None:
-    """The whole loop unrolled into one ONNX graph, its engine and Triton model, checked where possible."""
-    import time
-
-    import torch
-
-    from robustwrap.export import OnnxRunner, export_onnx, onnx_parity, write_triton_repository
-
-    onnx_path = out if engine is Engine.onnx else out.with_suffix(".onnx")
-    engine_path = out.with_suffix(".plan")  # trt: never over the ONNX file it is built from
-    mode = "explicit" if noise is NoiseMode.explicit else "in_graph"
-    try:
-        with console.status(f"exporting to ONNX ({wrapper.plan.denoiser_calls} unrolled denoiser calls)..."):
-            start = time.perf_counter()
-            result = export_onnx(wrapper, onnx_path, noise=mode, with_purified=with_purified, max_batch=max_batch)
-            seconds = time.perf_counter() - start
-    except (ValueError, ImportError, OSError, RuntimeError) as error:
-        fail(str(error))
-    summary.add_row("file", f"{result.path} ({result.bytes / 1e6:.1f} MB)")
-    summary.add_row("nodes / opset", f"{result.nodes} / {result.opset}")
-    summary.add_row("ops", ", ".join(result.op_types))
-    summary.add_row("export time", f"{seconds:.1f} s")
-    runner = OnnxRunner(onnx_path, providers=["CPUExecutionProvider"])
-    if check and runner.explicit_noise:
-        summary.add_row("parity vs eager (max |d prob|, batch 3)", f"{onnx_parity(wrapper, runner):.2e}")
-    elif check:
-        channels, size = shape
-        scores = runner(torch.rand(2, channels, size, size))[0]
-        summary.add_row("parity vs eager", "n/a with in-graph noise (export --noise explicit to compare); "
-                        f"ran: scores sum to {float(scores.sum(1).mean()):.4f}")
-    built = False
-    if engine is Engine.trt and not torch.cuda.is_available():
-        summary.add_row("TensorRT engine", "skipped: no CUDA GPU visible here (the ONNX graph is written)")
-    elif engine is Engine.trt:
-        from robustwrap.export import build_engine
-
-        try:
-            with console.status("building the TensorRT engine..."):
-                build = build_engine(onnx_path, engine_path, max_batch=max_batch, opt_batch=min(8, max_batch),
-                                     precision=precision_name, timing_cache=out.with_suffix(".timing-cache"))
-        except (RuntimeError, ValueError, ImportError) as error:
-            fail(str(error))
-        built = True
-        summary.add_row("engine", f"{build.path} ({build.bytes / 1e6:.1f} MB, {build.precision})")
-    if triton_repo is not None:
-        folder = write_triton_repository(
-            triton_repo, onnx_path, backend="tensorrt" if built else "onnxruntime",
-            engine_path=engine_path if built else None, max_batch_size=max_batch,
-        )
-        summary.add_row("triton model", str(folder))
+    with console.status("building the TensorRT engines..."):
+        builds = build_bundle_engines(out, precision=precision_name, max_batch=max_batch, opt_batch=min(8, max_batch))
+    summary.add_row("TensorRT engines", ", ".join(f"{b.path.name} ({b.bytes / 1e6:.1f} MB)"
+                                                 for b in builds.values()) + f", {precision_name}")
+    if check:
+        engines = load_bundle(out, engine="tensorrt", device="cuda")
+        with torch.no_grad():
+            gap = float((engines(x.cuda(), noise=fixed.cuda()).cpu() - wrapper(x, noise=fixed)).abs().max())
+        summary.add_row("TensorRT vs eager: max |d prob|", f"{gap:.2e}")
+    return True

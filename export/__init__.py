@@ -1,56 +1,42 @@
 """robustwrap.export: the defended model outside eager Python (installed from ``export/``).
 
-Deployment (the default): export each network once, run the library's loop over engines.
+The pipeline, one file per step:
 
-- :func:`export_bundle` — ``denoiser.onnx`` + ``classifier.onnx`` + ``config.json``: size and
-  export time independent of the number of denoiser calls.
-- :func:`load_bundle` — a :class:`~robustwrap.RobustWrapper` over ONNX Runtime sessions or
-  TensorRT engines; steps, votes and the rest of the configuration change at load time.
-- :func:`build_bundle_engines` — TensorRT engines for a bundle (CUDA only).
-- :func:`write_triton_bundle` — Triton models for the two networks plus a Python-backend model (BLS).
-- :func:`compile_networks` — ``torch.compile`` the two networks, not the loop.
+- :mod:`.format` — the bundle folder and its ``config.json`` (:class:`BundleInfo`, each
+  component's I/O contract), read and validated in one place.
+- :mod:`.modules` — what is exported: the classifier with its stage maps, the unrolled loop.
+- :mod:`.onnx_export` — the one ONNX exporter (stripped, checked, external data named after the file).
+- :mod:`.bundle` — :func:`export_bundle`, :func:`load_bundle` (the library's wrapper over
+  engines: steps, votes, any setting change at load time), :func:`load_unrolled`.
+- :mod:`.engines` — one runner protocol; ONNX Runtime, TensorRT (:func:`build_bundle_engines`),
+  and the adapters that turn runners into the wrapper's networks.
+- :mod:`.triton` — :func:`write_triton_bundle` (a model repository that a real Triton server
+  serves) and :class:`TritonServer` (``robustwrap serve``).
+- :mod:`.compile` — :func:`compile_networks` (``torch.compile`` the networks, not the loop),
+  :func:`graph_breaks`.
 
-The single unrolled graph, for small budgets and runtimes without Python:
-
-- :func:`compile_wrapper` — ``torch.compile`` (fullgraph) with eager input checks.
-- :func:`export_onnx` — one ONNX graph (dynamo exporter), dynamic batch, in-graph or explicit noise.
-- :class:`OnnxRunner` — ONNX Runtime with the wrapper's call shape.
-- :func:`build_engine` / :class:`TrtRunner` — TensorRT engines (CUDA only).
-- :func:`write_triton_repository` — a Triton Inference Server model folder.
-
-Heavy dependencies (onnx, onnxruntime, tensorrt) are imported only when used.
+Heavy dependencies (onnx, onnxruntime, tensorrt, tritonclient) are imported only when used.
 """
 
-from .bundle import BundleExport, export_bundle, load_bundle, read_bundle
-from .compile import CompiledWrapper, compile_networks, compile_wrapper, graph_breaks
-from .graph import ExportGraph
-from .onnx import OnnxExport, export_onnx, read_metadata
-from .runtime import OnnxRunner, default_providers, onnx_parity
-from .tensorrt import EngineBuild, EngineRunner, TrtRunner, build_bundle_engines, build_engine
-from .triton import triton_config, write_triton_bundle, write_triton_repository
+from .bundle import BundleExport, export_bundle, load_bundle, load_unrolled, read_bundle
+from .compile import compile_networks, graph_breaks
+from .engines.tensorrt import EngineBuild, build_bundle_engines
+from .format import BundleInfo, ComponentSpec, TensorSpec
+from .triton import TritonServer, write_triton_bundle
 
 __all__ = [
     "BundleExport",
+    "BundleInfo",
+    "ComponentSpec",
+    "TensorSpec",
     "export_bundle",
     "load_bundle",
+    "load_unrolled",
     "read_bundle",
     "build_bundle_engines",
-    "EngineRunner",
-    "write_triton_bundle",
-    "compile_networks",
-    "CompiledWrapper",
-    "compile_wrapper",
-    "graph_breaks",
-    "ExportGraph",
-    "OnnxExport",
-    "export_onnx",
-    "read_metadata",
-    "OnnxRunner",
-    "default_providers",
-    "onnx_parity",
     "EngineBuild",
-    "TrtRunner",
-    "build_engine",
-    "triton_config",
-    "write_triton_repository",
+    "write_triton_bundle",
+    "TritonServer",
+    "compile_networks",
+    "graph_breaks",
 ]

@@ -189,17 +189,21 @@ class HookedStages:
 
     def capture(self, model: nn.Module, x: Tensor) -> list[Tensor]:
         """Run ``model(x)`` and return the stage maps in order (differentiable if grad is on)."""
-        if self._attached_to is model:
-            return self._take(model, x)
-        with self.attached(model):
-            return self._take(model, x)
+        return self.logits_and_maps(model, x)[1]
 
-    def _take(self, model: nn.Module, x: Tensor) -> list[Tensor]:
-        model(x)
+    def logits_and_maps(self, model: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """``model(x)`` and the stage maps, from one forward pass."""
+        if self._attached_to is model:
+            return self._run(model, x)
+        with self.attached(model):
+            return self._run(model, x)
+
+    def _run(self, model: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        output = model(x)
         missing = [name for name in self.names if name not in self._captured]
         if missing:
             self._captured.clear()
             raise RuntimeError(f"stage modules {missing} did not run in the forward pass")
-        outputs = [self._captured[name] for name in self.names]
+        maps = [self._captured[name] for name in self.names]
         self._captured.clear()
-        return outputs
+        return output, maps

@@ -11,7 +11,8 @@ A stage source is chosen once, when the wrapper is built (:func:`infer_stage_sou
   (``classifier.stage_maps(x) -> list[Tensor]``), e.g. an engine-backed adapter.
 
 Every source has ``capture(model, x) -> list[Tensor]`` (each (B, C_m, H_m, W_m), differentiable
-when grad is enabled), ``attached(model)`` (a context for compiled / exported callers) and
+when grad is enabled), ``logits_and_maps(model, x) -> (model(x), maps)`` (one forward pass where
+the source allows it: what the exported and compiled classifiers run), ``attached(model)`` (a context for compiled / exported callers) and
 ``describe() -> list[str]``.
 """
 
@@ -36,6 +37,8 @@ class StageSource(Protocol):
     """What the wrapper needs from a stage source."""
 
     def capture(self, model: nn.Module, x: Tensor) -> list[Tensor]: ...
+
+    def logits_and_maps(self, model: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]: ...
 
     def attached(self, model: nn.Module) -> contextlib.AbstractContextManager: ...
 
@@ -88,6 +91,10 @@ class OwnStageMaps:
 
     def capture(self, model: nn.Module, x: Tensor) -> list[Tensor]:
         return list(model.stage_maps(x))
+
+    def logits_and_maps(self, model: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """``model(x)`` and ``model.stage_maps(x)`` (two calls: such a classifier is never exported)."""
+        return model(x), self.capture(model, x)
 
     def attached(self, model: nn.Module) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()

@@ -1,10 +1,8 @@
-"""Component bundles: two exported networks + the library's loop equal eager; Triton configs parse."""
+"""Bundles: the exported networks + the library's loop equal eager; malformed bundles are refused; Triton configs parse."""
 
 import dataclasses
 import json
 import shutil
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +10,7 @@ import pytest
 import torch
 
 from robustwrap import PurifyConfig, RobustWrapper
-from robustwrap.export import export_bundle, load_bundle, read_bundle, write_triton_bundle
+from robustwrap.export import BundleInfo, export_bundle, load_bundle, load_unrolled, read_bundle, write_triton_bundle
 
 from .tiny import tiny_classifier, tiny_unet
 
@@ -78,17 +76,33 @@ def test_configuration_changes_at_load_time(bundle):
     assert full.config.steps == 50 and full.plan.denoiser_calls == 10
 
 
-def test_config_json_and_card(bundle):
+def test_same_seeds_same_answer_in_the_bundle_and_the_eager_wrapper(bundle):
+    wrapper, result = bundle
+    loaded = load_bundle(result.path)
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    seeds = torch.tensor([11, 12, 13])
+    with torch.no_grad():
+        served = loaded(x, seeds=seeds)
+        torch.testing.assert_close(served, wrapper(x, seeds=seeds), rtol=0, atol=1e-4)
+        torch.testing.assert_close(loaded(x[1:2], seeds=seeds[1:2]), served[1:2], rtol=0, atol=1e-6)  # per image
+
+
+def test_config_json_holds_each_components_contract(bundle):
     wrapper, result = bundle
     info = read_bundle(result.path)
-    assert info == result.config
-    assert info["config"] == dataclasses.asdict(wrapper.config)
-    assert info["image_size"] == [16, 16] and info["diffusion_size"] == [16, 16] and info["channels"] == 3
-    assert info["num_classes"] == 10 and info["num_stages"] == 3 and info["specs"] == {"classifier": "tiny"}
-    assert info["opset"] == 20 and "torch" in info["versions"] and "onnx" in info["versions"]
-    assert info["files"]["denoiser"]["inputs"] == ["x_t", "t"]
+    assert info == result.info and isinstance(info, BundleInfo)
+    assert info.config == wrapper.config
+    assert info.image_size == (16, 16) and info.diffusion_size == (16, 16) and info.channels == 3
+    assert info.num_classes == 10 and info.num_stages == 3 and info.specs == {"classifier": "tiny"}
+    assert info.extra["opset"] == 20 and "torch" in info.extra["versions"] and "onnx" in info.extra["versions"]
+    denoiser = info.components["denoiser"]
+    assert [(t.name, t.shape, t.dtype) for t in denoiser.inputs] == [("x_t", ("N", 3, 16, 16), "float32"),
+                                                                     ("t", ("N",), "float32")]
+    assert denoiser.outputs[0].shape == ("N", 3, 16, 16)
+    assert info.components["classifier"].output_names == ["logits", "stage_0", "stage_1", "stage_2"]
     assert sorted(p.name for p in result.path.iterdir()) == ["README.md", "classifier.onnx", "config.json", "denoiser.onnx"]
     assert "load_bundle" in (result.path / "README.md").read_text()
+    json.loads((result.path / "config.json").read_text(), parse_constant=lambda name: pytest.fail(name))  # strict
 
 
 def test_graphs_have_dynamic_batch_float_t_and_no_exporter_metadata(bundle):
@@ -115,13 +129,15 @@ def test_export_does_not_depend_on_the_number_of_steps(bundle, tmp_path):
     paper = export_bundle(_wrapper(steps=500), tmp_path / "paper")  # 100 denoiser calls
     for name in ("denoiser.onnx", "classifier.onnx"):
         assert (paper.path / name).read_bytes() == (result.path / name).read_bytes(), name
-    assert paper.config["denoiser_calls"] == 100 and result.config["denoiser_calls"] == 2
+    assert paper.info.extra["denoiser_calls"] == 100 and result.info.extra["denoiser_calls"] == 2
 
 
 def test_bad_requests_fail_before_any_export(bundle, tmp_path):
     wrapper, result = bundle
     with pytest.raises(ValueError, match="exists"):
         export_bundle(wrapper, result.path)
+    with pytest.raises(ValueError, match="no unrolled graph"):
+        load_unrolled(result.path)
     with pytest.raises(ValueError, match="does not exist"):
         export_bundle(wrapper, tmp_path / "missing" / "bundle")
     anysize = RobustWrapper(tiny_classifier(), tiny_unet(), PurifyConfig(steps=10))
@@ -142,14 +158,75 @@ def test_bad_requests_fail_before_any_export(bundle, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_other_format_versions_are_refused(bundle, tmp_path):
-    _, result = bundle
+def _edited_copy(result, tmp_path, edit) -> Path:
     copy = tmp_path / "copy"
+    shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(result.path, copy)
     info = json.loads((copy / "config.json").read_text())
-    (copy / "config.json").write_text(json.dumps({**info, "format_version": 99}))
-    with pytest.raises(ValueError, match="format version 99"):
+    edited = edit(info, copy)
+    (copy / "config.json").write_text(json.dumps(info if edited is None else edited))
+    return copy
+
+
+def _set(path: str, value):
+    def edit(info, folder):
+        *parents, last = path.split(".")
+        node = info
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return edit
+
+
+def _delete(path: str):
+    def edit(info, folder):
+        *parents, last = path.split(".")
+        node = info
+        for key in parents:
+            node = node[key]
+        del node[last]
+    return edit
+
+
+def _swap_graphs(info, folder):
+    (folder / "denoiser.onnx").rename(folder / "tmp.onnx")
+    (folder / "classifier.onnx").rename(folder / "denoiser.onnx")
+    (folder / "tmp.onnx").rename(folder / "classifier.onnx")
+
+
+def _truncate_denoiser(info, folder):
+    data = (folder / "denoiser.onnx").read_bytes()
+    (folder / "denoiser.onnx").write_bytes(data[: len(data) // 3])
+
+
+MALFORMED = [
+    ("a list", lambda info, folder: [info], "must hold a JSON object"),
+    ("version 99", _set("format_version", 99), "format version 99"),
+    ("version as a string", _set("format_version", "2"), "version '2' \\(str\\)"),
+    ("no components", _delete("components"), "'components' is missing"),
+    ("no channels", _delete("channels"), "'channels' is missing"),
+    ("no config", _delete("config"), "'config' is missing"),
+    ("channels as text", _set("channels", "three"), "'channels' must be int"),
+    ("a NaN in the config", _set("config.eta", float("nan")), "not a number JSON allows|finite"),
+    ("a file outside the bundle", _set("components.denoiser.file", "../../x.onnx"), "file name inside the bundle"),
+    ("a deleted graph", lambda info, folder: (folder / "classifier.onnx").unlink(), "classifier graph .* is missing"),
+    ("wrong num_classes", _set("num_classes", 7), "logits have shape"),
+    ("wrong output shape", _set("components.classifier.outputs.1.shape", ["N", 5, 2, 2]), "records"),
+    ("swapped graphs", _swap_graphs, "a file was replaced"),
+    ("a truncated graph", _truncate_denoiser, "cannot load"),
+]
+
+
+@pytest.mark.parametrize("case, edit, message", MALFORMED, ids=[c[0] for c in MALFORMED])
+def test_malformed_bundles_are_refused_naming_the_bundle(bundle, tmp_path, case, edit, message):
+    _, result = bundle
+    if case == "wrong output shape":  # a list index inside the path
+        def edit(info, folder):
+            info["components"]["classifier"]["outputs"][1]["shape"] = ["N", 5, 2, 2]
+    copy = _edited_copy(result, tmp_path, edit)
+    with pytest.raises(ValueError, match=message) as raised:
         load_bundle(copy)
+    assert str(copy) in str(raised.value) or "config.json" in str(raised.value)
 
 
 def test_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
@@ -181,7 +258,6 @@ def test_external_data_is_named_after_the_final_file_and_loads(external_bundle, 
     model = onnx.load(str(result.path / "denoiser.onnx"), load_external_data=False)
     locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
     assert locations == {"denoiser.onnx.data"}  # relative, the final name
-    assert result.config["files"]["denoiser"]["external_data"] == "denoiser.onnx.data"
     moved = tmp_path / "moved"
     shutil.move(str(result.path), moved)  # a folder move keeps the graphs loadable
     x = torch.rand(2, 3, 16, 16)
@@ -191,7 +267,63 @@ def test_external_data_is_named_after_the_final_file_and_loads(external_bundle, 
     shutil.move(str(moved), result.path)
 
 
-# --- Triton ---------------------------------------------------------------------------------
+# --- the rule every writer follows --------------------------------------------------------
+
+
+def test_overwrite_replaces_only_a_bundle(bundle, tmp_path):
+    wrapper, _ = bundle
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("a week of work")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("notes")
+    for target in (precious, notes):
+        with pytest.raises(ValueError, match="not a bundle written by robustwrap"):
+            export_bundle(wrapper, target, overwrite=True)
+    assert (precious / "thesis.txt").read_text() == "a week of work" and notes.read_text() == "notes"
+    first = export_bundle(wrapper, tmp_path / "b")
+    again = export_bundle(wrapper, tmp_path / "b", overwrite=True)  # ours: replaced, after success
+    assert again.info == first.info
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "notes.txt", "precious"]
+
+
+# --- the unrolled loop: one more graph in the bundle, same exporter, same runner -------------
+
+
+@pytest.mark.slow
+def test_unrolled_graph_matches_eager_with_explicit_noise(tmp_path):
+    wrapper = _wrapper(votes=2)
+    result = export_bundle(wrapper, tmp_path / "b", unrolled=True, unrolled_noise="explicit")
+    spec = result.info.components["unrolled"]
+    assert spec.noise == "explicit" and spec.output_names == ["probabilities", "labels"]
+    assert [t.dtype for t in spec.outputs] == ["float32", "int64"]
+    graph = load_unrolled(result.path)
+    for batch in (1, 3):
+        x = torch.rand(batch, 3, 16, 16)
+        noise = _noise(wrapper, x)
+        probabilities, labels = graph(x, noise.permute(2, 0, 1, 3, 4, 5))
+        with torch.no_grad():
+            torch.testing.assert_close(probabilities, wrapper(x, noise=noise), rtol=0, atol=1e-4)
+            assert torch.equal(labels, wrapper.predict(x, noise=noise))
+    with pytest.raises(ValueError, match="takes explicit noise"):
+        graph(torch.rand(1, 3, 16, 16))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        graph(torch.rand(1, 3, 16, 16) + 2, noise.permute(2, 0, 1, 3, 4, 5)[:1])
+
+
+@pytest.mark.slow
+def test_unrolled_graph_with_in_graph_noise_draws_fresh_noise(tmp_path):
+    result = export_bundle(_wrapper(votes=1), tmp_path / "b", unrolled=True)
+    graph = load_unrolled(result.path)
+    x = torch.rand(2, 3, 16, 16)
+    first, second = graph(x)[0], graph(x)[0]
+    torch.testing.assert_close(first.sum(1), torch.ones(2))
+    assert not torch.equal(first, second)
+    with pytest.raises(ValueError, match="in-graph"):
+        graph(x, torch.zeros(graph.noise_shape(2)))
+
+
+# --- Triton repository (the real server runs it in test_triton_server.py) --------------------
 
 
 def _parse_pbtxt(path: Path):
@@ -204,115 +336,67 @@ def _parse_pbtxt(path: Path):
 
 
 def test_triton_repository_configs_parse_and_carry_the_data_files(external_bundle, tmp_path):
+    from robustwrap.export.triton import ServingOptions
+
     _, result = external_bundle
-    folders = write_triton_bundle(tmp_path, result.path, max_batch_size=16, config_overrides={"votes": 4})
-    assert set(folders) == {"classifier", "denoiser", "robustwrap"}
-    denoiser = _parse_pbtxt(folders["denoiser"] / "config.pbtxt")
+    options = ServingOptions(max_batch_size=4, component_max_batch=16, instances=2)
+    folders = write_triton_bundle(tmp_path, result.path, name="tiny", options=options, config_overrides={"votes": 4})
+    assert set(folders) == {"tiny", "tiny-classifier", "tiny-denoiser"}
+    denoiser = _parse_pbtxt(folders["tiny-denoiser"] / "config.pbtxt")
     assert denoiser.backend == "onnxruntime" and denoiser.max_batch_size == 16
     assert denoiser.HasField("dynamic_batching")
     assert [(i.name, list(i.dims)) for i in denoiser.input] == [("x_t", [3, 16, 16]), ("t", [1])]
     assert list(denoiser.input[1].reshape.shape) == []
-    classifier = _parse_pbtxt(folders["classifier"] / "config.pbtxt")
+    classifier = _parse_pbtxt(folders["tiny-classifier"] / "config.pbtxt")
     assert [o.name for o in classifier.output] == ["logits", "stage_0", "stage_1", "stage_2"]
-    python = _parse_pbtxt(folders["robustwrap"] / "config.pbtxt")
-    assert python.backend == "python" and python.input[1].optional
-    assert list(python.output[0].dims) == [-1, 10]
+    pipeline = _parse_pbtxt(folders["tiny"] / "config.pbtxt")
+    assert pipeline.backend == "python" and pipeline.max_batch_size == 4 and pipeline.input[1].optional
+    assert list(pipeline.input[1].dims) == [1] and list(pipeline.output[0].dims) == [10]
+    assert pipeline.instance_group[0].count == 2 and pipeline.HasField("dynamic_batching")
     for component in ("denoiser", "classifier"):
-        version = folders[component] / "1"
+        version = folders[f"tiny-{component}"] / "1"
         assert sorted(p.name for p in version.iterdir()) == sorted(["model.onnx", f"{component}.onnx.data"])
         ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])  # finds its data
-    compile((folders["robustwrap"] / "1" / "model.py").read_text(), "model.py", "exec")
+    serving = json.loads((folders["tiny"] / "1" / "serving.json").read_text())
+    assert serving["config_overrides"] == {"votes": 4} and serving["environment"]["numpy"] == "<2"
     with pytest.raises(ValueError, match="missing TensorRT engines"):
-        write_triton_bundle(tmp_path / "trt", result.path, backend="tensorrt")
+        write_triton_bundle(tmp_path / "trt", result.path, component_backend="tensorrt")
     with pytest.raises(ValueError, match="unknown PurifyConfig"):
         write_triton_bundle(tmp_path / "bad", result.path, config_overrides={"nope": 1})
+    with pytest.raises(ValueError, match="model name"):
+        write_triton_bundle(tmp_path / "bad", result.path, name="../x")
 
 
-class _FakeTensor:
-    def __init__(self, name, array):
-        self._name, self._array = name, np.asarray(array)
+def test_triton_python_models_ship_as_package_files(bundle, tmp_path):
+    from importlib import resources
 
-    @classmethod
-    def from_dlpack(cls, name, capsule):
-        return cls(name, torch.utils.dlpack.from_dlpack(capsule).numpy())
-
-    def as_numpy(self):
-        return self._array
-
-    def to_dlpack(self):
-        return torch.utils.dlpack.to_dlpack(torch.from_numpy(np.ascontiguousarray(self._array)))
-
-    def name(self):
-        return self._name
+    _, result = bundle
+    folders = write_triton_bundle(tmp_path, result.path, component_backend="python")
+    name = "tiny"  # from the specs
+    assert set(folders) == {name, f"{name}-classifier", f"{name}-denoiser"}
+    package = resources.files("robustwrap.export.triton")
+    assert (folders[name] / "1" / "model.py").read_text() == package.joinpath("pipeline_model.py").read_text()
+    component = folders[f"{name}-denoiser"] / "1"
+    assert (component / "model.py").read_text() == package.joinpath("component_model.py").read_text()
+    assert _parse_pbtxt(folders[f"{name}-denoiser"] / "config.pbtxt").backend == "python"
 
 
-def _fake_triton(repository: Path, max_batch: int):
-    """A stand-in for triton_python_backend_utils that serves BLS requests with ONNX Runtime,
-    checking each request against the component's parsed config (shapes, batch limit)."""
-    sessions = {name: ort.InferenceSession(str(repository / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
-                for name in ("classifier", "denoiser")}
-    configs = {name: _parse_pbtxt(repository / name / "config.pbtxt") for name in sessions}
-    module = types.ModuleType("triton_python_backend_utils")
-    module.seen_rows = []
-
-    class TritonModelException(Exception):
-        pass
-
-    class InferenceResponse:
-        def __init__(self, output_tensors=(), error=None):
-            self.output_tensors, self._error = list(output_tensors), error
-
-        def has_error(self):
-            return self._error is not None
-
-        def error(self):
-            return self._error
-
-    class InferenceRequest:
-        def __init__(self, model_name, inputs, requested_output_names):
-            self.model_name, self.inputs, self.outputs = model_name, inputs, requested_output_names
-
-        def exec(self):
-            config = configs[self.model_name]
-            feeds = {}
-            for tensor, declared in zip(self.inputs, config.input):
-                array = tensor.as_numpy()
-                assert tensor.name() == declared.name and list(array.shape[1:]) == list(declared.dims)
-                assert array.shape[0] <= config.max_batch_size
-                feeds[tensor.name()] = array.reshape(array.shape[0], *declared.reshape.shape) if declared.HasField("reshape") else array
-            module.seen_rows.append(next(iter(feeds.values())).shape[0])
-            outputs = sessions[self.model_name].run(self.outputs, feeds)
-            return InferenceResponse([_FakeTensor(n, o) for n, o in zip(self.outputs, outputs)])
-
-    module.Tensor = _FakeTensor
-    module.InferenceRequest, module.InferenceResponse = InferenceRequest, InferenceResponse
-    module.TritonModelException, module.TritonError = TritonModelException, str
-    module.get_output_tensor_by_name = lambda r, n: next(t for t in r.output_tensors if t.name() == n)
-    module.get_input_tensor_by_name = lambda r, n: r.get(n)
-    return module
-
-
-def test_triton_python_model_runs_the_library_wrapper_over_bls(bundle, tmp_path, monkeypatch):
-    wrapper, result = bundle
-    folders = write_triton_bundle(tmp_path, result.path, max_batch_size=4)
-    fake = _fake_triton(tmp_path, max_batch=4)
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
-    namespace: dict = {}
-    exec(compile((folders["robustwrap"] / "1" / "model.py").read_text(), "model.py", "exec"), namespace)
-    model = namespace["TritonPythonModel"]()
-    model.initialize({"model_repository": str(folders["robustwrap"]), "model_version": "1", "model_instance_kind": "CPU"})
-    images = np.random.default_rng(0).random((3, 3, 16, 16), dtype=np.float32)
-    request = {"images": _FakeTensor("images", images), "seed": _FakeTensor("seed", [[5]])}
-    first, again = model.execute([request, request])
-    assert not first.has_error()
-    probs = first.output_tensors[0].as_numpy()
-    np.testing.assert_array_equal(probs, again.output_tensors[0].as_numpy())  # the seed fixes the noise
-    # the same seed through the library's wrapper on the original networks
-    expected = wrapper(torch.from_numpy(images), generator=torch.Generator().manual_seed(5))
-    np.testing.assert_allclose(probs, expected.detach().numpy(), rtol=0, atol=1e-4)
-    assert max(fake.seen_rows) == 4 and 2 in fake.seen_rows  # 6 rows (3 images x 2 votes) split as 4 + 2
-    bad = model.execute([{"images": _FakeTensor("images", images[:, :1]), "seed": None}])[0]
-    assert bad.has_error() and "channels" in str(bad.error())
+def test_a_repository_keeps_other_models_and_refuses_to_replace_them(bundle, tmp_path):
+    _, result = bundle
+    write_triton_bundle(tmp_path, result.path, name="first")
+    write_triton_bundle(tmp_path, result.path, name="second")
+    user_model = tmp_path / "users-model"
+    user_model.mkdir()
+    (user_model / "config.pbtxt").write_text("name: 'mine'")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match="exists"):
+        write_triton_bundle(tmp_path, result.path, name="first")
+    with pytest.raises(ValueError, match="not a Triton model written by robustwrap"):
+        write_triton_bundle(tmp_path, result.path, name="users-model", overwrite=True)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    write_triton_bundle(tmp_path, result.path, name="first", overwrite=True)
+    assert {p.name for p in tmp_path.iterdir()} == {"first", "first-classifier", "first-denoiser", "second",
+                                                   "second-classifier", "second-denoiser", "users-model"}
 
 
 # --- TensorRT -------------------------------------------------------------------------------
@@ -395,8 +479,8 @@ def test_timm_classifier_bundle_carries_its_normalisation_and_intermediates(tmp_
     wrapper = RobustWrapper(classifier, tiny_unet(), PurifyConfig(steps=10, votes=2), image_size=16)
     assert wrapper.stages.describe()[0].startswith("forward_intermediates")  # two passes inside the graph
     result = export_bundle(wrapper, tmp_path / "bundle")
-    assert result.config["normalization"]["mean"] == [0.485, 0.456, 0.406]
-    assert result.config["num_stages"] == 4
+    assert result.info.extra["normalization"]["mean"] == [0.485, 0.456, 0.406]
+    assert result.info.num_stages == 4
     loaded = load_bundle(result.path)
     x = torch.rand(3, 3, 16, 16)
     noise = _noise(wrapper, x)
@@ -408,7 +492,7 @@ def test_timm_classifier_bundle_carries_its_normalisation_and_intermediates(tmp_
 def test_an_exported_timm_classifier_runs_once_per_call_for_its_logits_and_maps():
     import timm
 
-    from robustwrap.export.bundle import ClassifierWithStages
+    from robustwrap.export.modules import ClassifierWithStages
 
     classifier = timm.create_model("resnet18", pretrained=False, num_classes=10).eval()
     wrapper = RobustWrapper(classifier, tiny_unet(size=32), PurifyConfig(steps=10), image_size=32)

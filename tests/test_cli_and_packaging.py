@@ -1,6 +1,7 @@
 """The `robustwrap` command and the installed package layout."""
 
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 from robustwrap import PurifyConfig, RobustWrapper
 from robustwrap.cli.app import app
-from robustwrap.export import export_onnx
+from robustwrap.export import export_bundle
 
 from .tiny import tiny_unet
 
@@ -38,16 +39,16 @@ def test_inspect_unknown_model_fails_cleanly():
     assert code == 2 and "error" in output
 
 
-def test_export_onnx_end_to_end(tmp_path):
-    out = tmp_path / "defended.onnx"
+def test_export_bundle_with_unrolled_graph_end_to_end(tmp_path):
+    out = tmp_path / "defended"
     code, output = invoke(
-        "export", "--graph", "single", "--classifier", "small-resnet", "--diffusion", "small-unet",
+        "export", "--unrolled", "--classifier", "small-resnet", "--diffusion", "small-unet",
         "--out", str(out), "--noise", "explicit", "--steps", "10", "--image-size", "16",
-        "--triton-repo", str(tmp_path / "triton"),
+        "--triton-repo", str(tmp_path / "triton"), "--name", "small",
     )
     assert code == 0, output
-    assert out.is_file() and (tmp_path / "triton" / "robustwrap" / "config.pbtxt").is_file()
-    parity = float(output.split("parity vs eager")[1].split("│")[1].strip())
+    assert (out / "unrolled.onnx").is_file() and (tmp_path / "triton" / "small" / "config.pbtxt").is_file()
+    parity = float(re.search(r"unrolled graph vs eager.*?(\d\.\d+e[-+]\d+)", output).group(1))  # rich may wrap the label
     assert parity < 1e-4
 
 
@@ -78,7 +79,7 @@ def test_untraceable_classifier_gets_a_clear_export_error(tmp_path):
 
     wrapper = RobustWrapper(DataDependent(), tiny_unet(), PurifyConfig(steps=10), image_size=16)
     with pytest.raises(RuntimeError, match="could not capture"):
-        export_onnx(wrapper, tmp_path / "m.onnx")
+        export_bundle(wrapper, tmp_path / "m", unrolled=True)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -371,5 +372,7 @@ def test_wheel_contains_export_and_cli_under_robustwrap(tmp_path):
     )
     (wheel,) = tmp_path.glob("robustwrap-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"robustwrap/export/onnx.py", "robustwrap/cli/app.py", "robustwrap/wrapper.py", "robustwrap/py.typed"} <= names
+    assert {"robustwrap/export/onnx_export.py", "robustwrap/export/triton/pipeline_model.py",
+            "robustwrap/export/triton/component_model.py", "robustwrap/cli/app.py", "robustwrap/wrapper.py",
+            "robustwrap/py.typed"} <= names
     assert not any(name.startswith(("export/", "cli/", "tests/")) for name in names)

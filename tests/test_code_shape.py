@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMAND_MODULES = ("eval", "export", "tune", "purify", "models", "inspect")
+COMMAND_MODULES = ("eval", "export", "tune", "purify", "serve", "models", "inspect")
 
 
 def test_cli_app_only_wires_commands():
@@ -25,8 +25,8 @@ def test_every_cli_command_is_wired_to_its_module():
 
     group = get_command(app)
     commands = {name: command.callback.__module__ for name, command in group.commands.items() if command.callback}
-    assert {"eval", "export", "tune", "purify", "inspect", "version"} <= commands.keys()
-    for name in ("eval", "export", "tune", "purify", "inspect"):
+    assert {"eval", "export", "tune", "purify", "serve", "inspect", "version"} <= commands.keys()
+    for name in ("eval", "export", "tune", "purify", "serve", "inspect"):
         assert commands[name] == f"robustwrap.cli.{name}"
     models = group.commands["models"]
     assert {c.callback.__module__ for c in models.commands.values()} == {"robustwrap.cli.models"}
@@ -60,3 +60,64 @@ def test_one_strict_key_comparison():
         if path.name != "checkpoints.py":  # unexpected-key lists, or torch's non-strict load that returns them
             assert "unexpected = [" not in text and "strict=False" not in text, path
     assert definitions == ["checkpoints.py"]
+
+
+def _package_imports(root: Path, package: str) -> dict[str, set[str]]:
+    """module name -> the modules of ``package`` it imports (relative imports resolved)."""
+    modules = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        name = ".".join((package, *parts)).removesuffix(".__init__")
+        modules[name] = (path, path.name == "__init__.py")
+    imports: dict[str, set[str]] = {}
+    for name, (path, is_package) in modules.items():
+        found = set()
+        base = name.split(".") if is_package else name.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                anchor = base[: len(base) - node.level + 1] if node.level else []
+                target = ".".join([*anchor, node.module] if node.module else anchor) if node.level else node.module
+                for alias in node.names:
+                    for candidate in (f"{target}.{alias.name}", target):
+                        if candidate in modules and candidate != name:
+                            found.add(candidate)
+                            break
+        imports[name] = found
+    return imports
+
+
+def test_export_has_no_import_cycles():
+    imports = _package_imports(ROOT / "export", "robustwrap.export")
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for target in imports[module]:
+            if target.startswith(module + "."):  # a package importing its own submodules is no cycle
+                continue
+            assert state.get(target) != "open", " -> ".join([*path, module, target])
+            if target not in state:
+                visit(target, [*path, module])
+        state[module] = "done"
+
+    for module in imports:
+        if module not in state:
+            visit(module, [])
+
+
+def test_no_private_name_is_imported_across_modules():
+    offenders = []
+    for folder in ("robustwrap", "export", "cli"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom):
+                    offenders += [f"{path.relative_to(ROOT)}: {node.module}.{a.name}" for a in node.names
+                                  if a.name.startswith("_") and not a.name.startswith("__")]
+    assert offenders == []
+
+
+def test_the_triton_python_models_are_package_files_not_templates():
+    for name in ("pipeline_model.py", "component_model.py"):
+        source = (ROOT / "export" / "triton" / name).read_text()
+        ast.parse(source)  # a real module: linters and tests read it
+        assert "{{" not in source and "class TritonPythonModel" in source

@@ -90,7 +90,7 @@ def test_inspect_reports_where_a_transformers_stage_maps_come_from():
     [pytest.param(*entry, id=entry[0], marks=[pytest.mark.slow] if entry[0] in SLOW else []) for entry in ZOO],
 )
 def test_one_forward_pass_gives_the_classifiers_logits_and_its_stage_maps(name, kwargs, sizes):
-    """What exported classifiers compute (export.bundle.ClassifierWithStages): model(x) and the maps, once."""
+    """What exported classifiers compute (export.modules.ClassifierWithStages): model(x) and the maps, once."""
     classifier = timm.create_model(name, pretrained=False, num_classes=10, **kwargs).eval()
     source = TimmIntermediates.default_for(classifier)
     x = torch.rand(2, 3, sizes[0], sizes[0], generator=torch.Generator().manual_seed(0))

@@ -1,10 +1,9 @@
-"""TensorRT engines from the exported ONNX graph, and a runner for them (CUDA only).
+"""TensorRT (CUDA only): engines built from a bundle's graphs, and the runner for them.
 
 Written against the TensorRT 10 Python API (``build_serialized_network``, named I/O tensors,
 ``execute_async_v3``). TensorRT's ONNX parser implements ``RandomNormalLike`` (8.5 and later,
-through IFillLayer, ignoring the seed), so the in-graph-noise graph parses; whether an engine
-draws fresh noise on every inference is not verified: export with ``noise="explicit"`` for an
-engine that is deterministic and comparable with eager.
+through IFillLayer, ignoring the seed), so an unrolled graph with in-graph noise parses; whether
+an engine draws fresh noise on every inference is not verified.
 """
 
 from __future__ import annotations
@@ -17,7 +16,8 @@ from typing import Literal, Mapping
 
 import torch
 
-from ._optional import require
+from ..format import BundleInfo
+from ..optional import require
 
 
 def _require_cuda() -> None:
@@ -133,58 +133,6 @@ def build_engine(
                        precision)
 
 
-class TrtRunner:
-    """A TensorRT engine behind ``runner(images[, noise]) -> (scores, labels[, purified])``.
-
-    Inputs are torch tensors (moved to the GPU); outputs are CUDA tensors.
-    """
-
-    def __init__(self, engine_path: str | os.PathLike) -> None:
-        _require_cuda()
-        trt = require("tensorrt", "gpu")
-        self._trt = trt
-        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = self._runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
-        if self.engine is None:
-            raise RuntimeError(f"{engine_path} is not a TensorRT engine for this TensorRT version and GPU")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-
-    def _dtype(self, name: str) -> torch.dtype:
-        return {
-            self._trt.DataType.FLOAT: torch.float32,
-            self._trt.DataType.HALF: torch.float16,
-            self._trt.DataType.INT32: torch.int32,
-            self._trt.DataType.INT64: torch.int64,
-        }[self.engine.get_tensor_dtype(name)]
-
-    def __call__(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        feeds = {"images": images}
-        if "noise" in self.input_names:
-            if noise is None:
-                raise ValueError("this engine takes explicit noise (B, K, S, C, Hd, Wd)")
-            feeds["noise"] = noise
-        elif noise is not None:
-            raise ValueError("this engine draws its noise in-graph: do not pass noise")
-        stream = torch.cuda.current_stream()
-        for name, value in feeds.items():
-            value = value.to("cuda", self._dtype(name)).contiguous()
-            feeds[name] = value
-            self.context.set_input_shape(name, tuple(value.shape))
-            self.context.set_tensor_address(name, value.data_ptr())
-        outputs = []
-        for name in self.output_names:
-            out = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self._dtype(name), device="cuda")
-            self.context.set_tensor_address(name, out.data_ptr())
-            outputs.append(out)
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execution failed")
-        stream.synchronize()
-        return tuple(outputs)
-
-
 def _torch_dtype(trt, data_type) -> torch.dtype:
     table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
              trt.DataType.INT32: torch.int32, trt.DataType.INT64: torch.int64}
@@ -195,7 +143,7 @@ def _torch_dtype(trt, data_type) -> torch.dtype:
     return table[data_type]
 
 
-class EngineRunner:
+class TrtEngine:
     """One TensorRT engine with named torch CUDA tensors in and out (a bundle component).
 
     Tensors are passed by data pointer (no copies beyond a dtype/device cast) and the engine
@@ -207,8 +155,8 @@ class EngineRunner:
         engine_path: a serialised engine (``.plan``) built by :func:`build_bundle_engines`.
         device: the CUDA device the engine runs on.
 
-    Call: ``runner({name: tensor}) -> [outputs in the engine's order]``, on the inputs'
-    device and dtype.
+    Call: ``runner({name: tensor}) -> [outputs in the engine's order]``, float outputs on the
+    first input's device and dtype, integer outputs on its device.
     """
 
     def __init__(self, engine_path: str | os.PathLike, device: str | torch.device = "cuda") -> None:
@@ -265,7 +213,12 @@ class EngineRunner:
         caller.wait_stream(self.stream)  # the caller's next work sees the outputs
         for out in outputs:
             out.record_stream(caller)
-        return [o.to(first.device, first.dtype) for o in outputs]
+        return [o.to(first.device, first.dtype) if o.is_floating_point() else o.to(first.device) for o in outputs]
+
+
+def engine_path(folder: Path, component: str) -> Path:
+    """Where a bundle keeps the TensorRT engine of a component."""
+    return folder / f"{component}.plan"
 
 
 def build_bundle_engines(
@@ -277,7 +230,7 @@ def build_bundle_engines(
     max_batch: int = 64,
     workspace_bytes: int = 4 << 30,
 ) -> dict[str, EngineBuild]:
-    """Build ``classifier.plan`` and ``denoiser.plan`` in a bundle folder (CUDA only).
+    """Build ``<component>.plan`` for every graph of a bundle folder (CUDA only).
 
     The batch range is in networks' rows: the denoiser sees N = B * S (images times votes).
     A timing cache (``timing.cache``) in the bundle makes rebuilds fast.
@@ -286,14 +239,12 @@ def build_bundle_engines(
         RuntimeError: no CUDA device, a graph TensorRT cannot parse, a failed build.
         ValueError: bad precision or batch range.
     """
-    from .bundle import CLASSIFIER, DENOISER, read_bundle
-
     folder = Path(bundle)
-    info = read_bundle(folder)
+    info = BundleInfo.read(folder)
     return {
-        component: build_engine(folder / info["files"][component]["file"], folder / f"{component}.plan",
+        component: build_engine(info.file(folder, component), engine_path(folder, component),
                                 min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
                                 workspace_bytes=workspace_bytes, timing_cache=folder / "timing.cache",
                                 precision=precision)
-        for component in (CLASSIFIER, DENOISER)
+        for component in info.components
     }

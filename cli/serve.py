@@ -1,0 +1,55 @@
+"""`robustwrap serve`: a real Triton Inference Server (PyPI's nvidia-pytriton build) on a model repository."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import console, fail
+
+
+def serve_command(
+    repository: Path = typer.Argument(..., help="a Triton model repository (robustwrap export --triton-repo DIR "
+                                      "--triton-backend python writes one this server can run)"),
+    host: str = typer.Option("127.0.0.1", help="address to bind HTTP and gRPC to (0.0.0.0 exposes the server to "
+                             "the network)"),
+    http_port: int = typer.Option(8000, min=0, max=65535, help="HTTP port (0: any free port)"),
+    grpc_port: int = typer.Option(8001, min=0, max=65535, help="gRPC port (0: any free port)"),
+    timeout: float = typer.Option(300.0, min=1.0, help="seconds to wait for every model to load"),
+    log_file: Optional[Path] = typer.Option(None, help="write the server's log here (default: a temporary file, "
+                                            "whose end is shown if the server fails)"),
+) -> None:
+    """Serve a model repository with Triton until Ctrl-C or SIGTERM (needs the `serve` extra)."""
+    try:
+        from robustwrap.export.triton import TritonServer
+
+        server = TritonServer(repository, host=host, http_port=http_port, grpc_port=grpc_port, log_file=log_file)
+    except (ImportError, ValueError) as error:
+        fail(str(error))
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    problem = None
+    try:
+        with console.status(f"starting tritonserver on {repository} (loading the models)..."):
+            server.start(timeout=timeout)
+        console.print(f"serving {repository} at [bold]{server.url}[/bold] (gRPC {server.host}:{server.grpc_port})")
+        for model in server.models():
+            console.print(f"  {model.get('name')} v{model.get('version', '?')}: {model.get('state', '?')}")
+        console.print("Ctrl-C or SIGTERM stops the server and its models")
+        while not stop.wait(0.5):
+            if server.process is None or server.process.poll() is not None:
+                problem = f"tritonserver stopped on its own:\n{server.log_tail()}"
+                break
+    except (ImportError, RuntimeError, OSError) as error:
+        problem = str(error)
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if problem:
+        fail(problem)
+    console.print("stopped")

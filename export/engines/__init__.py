@@ -1,0 +1,66 @@
+"""Engines that run a bundle's graphs: one runner protocol, one module per engine.
+
+A runner takes named torch tensors and returns the graph's outputs in its recorded order::
+
+    runner({"x_t": x_t, "t": t}) -> [eps]
+
+- :mod:`.onnxruntime` — :class:`OrtRunner`, an ONNX Runtime session (CPU, or CUDA with I/O binding).
+- :mod:`.tensorrt` — :class:`TrtEngine`, a serialised TensorRT engine (CUDA), and the builder.
+- :mod:`.adapters` — the networks the library's wrapper runs over a runner.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping, Protocol, Sequence
+
+import torch
+from torch import Tensor
+
+from ..format import BundleInfo
+
+Engine = Literal["onnxruntime", "tensorrt"]
+ENGINES = ("onnxruntime", "tensorrt")
+
+
+class Runner(Protocol):
+    """One compiled graph: ``runner({name: tensor}) -> [outputs in the graph's order]``."""
+
+    input_names: list[str]
+    output_names: list[str]
+
+    def __call__(self, feeds: Mapping[str, Tensor]) -> list[Tensor]: ...
+
+
+def open_runner(
+    info: BundleInfo,
+    folder: str | os.PathLike,
+    component: str,
+    engine: Engine,
+    device: str | torch.device,
+    *,
+    providers: Sequence[Any] | None = None,
+    threads: int | None = None,
+) -> Runner:
+    """The runner for one component of the bundle in ``folder``.
+
+    Raises:
+        ValueError: an unknown engine, or the bundle lacks the component.
+        RuntimeError: TensorRT without a GPU or without a built engine.
+    """
+    path = info.file(folder, component)
+    spec = info.components[component]
+    if engine == "onnxruntime":
+        from .onnxruntime import OrtRunner
+
+        return OrtRunner(path, spec, device, providers, threads)
+    if engine == "tensorrt":
+        from .tensorrt import TrtEngine, engine_path
+
+        plan = engine_path(Path(folder), component)
+        if not plan.is_file():
+            raise RuntimeError(f"{plan} does not exist: build the engines with "
+                               "robustwrap.export.build_bundle_engines(bundle) or `robustwrap export --engine trt`")
+        return TrtEngine(plan, device)
+    raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")

@@ -1,0 +1,61 @@
+"""The modules that leave Python: the classifier with its stage maps, and the whole loop unrolled."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from robustwrap.vote import vote_labels
+from robustwrap.wrapper import RobustWrapper
+
+
+class ClassifierWithStages(nn.Module):
+    """``images in [0, 1] -> (logits, *stage maps)``: the wrapper's normalisation, then one
+    classifier forward pass read by the wrapper's stage source (``logits_and_maps``).
+
+    Hooked stage sources need their hooks registered outside a traced region: enter
+    ``wrapper.stages.attached(wrapper.classifier)`` around tracing or compiling.
+
+    Args:
+        wrapper: the eager defense whose ``classifier``, ``normalize`` and ``stages`` are used (shared).
+    """
+
+    def __init__(self, wrapper: RobustWrapper) -> None:
+        super().__init__()
+        self.classifier = wrapper.classifier
+        self.normalize = wrapper.normalize
+        self.stages = wrapper.stages
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        logits, maps = self.stages.logits_and_maps(self.classifier, self.normalize(images))
+        return (logits, *maps)
+
+
+class UnrolledDefense(nn.Module):
+    """The defended model with its configuration fixed, every denoiser call unrolled, batch first.
+
+    Inputs:
+        images: (B, C, H, W) float32 in [0, 1].
+        noise: only when ``explicit_noise``: (B, D, S, C, Hd, Wd) standard normal, where
+            D = ``wrapper.plan.noise_draws`` and S = ``wrapper.config.votes``.
+
+    Outputs:
+        probabilities: (B, K) mean class probability over the S votes.
+        labels: (B,) int64 labels by the configured vote rule.
+    """
+
+    def __init__(self, wrapper: RobustWrapper, explicit_noise: bool = False) -> None:
+        super().__init__()
+        self.wrapper = wrapper
+        self.explicit_noise = explicit_noise
+
+    @property
+    def input_names(self) -> list[str]:
+        return ["images", "noise"] if self.explicit_noise else ["images"]
+
+    output_names = ["probabilities", "labels"]
+
+    def forward(self, images: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if noise is not None:
+            noise = noise.permute(1, 2, 0, 3, 4, 5)  # (B, D, S, ...) -> the wrapper's (D, S, B, ...)
+        probs = self.wrapper.vote_probabilities(images, noise=noise)
+        return probs.mean(dim=0), vote_labels(probs, self.wrapper.config.vote)

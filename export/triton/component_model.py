@@ -1,0 +1,56 @@
+"""One bundle graph served with ONNX Runtime inside Triton's Python backend.
+
+Copied as ``<name>/1/model.py`` beside the graph (``model.onnx``) by
+:func:`robustwrap.export.write_triton_bundle` with ``component_backend="python"``: for Triton
+builds without the onnxruntime backend (PyTriton's server, CPU hosts). It needs only numpy < 2
+and onnxruntime in the stub's interpreter. The requests Triton's dynamic batcher hands over in
+one call are stacked along the batch axis and run as one ONNX Runtime call.
+
+Inputs and outputs are the graph's own (batch first); an input declared with one more axis of
+size 1 than the graph takes (per-row scalars such as the denoiser's ``t``, sent as (N, 1)) is
+reshaped to the graph's rank.
+"""
+
+import json
+import os
+
+import numpy
+import onnxruntime
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        if int(numpy.__version__.split(".")[0]) >= 2:
+            raise pb_utils.TritonModelException(
+                f"the Python backend stub's interpreter has numpy {numpy.__version__}: Triton 2.51's stub returns "
+                "empty (zero-byte) outputs with numpy 2; install numpy<2 there (pip install 'robustwrap[serve]')")
+        folder = os.path.join(args["model_repository"], args["model_version"])
+        config = json.loads(args["model_config"])
+        options = onnxruntime.SessionOptions()
+        threads = config.get("parameters", {}).get("intra_op_threads", {}).get("string_value")
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        self.session = onnxruntime.InferenceSession(os.path.join(folder, "model.onnx"), sess_options=options,
+                                                    providers=["CPUExecutionProvider"])
+        self.inputs = [(i.name, len(i.shape)) for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def execute(self, requests):
+        try:
+            feeds, sizes = {}, []
+            for name, rank in self.inputs:
+                arrays = [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests]
+                feeds[name] = numpy.concatenate([a.reshape(a.shape[:rank]) if a.ndim > rank else a for a in arrays])
+                sizes = [a.shape[0] for a in arrays]
+            outputs = self.session.run(self.output_names, feeds)
+        except Exception as error:  # one failure answers every request of this call, the stub lives on
+            message = pb_utils.TritonError(f"{type(error).__name__}: {error}", pb_utils.TritonError.INTERNAL)
+            return [pb_utils.InferenceResponse(output_tensors=[], error=message) for _ in requests]
+        responses, start = [], 0
+        for size in sizes:
+            tensors = [pb_utils.Tensor(name, numpy.ascontiguousarray(out[start:start + size]))
+                       for name, out in zip(self.output_names, outputs)]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            start += size
+        return responses

@@ -1,0 +1,244 @@
+"""A Triton model repository serving a bundle: two component models and the pipeline model.
+
+Layout written (Triton's convention), for a defense named NAME::
+
+    REPO/NAME-classifier/config.pbtxt, 1/model.onnx        (onnxruntime backend)
+                                       1/model.plan        (tensorrt_plan)
+                                       1/model.onnx + 1/model.py   (python backend + ONNX Runtime)
+    REPO/NAME-denoiser/...             the same for the denoiser
+    REPO/NAME/config.pbtxt, 1/model.py, 1/bundle.json, 1/serving.json    the pipeline (Python, BLS)
+
+Every model folder also holds ``robustwrap.json`` (what wrote it): a folder without it is never
+replaced, so a repository can hold several defenses and the user's own models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import torch
+
+import robustwrap
+from robustwrap.outputs import check_output, replace_folder, temporary_beside
+
+from ..engines.adapters import resolve_config
+from ..engines.tensorrt import engine_path
+from ..format import CLASSIFIER, DENOISER, BundleInfo, TensorSpec
+from ..onnx_export import graph_files
+
+ComponentBackend = Literal["onnxruntime", "tensorrt", "python"]
+COMPONENT_BACKENDS = ("onnxruntime", "tensorrt", "python")
+MARKER = "robustwrap.json"
+MARKER_FORMAT = "robustwrap-triton-model"
+_TRITON_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64"}
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """How the repository serves (every field has a default a CPU host can start with).
+
+    Attributes:
+        max_batch_size: images per pipeline batch (Triton's dynamic batcher stacks requests up to it).
+        component_max_batch: rows per component call (the denoiser sees images x votes rows;
+            larger calls are split); TensorRT engine profiles must cover it.
+        instances: pipeline model instances (each a stub process running the torch loop).
+        component_instances: instances of each component model.
+        max_queue_delay_us: how long the dynamic batchers wait to fill a batch.
+        instance_kind: "KIND_CPU" or "KIND_GPU" (component models; the pipeline runs on the CPU).
+        torch_threads: torch intra-op threads in each pipeline stub (None: torch's default).
+        ort_threads: ONNX Runtime intra-op threads in each python-backend component (None: default).
+    """
+
+    max_batch_size: int = 8
+    component_max_batch: int = 64
+    instances: int = 1
+    component_instances: int = 1
+    max_queue_delay_us: int = 500
+    instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU"
+    torch_threads: int | None = None
+    ort_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "component_max_batch", "instances", "component_instances"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.max_queue_delay_us, bool) or not isinstance(self.max_queue_delay_us, int) \
+                or self.max_queue_delay_us < 0:
+            raise ValueError(f"max_queue_delay_us must be an integer >= 0, got {self.max_queue_delay_us!r}")
+        for name in ("torch_threads", "ort_threads"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
+        if self.instance_kind not in ("KIND_CPU", "KIND_GPU"):
+            raise ValueError(f"instance_kind must be 'KIND_CPU' or 'KIND_GPU', got {self.instance_kind!r}")
+
+
+def default_name(info: BundleInfo) -> str:
+    """The defense's model name from the bundle's specs ('mnist-mnist'), else 'robustwrap'."""
+    parts = [str(info.specs[key]) for key in ("classifier", "diffusion") if info.specs.get(key)]
+    return check_name("-".join(re.sub(r"[^A-Za-z0-9_-]+", "_", p).strip("_") for p in parts) or "robustwrap")
+
+
+def check_name(name: str) -> str:
+    """A Triton model name: letters, digits, '_' and '-' (not starting with '-' or '.')."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,99}", name):
+        raise ValueError(f"model name must be 1-100 letters, digits, '_' or '-' (not starting with '-'), got {name!r}")
+    return name
+
+
+def is_triton_model(path: Path) -> bool:
+    """True when ``path`` is a model folder this module wrote (its ``robustwrap.json`` marker)."""
+    try:
+        return json.loads((path / MARKER).read_text()).get("format") == MARKER_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _block(tensor: TensorSpec, reshape_scalar: bool) -> str:
+    dims = list(tensor.item_shape)
+    text = f'  {{\n    name: "{tensor.name}"\n    data_type: {_TRITON_TYPES[tensor.dtype]}\n'
+    if dims:
+        return text + f"    dims: [ {', '.join(str(d) for d in dims)} ]\n  }}"
+    # A per-row scalar (the denoiser's t: (N,)) travels as (N, 1); reshaped to (N,) for graph backends.
+    return text + "    dims: [ 1 ]\n" + ("    reshape: { shape: [ ] }\n" if reshape_scalar else "") + "  }"
+
+
+def _model_config(name: str, backend: str, inputs: str, outputs: str, max_batch: int, instances: int, kind: str,
+                  delay_us: int, parameters: Mapping[str, Any] | None = None) -> str:
+    platform_line = {"onnxruntime": 'backend: "onnxruntime"', "tensorrt": 'platform: "tensorrt_plan"',
+                     "python": 'backend: "python"'}[backend]
+    text = (f'name: "{name}"\n{platform_line}\nmax_batch_size: {max_batch}\n'
+            f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\n"
+            f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]\n"
+            f"dynamic_batching {{\n  max_queue_delay_microseconds: {delay_us}\n}}\n")
+    for key, value in (parameters or {}).items():
+        text += f'parameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}\n'
+    return text
+
+
+def write_triton_bundle(
+    repository: str | os.PathLike,
+    bundle: str | os.PathLike,
+    *,
+    component_backend: ComponentBackend = "onnxruntime",
+    name: str | None = None,
+    options: ServingOptions | None = None,
+    config_overrides: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> dict[str, Path]:
+    """Write the three Triton models serving a bundle; return each model's folder by name.
+
+    Args:
+        repository: the model repository root (created if missing; other models in it stay).
+        bundle: a folder written by :func:`robustwrap.export.export_bundle` (with its
+            TensorRT engines for ``component_backend="tensorrt"``).
+        component_backend: how Triton runs the two networks: "onnxruntime" (Triton's onnxruntime
+            backend), "tensorrt" (tensorrt_plan: the bundle's ``.plan`` engines) or "python"
+            (ONNX Runtime inside the Python backend: for Triton builds without the onnxruntime
+            backend, such as PyTriton's server on a CPU host).
+        name: the defense's model name (components are NAME-classifier, NAME-denoiser); default
+            from the bundle's specs (:func:`default_name`).
+        options: batch sizes, instances, threads (:class:`ServingOptions`).
+        config_overrides: PurifyConfig fields the served model uses instead of the saved ones.
+        overwrite: replace this defense's model folders written earlier (never anything else).
+
+    Raises:
+        ValueError: a bad backend or name, not a bundle, missing engines, bad overrides, a
+            model folder that exists (without ``overwrite``) or that robustwrap did not write.
+    """
+    if component_backend not in COMPONENT_BACKENDS:
+        raise ValueError(f"component_backend must be one of {COMPONENT_BACKENDS}, got {component_backend!r}")
+    options = options or ServingOptions()
+    source = Path(bundle)
+    info = BundleInfo.read(source)
+    resolve_config(info, config_overrides)  # bad overrides fail here, not in the server
+    name = check_name(name) if name is not None else default_name(info)
+    names = {CLASSIFIER: f"{name}-{CLASSIFIER}", DENOISER: f"{name}-{DENOISER}", "pipeline": name}
+    if component_backend == "tensorrt":
+        missing = [str(engine_path(source, c)) for c in (CLASSIFIER, DENOISER) if not engine_path(source, c).is_file()]
+        if missing:
+            raise ValueError(f"missing TensorRT engines {missing}: build them with build_bundle_engines "
+                             "(robustwrap export --engine trt)")
+    root = Path(repository)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root} is a file, not a Triton model repository folder")
+    if not root.exists():
+        check_output(root, overwrite=False, ours=lambda _: False, what="Triton model repository")
+        root.mkdir()
+    for folder_name in names.values():
+        check_output(root / folder_name, overwrite=overwrite, ours=is_triton_model, what="Triton model")
+
+    work = temporary_beside(root)
+    try:
+        for component in (CLASSIFIER, DENOISER):
+            _write_component(work / names[component], names[component], component, info, source, component_backend,
+                             options)
+        _write_pipeline(work / name, names, info, options, config_overrides)
+        for model in names.values():
+            replace_folder(work / model, root / model)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {model: root / model for model in names.values()}
+
+
+def _marker(folder: Path, role: str, info: BundleInfo, backend: str) -> None:
+    (folder / MARKER).write_text(json.dumps({"format": MARKER_FORMAT, "role": role, "backend": backend,
+                                             "specs": dict(info.specs)}, indent=2, allow_nan=False) + "\n")
+
+
+def _write_component(folder: Path, model_name: str, component: str, info: BundleInfo, source: Path, backend: str,
+                     options: ServingOptions) -> None:
+    version = folder / "1"
+    version.mkdir(parents=True)
+    if backend == "tensorrt":
+        shutil.copyfile(engine_path(source, component), version / "model.plan")
+    else:
+        graph, *data = graph_files(info.file(source, component))
+        shutil.copyfile(graph, version / "model.onnx")
+        for path in data:  # the graph names its data file: the same name beside model.onnx
+            shutil.copyfile(path, version / path.name)
+    if backend == "python":
+        (version / "model.py").write_text(resources.files(__package__).joinpath("component_model.py").read_text())
+    spec = info.components[component]
+    reshape = backend != "python"
+    parameters = {"intra_op_threads": options.ort_threads} if backend == "python" and options.ort_threads else None
+    text = _model_config(model_name, backend, ",\n".join(_block(t, reshape) for t in spec.inputs),
+                         ",\n".join(_block(t, reshape) for t in spec.outputs), options.component_max_batch,
+                         options.component_instances, options.instance_kind, options.max_queue_delay_us, parameters)
+    (folder / "config.pbtxt").write_text(text)
+    _marker(folder, component, info, backend)
+
+
+def _write_pipeline(folder: Path, names: Mapping[str, str], info: BundleInfo, options: ServingOptions,
+                    config_overrides: Mapping[str, Any] | None) -> None:
+    version = folder / "1"
+    version.mkdir(parents=True)
+    (version / "model.py").write_text(resources.files(__package__).joinpath("pipeline_model.py").read_text())
+    (version / "bundle.json").write_text(json.dumps(info.to_dict(), indent=2, allow_nan=False) + "\n")
+    serving = {
+        "classifier_model": names[CLASSIFIER],
+        "denoiser_model": names[DENOISER],
+        "component_max_batch": options.component_max_batch,
+        "config_overrides": dict(config_overrides) if config_overrides else None,
+        "torch_threads": options.torch_threads,
+        "environment": {"python": platform.python_version(), "torch": torch.__version__,
+                        "robustwrap": robustwrap.__version__, "numpy": "<2"},
+    }
+    (version / "serving.json").write_text(json.dumps(serving, indent=2, allow_nan=False) + "\n")
+    images = TensorSpec("images", ("N", info.channels, *info.image_size))
+    seed = '  {\n    name: "seed"\n    data_type: TYPE_INT64\n    dims: [ 1 ]\n    optional: true\n  }'
+    outputs = [TensorSpec("probabilities", ("N", info.num_classes)), TensorSpec("labels", ("N", 1), "int64")]
+    text = _model_config(names["pipeline"], "python", f"{_block(images, False)},\n{seed}",
+                         ",\n".join(_block(t, False) for t in outputs), options.max_batch_size, options.instances,
+                         "KIND_CPU", options.max_queue_delay_us)
+    (folder / "config.pbtxt").write_text(text)
+    _marker(folder, "pipeline", info, "python")
