@@ -13,13 +13,12 @@ from rich.table import Table
 from .common import (CLASSIFIER_SPECS, CONFIG_HELP, DATA_SPECS, DIFFUSION_SPECS, T_L_HELP, T_S_HELP, WEIGHTS_HELP,
                      LossName, NormName, build_wrapper, console, defense_config, fail, percent, require_finite,
                      subset_words)
+from robustwrap.attacks.registry import describe_attacks
 from robustwrap.statistics import INTERVAL_NOTE
 
 DEFENSES = ("none", "uniform", "heterogeneous", "config")
-ATTACK_HELP = ("comma list of pgd-eot (full gradient through every denoiser call, with EOT), bpda (identity "
-               "backward through the purifier), mask-aware (gradient through a relaxed mask too), autoattack "
-               "(APGD-CE + APGD-DLR with EOT, needs pyautoattack) or none (clean); each is run, and an image "
-               "counts as robust only if it survives every one")
+ATTACK_HELP = (f"comma list of: {describe_attacks()}. Each is run; an image counts as robust only if it survives "
+               "every one, and every verdict is the vote on held-out runs whose noise no attack used")
 
 
 def defense_view(wrapper, defense, name: str):
@@ -45,15 +44,17 @@ def eval_command(
     norm: NormName = typer.Option(NormName.linf, help="threat model: Linf (max pixel change) or L2 (Euclidean norm of the change)"),
     eps: Optional[float] = typer.Option(None, help="radius of the threat model; default 0.3 (Linf) for MNIST data "
                                         "(mnist5k:*, foolbox:mnist), else 8/255 (Linf) or 0.5 (L2)"),
-    loss: LossName = typer.Option(LossName.ce, help="loss PGD ascends: ce (cross-entropy), margin (Carlini-Wagner "
-                                  "margin on the scores), dlr (Croce & Hein's difference of logits ratio)"),
+    loss: Optional[LossName] = typer.Option(None, help="default: margin for pgd-vote, ce for the other PGD attacks. "
+                                            "Loss PGD ascends: ce (cross-entropy), margin (Carlini-Wagner "
+                                            "margin on the scores), dlr (Croce & Hein's difference of logits ratio)"),
     n_samples: int = typer.Option(64, min=0, help="images drawn from the data by a seeded stratified sample "
                                   "(each class in proportion, see --seed); 0: all"),
     batch_size: int = typer.Option(16, min=1, help="images per batch (the unit of resumption); --sanity checks one batch"),
     iters: int = typer.Option(10, min=0, help="attack iterations (the paper: 200)"),
     step_size: Optional[float] = typer.Option(None, help="PGD step; default 2.5 * eps / iters, which can cross the "
                                               "ball within the budget (Madry et al.); the paper's Linf step is 0.007"),
-    eot: int = typer.Option(2, min=1, help="EOT samples per iteration (the paper: 20)"),
+    eot: int = typer.Option(2, min=1, help="EOT samples per iteration (the paper: 20); for pgd-vote, K purified "
+                            "copies averaged per gradient in one batched pass (DiffBreak: 128 on CIFAR-10)"),
     surrogate_steps: Optional[int] = typer.Option(None, min=1, help="attack through `steps`=this; defend at --steps"),
     runs: int = typer.Option(1, min=1, help="R repeated evaluations of the final adversarial examples"),
     seed: int = typer.Option(0, help="seeds the subset, every attack and the defense's noise"),
@@ -93,7 +94,8 @@ def eval_command(
         check_eval_folder(out, chosen, resume, overwrite)
     try:
         base = EvalConfig(attack=attack, norm=norm.value, eps=resolve_eps(eps, data, norm.value),
-                          iters=iters, step_size=step_size, eot=eot, loss=loss.value, surrogate_steps=surrogate_steps,
+                          iters=iters, step_size=step_size, eot=eot, loss=loss.value if loss else None,
+                          surrogate_steps=surrogate_steps,
                           runs=runs, seed=seed, batch_size=batch_size)
         defense = defense_config(config, steps=steps, t_l=t_l, t_s=t_s, votes=votes)
         all_images, all_labels = load_dataset(data)
@@ -105,7 +107,7 @@ def eval_command(
     wrapper = build_wrapper(classifier, classifier_weights, diffusion, diffusion_weights,
                             num_classes, images.shape[1], images.shape[-1], defense)
     budget = (f"{norm.value} eps={base.radius:.4g}, {iters} iterations, "
-              f"step {'-' if base.step is None else f'{base.step:.3g}'}, EOT {eot}, loss {loss.value}"
+              f"step {'-' if base.step is None else f'{base.step:.3g}'}, EOT {eot}, loss {base.describe_losses()}"
               + (f", surrogate steps {surrogate_steps}" if surrogate_steps else ""))
     if sanity:
         _sanity(wrapper, defense, chosen, images, labels, base, num_classes, budget, subset)
@@ -203,8 +205,10 @@ def _print_results(reports: dict, wrapper, defense, base, budget: str, subset: d
              + (f"; accuracies are means over {runs} runs" if runs > 1 else "")
              + ("; all attacks: robust to every attack (per-image worst case)" if len(attacks) > 1 else "")
              + (f"; worst run: the lowest of the {runs} runs; all {runs} runs: robust in every run"
-                if runs > 1 else "") + calls + f"; time: {times}")
-    for column in ("defense", "clean", "attack", "robust"):
+                if runs > 1 else "") + calls + f"; time: {times}"
+             + "; robust: the vote on held-out runs whose noise no attack used; attack's own: what the attack "
+               "itself saw when it stopped")
+    for column in ("defense", "clean", "attack", "robust", "attack's own"):
         table.add_column(column, no_wrap=True)
     if runs > 1:
         table.add_column("worst run", no_wrap=True)
@@ -217,8 +221,9 @@ def _print_results(reports: dict, wrapper, defense, base, budget: str, subset: d
                                          "all_runs": report["robust_accuracy_all_runs"]}))
         size = report["n_samples"]
         for position, (label, stats) in enumerate(rows):
+            own = stats.get("attack_own")
             row = [name if position == 0 else "", percent(clean["mean"], size) if position == 0 else "",
-                   label, percent(stats["mean"], size)]
+                   label, percent(stats["mean"], size), percent(own["accuracy"], size) if own else ""]
             if runs > 1:
                 row += [percent(stats["worst_run"], size), percent(stats["all_runs"], size)]
             table.add_row(*row, end_section=position == len(rows) - 1 and len(rows) > 1)

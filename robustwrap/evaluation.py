@@ -27,8 +27,9 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
-from .attacks import BPDALogits, DefenseLogits, MaskAwareLogits, Undefended, autoattack, pgd_eot
 from .attacks.pgd import LOSSES, default_step_size
+from .attacks.registry import ATTACKS as REGISTRY
+from .attacks.registry import AttackOutcome, attack_names, surrogate
 from .fingerprint import header_differences, run_fingerprint
 from .inputs import check_images
 from .noise import check_seeds, derive_seeds, mix_seed
@@ -36,9 +37,8 @@ from .statistics import INTERVAL_NOTE, interval_record
 from .outputs import check_resumable_output, dumps_strict, make_folders, remove_empty_folders, remove_ours, write_text_atomic
 from .wrapper import RobustWrapper
 
-Attack = Literal["none", "pgd-eot", "bpda", "autoattack", "mask-aware"]
-ATTACKS = ("none", "pgd-eot", "bpda", "autoattack", "mask-aware")
-STEPPED = ("pgd-eot", "bpda", "mask-aware")  # the attacks that take a step size and a loss
+ATTACKS = attack_names()  # every registered attack (robustwrap.attacks.registry), in order
+STEPPED = tuple(name for name, spec in REGISTRY.items() if spec.stepped)  # those that take a step size and a loss
 DEFAULT_EPS = {"Linf": 8 / 255, "L2": 0.5}
 RANDOMNESS = "per-image: mix_seed(seed, data-set index)"  # recorded in the header; older files are not resumed
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class EvalConfig:
     iters: int = 200                      # attack iterations (AutoAttack: APGD iterations)
     step_size: float | None = None        # PGD step; None = 2.5 * eps / iters (both norms; Madry et al.)
     eot: int = 20                         # gradient samples per iteration
-    loss: Literal["ce", "margin", "dlr"] = "ce"  # PGD loss: cross-entropy, CW margin or DLR
+    loss: Literal["ce", "margin", "dlr"] | None = None  # PGD loss (CE, CW margin, DLR); None: each attack's default
     surrogate_steps: int | None = None    # attack through a wrapper with this many `steps`
     runs: int = 1                         # R repeated evaluations of the final examples
     seed: int = 0                         # every batch's randomness derives from it
@@ -79,8 +79,8 @@ class EvalConfig:
                 object.__setattr__(self, "attack", ",".join(names))
         if self.norm not in DEFAULT_EPS:
             problems.append(f"norm must be 'Linf' or 'L2', got {self.norm!r}")
-        if self.loss not in LOSSES:
-            problems.append(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.loss is not None and self.loss not in LOSSES:
+            problems.append(f"loss must be one of {LOSSES} (or None for each attack's default), got {self.loss!r}")
         for name in ("eps", "step_size", "mask_temperature"):
             value = getattr(self, name)
             if value is None:
@@ -120,9 +120,21 @@ class EvalConfig:
             return None
         return self.step_size if self.step_size is not None else default_step_size(self.radius, self.iters)
 
+    def loss_for(self, attack: str) -> str | None:
+        """The loss ``attack`` ascends: ``loss`` when given, else the attack's default (pgd-vote: margin, PGD: ce)."""
+        return self.loss if self.loss is not None and REGISTRY[attack].stepped else REGISTRY[attack].default_loss
+
+    def describe_losses(self) -> str:
+        """'ce', or per attack ('pgd-eot ce, pgd-vote margin') when the stepped attacks differ; '-' when none steps."""
+        losses = {a: self.loss_for(a) for a in self.attacks if REGISTRY[a].stepped}
+        if len(set(losses.values())) <= 1:
+            return next(iter(losses.values()), "-")
+        return ", ".join(f"{a} {loss}" for a, loss in losses.items())
+
     def resolved(self) -> dict:
-        """The settings as a JSON-able dict, with the eps and step actually used filled in."""
-        return {**dataclasses.asdict(self), "eps": self.radius, "step_size": self.step}
+        """The settings as a JSON-able dict, with the eps, step and losses actually used filled in."""
+        return {**dataclasses.asdict(self), "eps": self.radius, "step_size": self.step,
+                "losses": {a: self.loss_for(a) for a in self.attacks if REGISTRY[a].stepped}}
 
 
 def check_inputs(wrapper: RobustWrapper, images: Tensor, labels: Tensor, num_classes: int) -> None:
@@ -177,75 +189,41 @@ def image_seeds(seed: int, ids: Sequence[int]) -> Tensor:
     return torch.tensor([mix_seed(seed, int(i)) for i in ids], dtype=torch.int64)
 
 
-def _attack_target(attacked: RobustWrapper, attack: str, cfg: EvalConfig, noise: dict) -> torch.nn.Module:
-    """The ``model(x) -> logits`` view ``attack`` differentiates; ``noise`` is {"generator": g} or {"seeds": s}."""
-    if not cfg.defended:
-        return Undefended(attacked)
-    if attack == "bpda":
-        return BPDALogits(attacked, **noise)
-    if attack == "mask-aware":
-        return MaskAwareLogits(attacked, cfg.mask_temperature, **noise)
-    return DefenseLogits(attacked, **noise)
-
-
-def _autoattack_per_image(attacked: RobustWrapper, images: Tensor, labels: Tensor, cfg: EvalConfig,
-                          seeds: Tensor) -> Tensor:
-    """AutoAttack one image at a time, each from its own seed (its internal RNG is batch-wide)."""
-    version = "rand" if cfg.defended else "standard"
-    adversarial = []
-    for i, seed in enumerate(seeds.tolist()):
-        model = _attack_target(attacked, "autoattack", cfg, {"seeds": derive_seeds([seed], 1)})
-        adversarial.append(autoattack(model, images[i:i + 1], labels[i:i + 1], eps=cfg.radius, norm=cfg.norm,
-                                      version=version, iterations=cfg.iters, eot=cfg.eot,
-                                      seed=mix_seed(seed, 0) % (2**31 - 1), batch_size=1))
-    return torch.cat(adversarial)
-
-
-def attack_images(
+def attack_batch(
     wrapper: RobustWrapper,
     images: Tensor,
     labels: Tensor,
     cfg: EvalConfig,
     *,
     attack: str | None = None,
-    generator: torch.Generator | None = None,
     seeds: Tensor | Sequence[int] | None = None,
-) -> Tensor:
-    """Adversarial images for one batch under ``cfg`` (the clean ones for attack 'none').
+) -> AttackOutcome:
+    """Run one registered attack (:mod:`robustwrap.attacks.registry`) on one batch under ``cfg``.
 
     Args:
-        images: (B, C, H, W) in [0, 1]; labels: (B,).
-        attack: which of ``cfg.attacks`` to run (default: the first).
-        generator: all the attack's and the defense's randomness comes from it (one stream for
-            the batch: an image's attack depends on its batch).
-        seeds: (B,) per-image seeds instead: image i's random start, its defense noise at every
-            gradient call (and AutoAttack's own randomness, run image by image) come from
-            ``seeds[i]`` alone. Default (neither): seeds ``mix_seed(cfg.seed, i)`` for the
-            batch positions i.
+        wrapper: the defense as deployed (the bare classifier is scored when not ``cfg.defended``);
+            with ``cfg.surrogate_steps`` the gradient is taken through a cheaper view of it.
+        images: (B, C, H, W) in [0, 1]; labels: (B,) int64.
+        attack: which registered attack (default: ``cfg.attacks[0]``).
+        seeds: (B,) per-image seeds: image i's random start, its defense noise at every
+            gradient call and vote check (and AutoAttack's own randomness, run image by image)
+            come from ``seeds[i]`` alone. Default: ``mix_seed(cfg.seed, i)`` for positions i.
+
+    Returns:
+        The adversarial images and the attack's own per-image verdict.
     """
     attack = cfg.attacks[0] if attack is None else attack
-    if attack not in ATTACKS:
+    if attack not in REGISTRY:
         raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
-    if generator is not None and seeds is not None:
-        raise ValueError("pass a generator or per-image seeds, not both")
-    if attack == "none" or cfg.iters == 0:
-        return images
-    if generator is None:
-        seeds = image_seeds(cfg.seed, range(images.shape[0])) if seeds is None else check_seeds(seeds, images.shape[0])
-    attacked = wrapper
-    if cfg.surrogate_steps is not None:
-        attacked = wrapper.with_config(dataclasses.replace(wrapper.config, steps=cfg.surrogate_steps))
-    if attack == "autoattack":
-        if seeds is None:
-            model = _attack_target(attacked, attack, cfg, {"generator": generator})
-            return autoattack(model, images, labels, eps=cfg.radius, norm=cfg.norm,
-                              version="rand" if cfg.defended else "standard", iterations=cfg.iters, eot=cfg.eot,
-                              seed=generator.initial_seed() % (2**31 - 1), batch_size=images.shape[0])
-        return _autoattack_per_image(attacked, images, labels, cfg, seeds)
-    noise = {"generator": generator} if seeds is None else {"seeds": derive_seeds(seeds, 1)}
-    start = {"generator": generator} if seeds is None else {"seeds": derive_seeds(seeds, 0)}
-    return pgd_eot(_attack_target(attacked, attack, cfg, noise), images, labels, eps=cfg.radius, norm=cfg.norm,
-                   steps=cfg.iters, step_size=cfg.step, eot=cfg.eot if cfg.defended else 1, loss=cfg.loss, **start)
+    seeds = image_seeds(cfg.seed, range(images.shape[0])) if seeds is None else check_seeds(seeds, images.shape[0])
+    attacked = surrogate(wrapper, cfg.surrogate_steps)
+    return REGISTRY[attack].run(wrapper, attacked, images, labels, cfg, seeds)
+
+
+def attack_images(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: EvalConfig, *,
+                  attack: str | None = None, seeds: Tensor | Sequence[int] | None = None) -> Tensor:
+    """(B, C, H, W) adversarial images of :func:`attack_batch` (the clean ones for attack 'none')."""
+    return attack_batch(wrapper, images, labels, cfg, attack=attack, seeds=seeds).adversarial
 
 
 def evaluate_batch(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: EvalConfig, index: int,
@@ -261,6 +239,11 @@ def evaluate_batch(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: 
     (:func:`image_seeds`): clean run r from ``(seed, 1, r)``, attack a from ``(seed, 0, a)``,
     run r of the verdict after attack a from ``(seed, 2, r, a)``. The record does not depend
     on the batch size, the process, other batches, or the global RNG (which is left alone).
+
+    Verdicts are held out: ``robust[a][r][i]`` is the configured vote rule (S votes) on run r,
+    whose seeds the attack never used; ``own[a][i]`` keeps the attack's own verdict beside it
+    (an image a stochastic attack "broke" by luck, or stopped attacking after one lucky
+    success, is re-decided by the held-out runs).
     """
     start = time.perf_counter()
     if ids is None:
@@ -275,15 +258,17 @@ def evaluate_batch(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: 
                 predicted = wrapper.classify(x).argmax(1)
         return (predicted == labels).tolist()
 
-    robust = {}
+    robust, own = {}, {}
     for number, attack in enumerate(cfg.attacks):
-        adversarial = attack_images(wrapper, images, labels, cfg, attack=attack, seeds=derive_seeds(base, 0, number))
-        robust[attack] = [correct(adversarial, 2, run, number) for run in range(cfg.runs)]
+        outcome = attack_batch(wrapper, images, labels, cfg, attack=attack, seeds=derive_seeds(base, 0, number))
+        robust[attack] = [correct(outcome.adversarial, 2, run, number) for run in range(cfg.runs)]
+        own[attack] = [bool(v) for v in outcome.own_correct.tolist()]
     return {
         "batch": index,
         "size": int(images.shape[0]),
         "clean": [correct(images, 1, run) for run in range(cfg.runs)],
         "robust": robust,
+        "own": own,
         "seconds": round(time.perf_counter() - start, 3),
     }
 
@@ -305,8 +290,8 @@ def _record_problem(entry: object, header: dict) -> str | None:
     settings = header["eval"]
     runs, size_of_batch, n = settings["runs"], settings["batch_size"], header["n_samples"]
     attacks = settings["attack"].split(",")
-    if not isinstance(entry, dict) or not {"batch", "size", "clean", "robust"} <= set(entry):
-        return "is not a batch record (expected an object with batch, size, clean and robust)"
+    if not isinstance(entry, dict) or not {"batch", "size", "clean", "robust", "own"} <= set(entry):
+        return "is not a batch record (expected an object with batch, size, clean, robust and own)"
     batch, size = entry["batch"], entry["size"]
     batches = math.ceil(n / size_of_batch)
     if not isinstance(batch, int) or isinstance(batch, bool) or not 0 <= batch < batches:
@@ -329,6 +314,11 @@ def _record_problem(entry: object, header: dict) -> str | None:
         problem = table_problem(name, table)
         if problem:
             return problem
+    own = entry["own"]
+    if not isinstance(own, dict) or sorted(own) != sorted(attacks):
+        return f"own must map the attacks {attacks} to the attack's own verdicts"
+    if any(not isinstance(v, list) or len(v) != size or not all(isinstance(b, bool) for b in v) for v in own.values()):
+        return f"own must hold {size} true/false values per attack"
     return None
 
 
@@ -563,6 +553,7 @@ def summarize(records: list[dict], header: dict) -> dict:
     settings = header["eval"]
     runs, attacks = settings["runs"], settings["attack"].split(",")
     n = sum(r["size"] for r in records)
+    images = [(r, i) for r in records for i in range(r["size"])]
 
     def survived(record: dict, names: list[str], run: int, i: int) -> bool:
         return all(record["robust"][a][run][i] for a in names)
@@ -573,6 +564,14 @@ def summarize(records: list[dict], header: dict) -> dict:
         return {**_stats(per_run, n), "worst_run": min(per_run), "worst_run_interval": interval_record(min(per_run), n),
                 "all_runs": every_run, "all_runs_interval": interval_record(every_run, n)}
 
+    def own_summary(name: str) -> dict:
+        """The attack's own count beside the held-out verdict, and where they disagree."""
+        own = sum(r["own"][name][i] for r, i in images) / n
+        held_out_robust = [(r["own"][name][i], all(r["robust"][name][run][i] for run in range(runs))) for r, i in images]
+        return {"accuracy": own, "interval": interval_record(own, n),
+                "broken_by_attack_but_robust_held_out": sum(not o and h for o, h in held_out_robust),
+                "robust_by_attack_but_broken_held_out": sum(o and not h for o, h in held_out_robust)}
+
     clean = [sum(sum(r["clean"][run]) for r in records) / n for run in range(runs)]
     worst = summary(attacks)
     return {
@@ -580,10 +579,14 @@ def summarize(records: list[dict], header: dict) -> dict:
         "runs": runs,
         "subset": header.get("subset"),
         "attacks": attacks,
-        "threat": {key: settings[key] for key in ("norm", "eps", "step_size", "iters", "eot", "loss", "surrogate_steps")},
+        "threat": {key: settings.get(key) for key in ("norm", "eps", "step_size", "iters", "eot", "loss", "losses",
+                                                       "surrogate_steps")},
         "clean_accuracy": _stats(clean, n),
         "robust_accuracy": {key: worst[key] for key in ("mean", "std", "per_run", "interval")},
-        "robust_accuracy_by_attack": {a: summary([a]) for a in attacks},
+        "robust_accuracy_by_attack": {a: {**summary([a]), "attack_own": own_summary(a)} for a in attacks},
+        "verdicts": ((f"held out: the vote rule ({header['defense']['vote']}, {header['defense']['votes']} votes) on "
+                      if settings["defended"] else "the bare classifier's argmax (deterministic) on ")
+                     + f"{runs} run(s) whose seeds no attack used; attack_own: the attack's own verdict"),
         "robust_accuracy_worst_run": worst["worst_run"],
         "robust_accuracy_worst_run_interval": worst["worst_run_interval"],
         "robust_accuracy_all_runs": worst["all_runs"],

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .attacks import DefenseLogits, Undefended, eot_gradient
-from .evaluation import EvalConfig, attack_images, image_seeds
+from .evaluation import STEPPED, EvalConfig, attack_images, image_seeds
 from .noise import derive_seeds
 from .statistics import Accuracy, format_accuracy
 from .wrapper import RobustWrapper
@@ -45,9 +45,10 @@ def _accuracy(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: EvalC
 
 
 def sanity_attack(cfg: EvalConfig) -> str:
-    """The gradient attack the checks run: the first of cfg's PGD attacks (AutoAttack and 'none' -> pgd-eot)."""
+    """The gradient attack the checks run: the first of cfg's stepped attacks (PGD family,
+    pgd-vote included); AutoAttack and 'none' -> pgd-eot."""
     for attack in cfg.attacks:
-        if attack in ("pgd-eot", "bpda", "mask-aware"):
+        if attack in STEPPED:
             return attack
     return "pgd-eot"
 
@@ -84,12 +85,12 @@ def sanity_checks(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: E
     pgd = dataclasses.replace(cfg, attack=attack, runs=1)
     n = images.shape[0]
     budget = (f"{attack} {cfg.norm} eps={pgd.radius:.4g}, {pgd.iters} iterations, step {pgd.step:.3g}, "
-              f"EOT {pgd.eot}, loss {pgd.loss}")
+              f"EOT {pgd.eot}, loss {pgd.loss_for(attack)}")
     checks = []
 
     target = (DefenseLogits(wrapper, seeds=derive_seeds(image_seeds(cfg.seed, range(n)), 1)) if cfg.defended
               else Undefended(wrapper))
-    gradient = eot_gradient(target, images, labels, samples=1, loss=cfg.loss)
+    gradient = eot_gradient(target, images, labels, samples=1, loss=pgd.loss_for(attack))
     finite, norm = bool(torch.isfinite(gradient).all()), float(gradient.abs().sum())
     checks.append(Check("gradient finite and non-zero", finite and norm > 0, f"finite={finite}, sum |grad|={norm:.3g}"))
 

@@ -378,11 +378,11 @@ def test_attack_images_with_per_image_seeds_is_batch_independent():
     wrapper = tiny_wrapper(votes=2)
     cfg = EvalConfig(attack="pgd-eot", iters=2, eot=2)
     seeds = image_seeds(7, range(5))
-    for attack in ("pgd-eot", "bpda", "mask-aware"):
+    for attack in ("pgd-eot", "bpda", "mask-aware", "pgd-vote"):
         whole = attack_images(wrapper, images, labels, cfg, attack=attack, seeds=seeds)
         halves = torch.cat([attack_images(wrapper, images[:2], labels[:2], cfg, attack=attack, seeds=seeds[:2]),
                             attack_images(wrapper, images[2:], labels[2:], cfg, attack=attack, seeds=seeds[2:])])
         torch.testing.assert_close(whole, halves, rtol=0, atol=1e-6, msg=attack)
         assert not torch.equal(whole, images)
-    with pytest.raises(ValueError, match="not both"):
-        attack_images(wrapper, images, labels, cfg, seeds=seeds, generator=torch.Generator())
+    with pytest.raises(ValueError, match="shape"):
+        attack_images(wrapper, images, labels, cfg, seeds=seeds[:3])

@@ -31,7 +31,8 @@ def autoattack(
     eot: int = 20,
     seed: int = 0,
     batch_size: int = 64,
-) -> Tensor:
+    return_labels: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Adversarial images from AutoAttack.
 
     ``version="rand"`` (APGD-CE + APGD-DLR with EOT) is the one for randomized defenses like
@@ -42,7 +43,8 @@ def autoattack(
     RNG state (CPU and ``x``'s CUDA device), so the caller's random state is left unchanged.
 
     Returns:
-        (B, C, H, W) adversarial images (AutoAttack returns the clean image where it fails).
+        (B, C, H, W) adversarial images (AutoAttack returns the clean image where it fails);
+        with ``return_labels``, also the (B,) labels AutoAttack's own last evaluation gave them.
     """
     try:
         AutoAttack = importlib.import_module("pyautoattack").AutoAttack
@@ -58,5 +60,5 @@ def autoattack(
         adversary.apgd.eot_iter = eot
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
-    return x_adv.detach()
+        x_adv, y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+    return (x_adv.detach(), y_adv.detach()) if return_labels else x_adv.detach()

@@ -79,6 +79,11 @@ def _l2_norm(t: Tensor) -> Tensor:
     return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
 
 
+def ascent_direction(grad: Tensor, norm: Norm) -> Tensor:
+    """The steepest-ascent unit step for the norm: sign(grad) (L-inf) or grad / ||grad||_2 per image (L2)."""
+    return grad.sign() if norm == "Linf" else grad / _l2_norm(grad)
+
+
 def project(x_adv: Tensor, x: Tensor, eps: float, norm: Norm) -> Tensor:
     """Nearest point to ``x_adv`` in the eps-ball around ``x`` intersected with [0, 1]."""
     delta = x_adv - x
@@ -160,8 +165,7 @@ def pgd_eot(
     x_adv = random_start_point(x, eps, norm, generator=generator, seeds=seeds) if random_start else x.clone()
     for step in range(steps):
         grad = eot_gradient(model, x_adv, y, eot, loss)
-        ascent = grad.sign() if norm == "Linf" else grad / _l2_norm(grad)
-        x_adv = project(x_adv + step_size * ascent, x, eps, norm).detach()
+        x_adv = project(x_adv + step_size * ascent_direction(grad, norm), x, eps, norm).detach()
         if on_step is not None:
             on_step(step)
     return x_adv

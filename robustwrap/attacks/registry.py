@@ -1,0 +1,169 @@
+"""Every attack the evaluation runs, registered by name in one place.
+
+The CLI (``--attack`` and its help), the evaluation, the sanity checks and the tuner read
+:data:`ATTACKS`; adding an attack is adding one :class:`AttackSpec` here.
+
+Every runner takes per-image seeds (B,): image i's randomness (random start, the defense's
+noise at each gradient call, AutoAttack's own draws) comes from ``seeds[i]`` alone, so its
+attack does not depend on the batch. Every runner returns the adversarial images and the
+attack's *own* verdict per image (what the attack saw when it stopped); the evaluation then
+re-decides each image on held-out runs whose seeds the attack never used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from ..noise import derive_seeds, mix_seed
+from .autoattack import autoattack
+from .pgd import pgd_eot
+from .pgd_vote import pgd_vote
+from .targets import BPDALogits, DefenseLogits, MaskAwareLogits, Undefended
+
+if TYPE_CHECKING:
+    from ..wrapper import RobustWrapper
+
+
+class Budget(Protocol):
+    """What a runner reads from the evaluation's settings (:class:`robustwrap.evaluation.EvalConfig`)."""
+
+    radius: float
+    norm: str
+    iters: int
+    step: float | None
+    eot: int
+    defended: bool
+    mask_temperature: float
+
+    def loss_for(self, attack: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class AttackOutcome:
+    """One attack on one batch.
+
+    Attributes:
+        adversarial: (B, C, H, W) images in [0, 1] within the ball.
+        own_correct: (B,) bool, the attack's own verdict that the image still stands (its last
+            check with its own noise, or AutoAttack's own labels).
+    """
+
+    adversarial: Tensor
+    own_correct: Tensor
+
+
+Runner = Callable[["RobustWrapper", "RobustWrapper", Tensor, Tensor, Budget, Tensor], AttackOutcome]
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """A registered attack.
+
+    Attributes:
+        name: what ``--attack`` takes.
+        summary: one line for ``--help`` and reports.
+        stepped: takes a step size and a loss (PGD family).
+        default_loss: the loss used when none is given (None: the attack has its own).
+        run: ``run(deployed, attacked, images, labels, budget, seeds) -> AttackOutcome``;
+            ``deployed`` is the defense as evaluated, ``attacked`` the view whose gradient is
+            taken (a surrogate or the same), images (B, C, H, W) in [0, 1], labels (B,),
+            seeds (B,) int64.
+    """
+
+    name: str
+    summary: str
+    stepped: bool
+    default_loss: str | None
+    run: Runner
+
+
+def attack_target(attacked: "RobustWrapper", attack: str, budget: Budget, seeds: Tensor) -> nn.Module:
+    """The ``model(x) -> logits`` view a PGD-family attack differentiates, with per-image seeds."""
+    if not budget.defended:
+        return Undefended(attacked)
+    if attack == "bpda":
+        return BPDALogits(attacked, seeds=seeds)
+    if attack == "mask-aware":
+        return MaskAwareLogits(attacked, budget.mask_temperature, seeds=seeds)
+    return DefenseLogits(attacked, seeds=seeds)
+
+
+def _own_check(view: nn.Module, x: Tensor, labels: Tensor) -> Tensor:
+    """(B,) bool: the view's next call (fresh noise from its own seeds) still classifies ``x`` correctly."""
+    with torch.no_grad():
+        return view(x).argmax(dim=1) == labels
+
+
+def _run_none(deployed, attacked, images, labels, budget, seeds) -> AttackOutcome:
+    view = attack_target(deployed, "pgd-eot", budget, derive_seeds(seeds, 1))
+    return AttackOutcome(images, _own_check(view, images, labels))
+
+
+def _pgd_runner(name: str) -> Runner:
+    def run(deployed, attacked, images, labels, budget, seeds) -> AttackOutcome:
+        view = attack_target(attacked, name, budget, derive_seeds(seeds, 1))
+        if budget.iters == 0:
+            return AttackOutcome(images, _own_check(view, images, labels))
+        adversarial = pgd_eot(view, images, labels, eps=budget.radius, norm=budget.norm, steps=budget.iters,
+                              step_size=budget.step, eot=budget.eot if budget.defended else 1,
+                              loss=budget.loss_for(name), seeds=derive_seeds(seeds, 0))
+        return AttackOutcome(adversarial, _own_check(view, adversarial, labels))
+    return run
+
+
+def _run_autoattack(deployed, attacked, images, labels, budget, seeds) -> AttackOutcome:
+    """AutoAttack image by image, each from its own seed (its internal RNG is batch-wide)."""
+    if budget.iters == 0:
+        return _run_none(deployed, attacked, images, labels, budget, seeds)
+    version = "rand" if budget.defended else "standard"
+    adversarial, own = [], []
+    for i, seed in enumerate(seeds.tolist()):
+        model = attack_target(attacked, "autoattack", budget, derive_seeds([seed], 1))
+        x_adv, y_adv = autoattack(model, images[i:i + 1], labels[i:i + 1], eps=budget.radius, norm=budget.norm,
+                                  version=version, iterations=budget.iters, eot=budget.eot,
+                                  seed=mix_seed(seed, 0) % (2**31 - 1), batch_size=1, return_labels=True)
+        adversarial.append(x_adv)
+        own.append(y_adv.to(labels.device) == labels[i:i + 1])
+    return AttackOutcome(torch.cat(adversarial), torch.cat(own))
+
+
+def _run_pgd_vote(deployed, attacked, images, labels, budget, seeds) -> AttackOutcome:
+    result = pgd_vote(attacked, deployed, images, labels, seeds=seeds, eps=budget.radius, norm=budget.norm,
+                      steps=budget.iters, step_size=budget.step, copies=budget.eot,
+                      loss=budget.loss_for("pgd-vote"), defended=budget.defended)
+    return AttackOutcome(result.adversarial, ~result.broken)
+
+
+ATTACKS: dict[str, AttackSpec] = {spec.name: spec for spec in (
+    AttackSpec("none", "no attack (clean images)", False, None, _run_none),
+    AttackSpec("pgd-eot", "PGD with EOT, full gradient through every denoiser call; last iterate", True, "ce",
+               _pgd_runner("pgd-eot")),
+    AttackSpec("bpda", "PGD with identity backward through the purifier (BPDA)", True, "ce", _pgd_runner("bpda")),
+    AttackSpec("mask-aware", "PGD with the gradient through a sigmoid-relaxed mask too", True, "ce",
+               _pgd_runner("mask-aware")),
+    AttackSpec("pgd-vote", "DiffBreak protocol: loss averaged over --eot K purified copies per gradient, the "
+               "deployed vote checked on fresh copies after every step, best iterate kept, per-image early stop",
+               True, "margin", _run_pgd_vote),
+    AttackSpec("autoattack", "AutoAttack (APGD-CE + APGD-DLR with EOT; needs pyautoattack), image by image",
+               False, None, _run_autoattack),
+)}
+
+
+def attack_names() -> tuple[str, ...]:
+    """The registered attack names, in registration order."""
+    return tuple(ATTACKS)
+
+
+def describe_attacks() -> str:
+    """'name: summary; ...' for ``--help``."""
+    return "; ".join(f"{spec.name} ({spec.summary})" for spec in ATTACKS.values())
+
+
+def surrogate(wrapper: "RobustWrapper", steps: int | None) -> "RobustWrapper":
+    """The view attacks differentiate: ``wrapper`` itself, or the same networks at ``steps``."""
+    return wrapper if steps is None else wrapper.with_config(dataclasses.replace(wrapper.config, steps=steps))
