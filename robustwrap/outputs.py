@@ -124,8 +124,8 @@ def check_resumable_output(path: str | os.PathLike, *, resume: bool, overwrite: 
         raise ValueError("--resume continues an earlier run and --overwrite replaces it: pass one of them")
     if path.exists() and not path.is_symlink() and not is_empty_folder(path) and ours(path):
         if not (resume or overwrite):
-            raise FileExistsError(f"{path} holds {_a(what)}: pass --resume to continue it, --overwrite to replace it, "
-                                  "or choose another folder")
+            raise FileExistsError(f"{path} is {_a(what)} from an earlier run: pass --resume to continue it, "
+                                  "--overwrite to replace it, or choose another folder")
         if resume:
             reason = _protected(path.resolve())
             if reason:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from robustwrap.outputs import (check_output, dumps_strict, remove_ours, replace_folder, temporary_beside,
-                                write_text_atomic)
+from robustwrap.outputs import (check_output, check_resumable_output, dumps_strict, remove_ours, replace_folder,
+                                temporary_beside, write_text_atomic)
 
 
 def marked(path: Path) -> bool:
@@ -154,3 +154,19 @@ def test_dumps_strict_names_the_non_finite_field():
         dumps_strict({"points": [{"clean": 0.5}, {"clean": math.nan}]})
     with pytest.raises(ValueError, match="eta is not a finite number"):
         dumps_strict({"eta": math.inf}, indent=2)
+
+
+def test_a_resumable_writer_continues_or_replaces_only_its_own(tmp_path, users_folder):
+    ours = tmp_path / "run" / "deeper"  # missing parents are created by resumable writers
+    check_resumable_output(ours, resume=False, overwrite=False, ours=marked, what="thing")
+    ours.mkdir(parents=True)
+    (ours / "marker.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="is a thing from an earlier run: pass --resume"):
+        check_resumable_output(ours, resume=False, overwrite=False, ours=marked, what="thing")
+    with pytest.raises(ValueError, match="pass one of them"):
+        check_resumable_output(ours, resume=True, overwrite=True, ours=marked, what="thing")
+    check_resumable_output(ours, resume=True, overwrite=False, ours=marked, what="thing")
+    check_resumable_output(ours, resume=False, overwrite=True, ours=marked, what="thing")
+    for flags in ({"resume": True, "overwrite": False}, {"resume": False, "overwrite": True}):
+        with pytest.raises(ValueError, match="not a thing written by robustwrap"):
+            check_resumable_output(users_folder, ours=marked, what="thing", **flags)
