@@ -158,7 +158,9 @@ def is_evaluation_folder(path: Path) -> bool:
     starting with a header) and ``report.json``; what ``overwrite=True`` may replace."""
     entries = list(path.iterdir()) if path.is_dir() and not path.is_symlink() else []
     results = [e for e in entries if e.name.startswith("results") and e.suffix == ".jsonl" and e.is_file()]
-    if not results or any(e not in results and not (e.name == "report.json" and e.is_file()) for e in entries):
+    report = [e for e in entries if e.is_file() and (e.name == "report.json" or  # or one a crash left mid-write
+                                                     e.name.startswith(".report.json.") and e.suffix == ".tmp")]
+    if not results or any(e not in results and e not in report for e in entries):
         return False
     for result in results:
         with result.open("rb") as file:

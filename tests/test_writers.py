@@ -223,3 +223,14 @@ def test_huge_images_are_refused_before_decoding_and_large_ones_warned_about(tmp
     with caplog.at_level("WARNING", logger="robustwrap.images"):
         load_picture(tmp_path / "large.png")
     assert "large image" in caplog.text
+
+
+def test_a_report_left_mid_write_by_a_crash_does_not_make_the_folder_foreign(tmp_path):
+    images, labels = _data()
+    out = tmp_path / "run"
+    run_evaluation(tiny_wrapper(), images, labels, CLEAN, out, num_classes=10)
+    (out / ".report.json.0123abcd.tmp").write_text('{"clean')
+    assert run_evaluation(tiny_wrapper(), images, labels, CLEAN, out, num_classes=10, resume=True)["n_samples"] == 4
+    (out / ".hidden-notes.tmp").write_text("mine")
+    with pytest.raises(ValueError, match="not a results folder"):
+        run_evaluation(tiny_wrapper(), images, labels, CLEAN, out, num_classes=10, overwrite=True)
