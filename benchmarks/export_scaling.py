@@ -10,7 +10,7 @@ parameters, random weights) behind ``ScoreSDEEps``; ``--net small`` swaps in a n
 32x32 (the cost under study is the denoiser's). Per number of calls, side by side in one run:
 
 - component bundle (``export_bundle``): export time, size, node counts, session creation;
-- single unrolled graph (``export_onnx``), only up to ``--single-max`` calls: the same;
+- single unrolled graph (``export_bundle(..., unrolled=True)``, ``load_unrolled``), only up to ``--single-max`` calls: the same;
 - images/s at batch 8 (explicit noise, so every engine does the same work) for eager,
   ``compile_networks`` (torch.compile of the networks, not the loop; its cold compile + first
   call is timed in a fresh process with an empty inductor cache), the ONNX Runtime components
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from robustwrap import PurifyConfig, RobustWrapper
-from robustwrap.export import OnnxRunner, compile_networks, export_bundle, export_onnx, load_bundle
+from robustwrap.export import compile_networks, export_bundle, load_bundle, load_unrolled
 from robustwrap.nets import NCSNpp, SmallResNet
 from robustwrap.adapters import ScoreSDEEps
 
@@ -88,7 +88,7 @@ def measure(net: str, calls: int, batch: int, repeats: int, single_max: int, thr
     bundle = export_bundle(wrapper, folder / f"bundle-{calls}")
     row["bundle_export_s"] = time.perf_counter() - start
     row["bundle_mb"] = megabytes(bundle.path)
-    row["bundle_nodes"] = f"{bundle.config['files']['denoiser']['nodes']} + {bundle.config['files']['classifier']['nodes']}"
+    row["bundle_nodes"] = f"{bundle.info.components['denoiser'].nodes} + {bundle.info.components['classifier'].nodes}"
     start = time.perf_counter()
     loaded = load_bundle(bundle.path, threads=threads)
     row["bundle_session_s"] = time.perf_counter() - start
@@ -99,20 +99,20 @@ def measure(net: str, calls: int, batch: int, repeats: int, single_max: int, thr
         "onnx components": lambda: loaded(x, noise=noise),
     }
     if calls <= single_max:
-        path = folder / f"single-{calls}.onnx"
+        start = time.perf_counter()  # the bundle again, with the unrolled graph: its extra time is the graph's
+        with_unrolled = export_bundle(wrapper, folder / f"unrolled-{calls}", unrolled=True, unrolled_noise="explicit")
+        row["single_export_s"] = time.perf_counter() - start - row["bundle_export_s"]
+        spec = with_unrolled.info.components["unrolled"]
+        row["single_mb"] = spec.bytes / 1e6
+        row["single_nodes"] = spec.nodes
         start = time.perf_counter()
-        single = export_onnx(wrapper, path, noise="explicit")
-        row["single_export_s"] = time.perf_counter() - start
-        row["single_mb"] = megabytes(path)
-        row["single_nodes"] = single.nodes
-        start = time.perf_counter()
-        runner = OnnxRunner(path, providers=["CPUExecutionProvider"], threads=threads)
+        graph = load_unrolled(with_unrolled.path, threads=threads)
         row["single_session_s"] = time.perf_counter() - start
         batch_first = noise.permute(2, 0, 1, 3, 4, 5).contiguous()  # (D, S, B, ...) -> the graph's (B, D, S, ...)
-        variants["single graph"] = lambda: runner(x, batch_first)
+        variants["single graph"] = lambda: graph(x, batch_first)
         if timing:
             with torch.no_grad():
-                row["single_gap"] = float((runner(x, batch_first)[0] - wrapper(x, noise=noise)).abs().max())
+                row["single_gap"] = float((graph(x, batch_first)[0] - wrapper(x, noise=noise)).abs().max())
     if not timing:
         return row
     with torch.no_grad():

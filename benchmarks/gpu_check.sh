@@ -40,7 +40,7 @@ import torch
 from robustwrap import PurifyConfig, RobustWrapper
 from robustwrap.export import build_bundle_engines, export_bundle, load_bundle
 from robustwrap.nets import NCSNpp, WideResNet
-from robustwrap.nets.ncsnpp import ScoreSDEEps
+from robustwrap.adapters import ScoreSDEEps
 
 work = Path(sys.argv[1])
 assert torch.cuda.is_available(), "no CUDA device visible to torch"
@@ -53,9 +53,9 @@ print(f"denoiser calls {wrapper.plan.denoiser_calls}, NCSNpp parameters "
 
 start = time.perf_counter()
 bundle = export_bundle(wrapper, work / "bundle", overwrite=True)
-files = bundle.config["files"]
+parts = bundle.info.components
 print(f"export (CPU): {time.perf_counter() - start:.1f} s, {bundle.bytes / 1e6:.1f} MB, "
-      f"denoiser {files['denoiser']['nodes']} nodes, classifier {files['classifier']['nodes']} nodes")
+      f"denoiser {parts['denoiser'].nodes} nodes, classifier {parts['classifier'].nodes} nodes")
 
 wrapper = wrapper.cuda()
 batch = 8
