@@ -57,6 +57,11 @@ def eval_command(
                             "copies averaged per gradient in one batched pass (DiffBreak: 128 on CIFAR-10)"),
     surrogate_steps: Optional[int] = typer.Option(None, min=1, help="attack through `steps`=this; defend at --steps"),
     runs: int = typer.Option(1, min=1, help="R repeated evaluations of the final adversarial examples"),
+    em_samples: int = typer.Option(10, min=1, help="diffhammer: N purifications per step, weighted by EM (the "
+                                   "reference: 10)"),
+    em_steps: int = typer.Option(5, min=1, help="diffhammer: EM rounds per step (r updated each round)"),
+    em_reference: bool = typer.Option(False, help="diffhammer: the reference's EM, whose r is never updated "
+                                      "(one weighting from the selected copy's gradient)"),
     seed: int = typer.Option(0, help="seeds the subset, every attack and the defense's noise"),
     config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
     steps: Optional[int] = typer.Option(None, min=1, help="defense DDIM grid (t_l=0.2: steps/5 denoiser calls; "
@@ -95,7 +100,8 @@ def eval_command(
     try:
         base = EvalConfig(attack=attack, norm=norm.value, eps=resolve_eps(eps, data, norm.value),
                           iters=iters, step_size=step_size, eot=eot, loss=loss.value if loss else None,
-                          surrogate_steps=surrogate_steps,
+                          surrogate_steps=surrogate_steps, em_samples=em_samples, em_steps=em_steps,
+                          em_reference=em_reference,
                           runs=runs, seed=seed, batch_size=batch_size)
         defense = defense_config(config, steps=steps, t_l=t_l, t_s=t_s, votes=votes)
         all_images, all_labels = load_dataset(data)

@@ -61,6 +61,9 @@ class EvalConfig:
     batch_size: int = 16                  # images per batch (the unit of resumption)
     defended: bool = True                 # False: attack and score the bare classifier
     mask_temperature: float = 0.05        # sigmoid temperature of the mask-aware attack
+    em_samples: int = 10                  # diffhammer: N purifications per step (the reference's n_eval)
+    em_steps: int = 5                     # diffhammer: EM rounds per step (r updated each round)
+    em_reference: bool = False            # diffhammer: the reference's EM (r never updated: one weighting)
 
     def __post_init__(self) -> None:
         problems = []
@@ -91,7 +94,7 @@ class EvalConfig:
                 problems.append(f"eps must be >= 0, got {value}")
             elif name != "eps" and value <= 0:
                 problems.append(f"{name} must be > 0, got {value}")
-        for name in ("iters", "eot", "runs", "seed", "batch_size", "surrogate_steps"):
+        for name in ("iters", "eot", "runs", "seed", "batch_size", "surrogate_steps", "em_samples", "em_steps"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 problems.append(f"{name} must be an int, got {value!r}")
@@ -100,6 +103,10 @@ class EvalConfig:
                 problems.append("need iters >= 0, eot >= 1, runs >= 1 and batch_size >= 1")
             if self.surrogate_steps is not None and self.surrogate_steps < 1:
                 problems.append(f"surrogate_steps must be >= 1, got {self.surrogate_steps}")
+            if self.em_samples < 1 or self.em_steps < 1:
+                problems.append(f"need em_samples >= 1 and em_steps >= 1, got {self.em_samples} and {self.em_steps}")
+        if not isinstance(self.em_reference, bool):
+            problems.append(f"em_reference must be true or false, got {self.em_reference!r}")
         if problems:
             raise ValueError("invalid evaluation settings: " + "; ".join(problems))
 

@@ -26,7 +26,7 @@ def _accuracy(wrapper, x, labels, cfg, attack):
 
 
 def test_registry_names_every_attack_once_with_its_defaults():
-    assert list(ATTACKS) == ["none", "pgd-eot", "bpda", "mask-aware", "pgd-vote", "autoattack"]
+    assert list(ATTACKS) == ["none", "pgd-eot", "bpda", "mask-aware", "pgd-vote", "diffhammer", "autoattack"]
     assert ATTACKS["pgd-vote"].default_loss == "margin" and ATTACKS["pgd-eot"].default_loss == "ce"
     assert "pgd-vote" in describe_attacks() and "--eot K" in describe_attacks()
     cfg = EvalConfig(attack="pgd-eot,pgd-vote")

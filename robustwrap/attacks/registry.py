@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..noise import derive_seeds, mix_seed
 from .autoattack import autoattack
+from .diffhammer import diffhammer
 from .pgd import pgd_eot
 from .pgd_vote import pgd_vote
 from .targets import BPDALogits, DefenseLogits, MaskAwareLogits, Undefended
@@ -39,6 +40,9 @@ class Budget(Protocol):
     eot: int
     defended: bool
     mask_temperature: float
+    em_samples: int
+    em_steps: int
+    em_reference: bool
 
     def loss_for(self, attack: str) -> str: ...
 
@@ -139,6 +143,14 @@ def _run_pgd_vote(deployed, attacked, images, labels, budget, seeds) -> AttackOu
     return AttackOutcome(result.adversarial, ~result.broken)
 
 
+def _run_diffhammer(deployed, attacked, images, labels, budget, seeds) -> AttackOutcome:
+    result = diffhammer(attacked, images, labels, seeds=seeds, eps=budget.radius, norm=budget.norm,
+                        steps=budget.iters, step_size=budget.step, samples=budget.em_samples,
+                        loss=budget.loss_for("diffhammer"), em_steps=budget.em_steps,
+                        em_reference=budget.em_reference, defended=budget.defended)
+    return AttackOutcome(result.adversarial, ~result.broken)
+
+
 ATTACKS: dict[str, AttackSpec] = {spec.name: spec for spec in (
     AttackSpec("none", "no attack (clean images)", False, None, _run_none),
     AttackSpec("pgd-eot", "PGD with EOT, full gradient through every denoiser call; last iterate", True, "ce",
@@ -149,6 +161,9 @@ ATTACKS: dict[str, AttackSpec] = {spec.name: spec for spec in (
     AttackSpec("pgd-vote", "DiffBreak protocol: loss averaged over --eot K purified copies per gradient, the "
                "deployed vote checked on fresh copies after every step, best iterate kept, per-image early stop",
                True, "margin", _run_pgd_vote),
+    AttackSpec("diffhammer", "DiffHammer: EM over --em-samples N purifications per step (lambda 5, --em-steps rounds, "
+               "--em-reference for the reference's EM), gradient grafted through one exact chain, momentum 0.5",
+               True, "ce", _run_diffhammer),
     AttackSpec("autoattack", "AutoAttack (APGD-CE + APGD-DLR with EOT; needs pyautoattack), image by image",
                False, None, _run_autoattack),
 )}
