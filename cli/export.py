@@ -85,8 +85,9 @@ def export_command(
 
     require_finite(t_l=t_l, t_s=t_s)
     channels, size = input_defaults(classifier, channels, image_size)
+    specs = model_specs(classifier, classifier_weights, diffusion, diffusion_weights, num_classes=num_classes)
     if engine is not Engine.compile:
-        _check_targets(out, triton_repo, overwrite)
+        _check_targets(out, triton_repo, name, specs, overwrite)
     config = defense_config(config_file, t_l=t_l, t_s=t_s, steps=steps, votes=votes)
     wrapper = build_wrapper(classifier, classifier_weights, diffusion, diffusion_weights,
                             num_classes, channels, size, config)
@@ -103,7 +104,6 @@ def export_command(
         _compile_check(wrapper, x, fixed, summary)
         console.print(summary)
         return
-    specs = model_specs(classifier, classifier_weights, diffusion, diffusion_weights, num_classes=num_classes)
     try:
         _write_bundle(wrapper, out, size, specs, overwrite, unrolled, noise, check, x, fixed, summary)
         built = _build_engines(wrapper, out, engine, "fp16" if fp16 else precision.value, max_batch, check, x, fixed,
@@ -122,15 +122,17 @@ def export_command(
     console.print(summary)
 
 
-def _check_targets(out: Path, triton_repo: Optional[Path], overwrite: bool) -> None:
+def _check_targets(out: Path, triton_repo: Optional[Path], name: Optional[str], specs: dict, overwrite: bool) -> None:
     """Refuse, before any work, targets that may not be written (robustwrap.outputs' rule)."""
     from robustwrap.export.bundle import is_bundle
     from robustwrap.outputs import check_output
 
     try:
         check_output(out, overwrite=overwrite, ours=is_bundle, what="bundle")
-        if triton_repo is not None and triton_repo.exists() and not triton_repo.is_dir():
-            raise ValueError(f"{triton_repo} is a file, not a Triton model repository folder")
+        if triton_repo is not None:
+            from robustwrap.export.triton import check_repository, default_name
+
+            check_repository(triton_repo, name if name is not None else default_name(specs), overwrite)
     except ValueError as error:
         fail(str(error))
 

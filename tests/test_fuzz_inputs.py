@@ -3,7 +3,7 @@
 Every row runs in one shared workspace (the working directory, holding the user's files, our
 fixtures and an earlier eval run) and asserts: a non-zero exit code (commands) or the named
 exception (library); one "error:" line and no traceback; every file byte for byte as before
-and no file added. Rows for ``export`` and bundles are added with the export code.
+and no file added.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ EVAL = ["eval", "--data", "tensors:ok.safetensors", *MODELS, "--steps", "10", "-
         "--batch-size", "8", "--defenses", "heterogeneous"]
 TUNE = ["tune", "--data", "tensors:ok.safetensors", *MODELS, "--calls", "2", "--n-attack", "2", "--iters", "1"]
 PURIFY = ["purify", "photo.png", *MODELS, "--channels", "3", "--image-size", "16", "--steps", "10"]
+EXPORT = ["export", *MODELS, "--image-size", "16", "--steps", "10", "--no-check"]
 CONFIG_HEAD = '{"format": "robustwrap.PurifyConfig", "version": 1, "config": '
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -97,6 +98,8 @@ def _make_workspace(root: Path) -> None:
     _hub_repo(cache, "someone/tencfg", json.dumps({"architecture": "resnet18", "num_classes": "ten"}))
     _hub_repo(cache, "someone/badjson", "{not json")
     result = CliRunner().invoke(app, [*EVAL, "--out", "oldrun"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, [*EXPORT, "--out", "bundle", "--triton-repo", "serving", "--name", "small"])
     assert result.exit_code == 0, result.output
 
 
@@ -182,6 +185,24 @@ COMMAND_ROWS = [
     ("purify-config-nan-eta", [*PURIFY, "--config", "nan_eta.json", "--out", "p"], "eta must be a finite number"),
     ("purify-config-deep", [*PURIFY, "--config", "deep.json", "--out", "p"], "nested too deeply"),
     ("purify-t-l-nan", [*PURIFY, "--t-l", "nan", "--out", "p"], "--t-l nan"),
+    # export and serve
+    ("export-users-folder", [*EXPORT, "--out", "precious"], "not a bundle written by robustwrap"),
+    ("export-users-folder-overwrite", [*EXPORT, "--out", "precious", "--overwrite"], "not a bundle written by"),
+    ("export-plain-file", [*EXPORT, "--out", "notes.txt"], "is a file"),
+    ("export-plain-file-overwrite", [*EXPORT, "--out", "notes.txt", "--overwrite"], "is a file"),
+    ("export-working-directory", [*EXPORT, "--out", ".", "--overwrite"], "is the working directory"),
+    ("export-parent-directory", [*EXPORT, "--out", "..", "--overwrite"], "holds the working directory"),
+    ("export-existing-bundle", [*EXPORT, "--out", "bundle"], "exists"),
+    ("export-missing-folder", [*EXPORT, "--out", "nowhere/bundle"], "does not exist"),
+    ("export-config-nan-eta", [*EXPORT, "--config", "nan_eta.json", "--out", "b"], "eta must be a finite number"),
+    ("export-t-l-nan", [*EXPORT, "--t-l", "nan", "--out", "b"], "--t-l nan"),
+    ("export-triton-repo-a-file", [*EXPORT, "--out", "b", "--triton-repo", "notes.txt"],
+     "is a file, not a Triton model repository"),
+    ("export-triton-model-exists", [*EXPORT, "--out", "b", "--triton-repo", "serving", "--name", "small"], "exists"),
+    ("export-triton-bad-name", [*EXPORT, "--out", "b", "--triton-repo", "serving", "--name", "../up"],
+     "model name must be"),
+    ("serve-missing-repository", ["serve", "nowhere"], "is not a folder"),
+    ("serve-a-file", ["serve", "notes.txt"], "is not a folder"),
 ]
 
 
@@ -220,6 +241,10 @@ def _library_rows():
         return tune(tiny_wrapper(), images, labels, folder, TuneSettings(calls=2, n_attack=2), num_classes=10)
 
     from robustwrap.checkpoints import CheckpointError, read_checkpoint
+    from robustwrap.export import export_bundle, load_bundle, write_triton_bundle
+
+    def export_into(folder: str, **flags):
+        return export_bundle(tiny_wrapper(), folder, image_size=16, **flags)
 
     return [
         ("config-nan-eta", lambda: PurifyConfig(eta=math.nan), ValueError, "eta must be a finite number"),
@@ -251,6 +276,20 @@ def _library_rows():
          r"points[0].robust is not a finite number"),
         ("tune-settings-fractional", lambda: TuneSettings(calls=2.5), ValueError, "calls must be an int"),
         ("eval-config-nan-eps", lambda: EvalConfig(eps=math.nan), ValueError, "eps must be a finite number"),
+        ("bundle-users-folder", lambda: load_bundle("precious"), ValueError, "not a robustwrap bundle"),
+        ("bundle-overrides-nan", lambda: load_bundle("bundle", config={"eta": math.nan}), ValueError,
+         "eta must be a finite number"),
+        ("bundle-overrides-string", lambda: load_bundle("bundle", config={"votes": "4"}), ValueError,
+         "votes must be an int"),
+        ("bundle-unknown-engine", lambda: load_bundle("bundle", engine="tvm"), ValueError, "engine must be one of"),
+        ("export-overwrite-users-folder", lambda: export_into("precious", overwrite=True), ValueError,
+         "not a bundle written by robustwrap"),
+        ("export-overwrite-a-file", lambda: export_into("notes.txt", overwrite=True), ValueError, "is a file"),
+        ("triton-into-a-file", lambda: write_triton_bundle("notes.txt", "bundle"), ValueError, "is a file"),
+        ("triton-over-its-models", lambda: write_triton_bundle("serving", "bundle", name="small"), ValueError,
+         "exists"),
+        ("triton-not-a-bundle", lambda: write_triton_bundle("serving", "precious"), ValueError,
+         "not a robustwrap bundle"),
     ]
 
 
@@ -259,7 +298,9 @@ LIBRARY_IDS = ["config-nan-eta", "config-inf-p", "config-nan-t-l", "config-fract
                "overrides-string-coercion", "config-file-a-list", "config-file-deep", "eval-into-users-folder",
                "eval-overwrite-users-folder", "eval-into-the-working-directory", "tune-into-users-folder",
                "image-bomb", "pickle-needs-code", "tensors-count-mismatch", "check-output-home", "strict-json",
-               "tune-settings-fractional", "eval-config-nan-eps"]
+               "tune-settings-fractional", "eval-config-nan-eps", "bundle-users-folder", "bundle-overrides-nan",
+               "bundle-overrides-string", "bundle-unknown-engine", "export-overwrite-users-folder",
+               "export-overwrite-a-file", "triton-into-a-file", "triton-over-its-models", "triton-not-a-bundle"]
 
 
 @pytest.mark.parametrize("row", LIBRARY_IDS)

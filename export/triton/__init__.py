@@ -7,8 +7,10 @@
   started on a repository, bound to 127.0.0.1, stopped with all its stubs.
 """
 
-from .repository import COMPONENT_BACKENDS, ServingOptions, default_name, is_triton_model, write_triton_bundle
+from .repository import (COMPONENT_BACKENDS, ServingOptions, check_repository, default_name, is_triton_model,
+                         write_triton_bundle)
 from .server import TritonServer
 
-__all__ = ["COMPONENT_BACKENDS", "ServingOptions", "default_name", "is_triton_model", "write_triton_bundle",
+__all__ = ["COMPONENT_BACKENDS", "ServingOptions", "check_repository", "default_name", "is_triton_model",
+           "write_triton_bundle",
            "TritonServer"]

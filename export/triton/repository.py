@@ -82,9 +82,9 @@ class ServingOptions:
             raise ValueError(f"instance_kind must be 'KIND_CPU' or 'KIND_GPU', got {self.instance_kind!r}")
 
 
-def default_name(info: BundleInfo) -> str:
-    """The defense's model name from the bundle's specs ('mnist-mnist'), else 'robustwrap'."""
-    parts = [str(info.specs[key]) for key in ("classifier", "diffusion") if info.specs.get(key)]
+def default_name(specs: Mapping[str, Any]) -> str:
+    """The defense's model name from a bundle's specs ('mnist-mnist'), else 'robustwrap'."""
+    parts = [str(specs[key]) for key in ("classifier", "diffusion") if specs.get(key)]
     return check_name("-".join(re.sub(r"[^A-Za-z0-9_-]+", "_", p).strip("_") for p in parts) or "robustwrap")
 
 
@@ -101,6 +101,29 @@ def is_triton_model(path: Path) -> bool:
         return json.loads((path / MARKER).read_text()).get("format") == MARKER_FORMAT
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def model_names(name: str) -> dict[str, str]:
+    """The three model names of a defense: its classifier, its denoiser and the pipeline."""
+    check_name(name)
+    return {CLASSIFIER: f"{name}-{CLASSIFIER}", DENOISER: f"{name}-{DENOISER}", "pipeline": name}
+
+
+def check_repository(repository: str | os.PathLike, name: str, overwrite: bool) -> None:
+    """Refuse, before any work, a repository this defense's models may not be written into.
+
+    Raises:
+        ValueError: the repository is a file or cannot be created; a model folder exists
+            (without ``overwrite``) or was not written by robustwrap (robustwrap.outputs' rule).
+    """
+    root = Path(repository)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root} is a file, not a Triton model repository folder")
+    if not root.exists():
+        check_output(root, overwrite=False, ours=lambda _: False, what="Triton model repository")
+        return
+    for folder_name in model_names(name).values():
+        check_output(root / folder_name, overwrite=overwrite, ours=is_triton_model, what="Triton model")
 
 
 def _block(tensor: TensorSpec, reshape_scalar: bool) -> str:
@@ -161,21 +184,16 @@ def write_triton_bundle(
     source = Path(bundle)
     info = BundleInfo.read(source)
     resolve_config(info, config_overrides)  # bad overrides fail here, not in the server
-    name = check_name(name) if name is not None else default_name(info)
-    names = {CLASSIFIER: f"{name}-{CLASSIFIER}", DENOISER: f"{name}-{DENOISER}", "pipeline": name}
+    name = check_name(name) if name is not None else default_name(info.specs)
+    names = model_names(name)
     if component_backend == "tensorrt":
         missing = [str(engine_path(source, c)) for c in (CLASSIFIER, DENOISER) if not engine_path(source, c).is_file()]
         if missing:
             raise ValueError(f"missing TensorRT engines {missing}: build them with build_bundle_engines "
                              "(robustwrap export --engine trt)")
+    check_repository(repository, name, overwrite)
     root = Path(repository)
-    if root.exists() and not root.is_dir():
-        raise ValueError(f"{root} is a file, not a Triton model repository folder")
-    if not root.exists():
-        check_output(root, overwrite=False, ours=lambda _: False, what="Triton model repository")
-        root.mkdir()
-    for folder_name in names.values():
-        check_output(root / folder_name, overwrite=overwrite, ours=is_triton_model, what="Triton model")
+    root.mkdir(exist_ok=True)
 
     work = temporary_beside(root)
     try:
