@@ -14,13 +14,17 @@ import torch
 from torch import Tensor
 
 from .attacks import DefenseLogits, Undefended, eot_gradient
+from .attacks.registry import surrogate
 from .evaluation import STEPPED, EvalConfig, attack_images, image_seeds
+from .gradcheck import finite_difference_check, surrogate_cosine
 from .noise import derive_seeds
 from .statistics import Accuracy, format_accuracy
 from .wrapper import RobustWrapper
 
 UNDEFENDED_CEILING = 0.05  # the attack must drive the bare classifier to at most this accuracy
 HUGE_RADIUS_CEILING = 0.10  # ... and the defense to at most this at a radius that can erase the image
+GRADIENT_TOLERANCE = 1e-4  # autograd vs float64 central differences, relative error
+SURROGATE_COSINE = 0.5  # a surrogate's gradient pointing less like the exact one than this is flagged
 
 
 @dataclass(frozen=True)
@@ -70,8 +74,13 @@ def sanity_checks(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: E
     5. More iterations never give higher robust accuracy (4x above the 1x interval is flagged).
     6. BPDA is not much stronger than the full gradient (BPDA below the full gradient's
        interval would hint at obfuscated gradients).
+    7. With all noise fixed, the input gradient equals float64 central differences (relative
+       error <= 1e-4 along 3 random directions, on up to 2 images, in a float64 copy of the
+       networks): the gradient the attacks follow is the gradient of what the defense computes.
+    8. With ``cfg.surrogate_steps``: the cosine between the surrogate's gradient and the exact
+       one (same seeds), per image; flagged when its mean is below 0.5.
 
-    Without ``cfg.defended`` (the bare classifier): checks 1-5 on the classifier itself.
+    Without ``cfg.defended`` (the bare classifier): checks 1-5 and 7 on the classifier itself.
     Intervals are Wilson 95% over the images (:mod:`robustwrap.statistics`; a measured 0% still
     shows its uncertainty); the details quote each accuracy with its interval.
 
@@ -124,4 +133,29 @@ def sanity_checks(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: E
         bpda = Accuracy(_accuracy(wrapper, images, labels, dataclasses.replace(pgd, attack="bpda"), tag=5), n)
         checks.append(Check("BPDA not much stronger than the full gradient", not bpda.below(full),
                             f"full gradient {full}, BPDA {bpda} ({pgd.iters} iterations)"))
+    checks += gradient_checks(wrapper, images, labels, pgd, attack)
+    return checks
+
+
+def gradient_checks(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: EvalConfig, attack: str) -> list[Check]:
+    """Checks 7 and 8 of :func:`sanity_checks`: autograd vs float64 finite differences, and the
+    surrogate's gradient against the exact one (only with ``cfg.surrogate_steps``)."""
+    few = min(2, images.shape[0])
+    seeds = derive_seeds(image_seeds(cfg.seed, range(few)), 6)
+    loss = cfg.loss_for(attack)
+    result = finite_difference_check(wrapper, images[:few], labels[:few], seeds, loss=loss, defended=cfg.defended,
+                                     seed=cfg.seed)
+    pairs = ", ".join(f"{a:.6g} vs {n:.6g}" for a, n in zip(result.analytic, result.numeric))
+    checks = [Check(f"gradient matches float64 finite differences (relative error <= {GRADIENT_TOLERANCE:g})",
+                    result.max_relative_error <= GRADIENT_TOLERANCE,
+                    f"max relative error {result.max_relative_error:.2g} over {len(result.analytic)} directions on "
+                    f"{few} image(s), noise fixed (autograd vs central differences: {pairs})")]
+    if cfg.defended and cfg.surrogate_steps is not None:
+        view = surrogate(wrapper, cfg.surrogate_steps)
+        cosine = surrogate_cosine(wrapper, view, images, labels, derive_seeds(image_seeds(cfg.seed, range(len(labels))), 7),
+                                  loss)
+        checks.append(Check(f"surrogate gradient aligned with the exact one (mean cosine >= {SURROGATE_COSINE:g})",
+                            float(cosine.mean()) >= SURROGATE_COSINE,
+                            f"cosine between the {cfg.surrogate_steps}-step surrogate's and the exact gradient: mean "
+                            f"{float(cosine.mean()):.3f}, min {float(cosine.min()):.3f} over {len(labels)} images"))
     return checks

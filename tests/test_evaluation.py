@@ -319,11 +319,13 @@ SANITY_NAMES = [
 def test_sanity_checks_run_and_report():
     images, labels = _data(4)
     checks = sanity_checks(tiny_wrapper(), images, labels, EvalConfig(iters=2, eot=1))
-    assert [c.name for c in checks] == SANITY_NAMES + ["BPDA not much stronger than the full gradient"]
+    gradient = "gradient matches float64 finite differences (relative error <= 0.0001)"
+    assert [c.name for c in checks] == SANITY_NAMES + ["BPDA not much stronger than the full gradient", gradient]
+    assert checks[-1].passed, checks[-1].detail
     assert checks[0].passed
     assert "at 2, " in checks[3].detail and "at 4, " in checks[3].detail and "at 8 iterations" in checks[3].detail
     bare = sanity_checks(tiny_wrapper(), images, labels, EvalConfig(iters=2, eot=1, defended=False))
-    assert [c.name for c in bare] == SANITY_NAMES
+    assert [c.name for c in bare] == SANITY_NAMES + [gradient]
 
 
 def test_sanity_flags_an_attack_that_does_nothing():
