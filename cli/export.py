@@ -18,6 +18,7 @@ from .common import (CHANNELS_HELP, CLASSIFIER_SPECS, CONFIG_HELP, DIFFUSION_SPE
 class Engine(str, Enum):
     onnx = "onnx"
     trt = "trt"
+    aoti = "aoti"
     compile = "compile"
 
 
@@ -40,8 +41,10 @@ class TritonBackend(str, Enum):
 
 def export_command(
     engine: Engine = typer.Option(Engine.onnx, help="onnx: the bundle (ONNX graphs, run by ONNX Runtime); trt: the "
-                                  "bundle plus TensorRT engines (needs a GPU); compile: torch.compile the networks "
-                                  "and compare with eager (writes nothing)"),
+                                  "bundle plus TensorRT engines (needs a GPU); aoti: the bundle plus AOTInductor "
+                                  "packages of both networks for this machine's device (minutes to compile, nothing "
+                                  "compiled at load time); compile: torch.compile the networks and compare with "
+                                  "eager (writes nothing)"),
     out: Path = typer.Option(Path("robustwrap-bundle"), help="the bundle folder to write"),
     classifier: str = typer.Option("mnist", help=CLASSIFIER_SPECS),
     classifier_weights: Optional[Path] = typer.Option(None, help=WEIGHTS_HELP),
@@ -105,7 +108,8 @@ def export_command(
         console.print(summary)
         return
     try:
-        _write_bundle(wrapper, out, size, specs, overwrite, unrolled, noise, check, x, fixed, summary)
+        _write_bundle(wrapper, out, size, specs, overwrite, unrolled, noise, engine is Engine.aoti, check, x, fixed,
+                      summary)
         built = _build_engines(wrapper, out, engine, "fp16" if fp16 else precision.value, max_batch, check, x, fixed,
                                summary)
         if triton_repo is not None:
@@ -158,17 +162,18 @@ def _compile_check(wrapper, x, fixed, summary: Table) -> None:
 
 
 def _write_bundle(wrapper, out: Path, size: int, specs: dict, overwrite: bool, unrolled: bool, noise: NoiseMode,
-                  check: bool, x, fixed, summary: Table) -> None:
-    """The bundle (denoiser + classifier graphs, optionally the unrolled loop), checked against eager."""
+                  aoti: bool, check: bool, x, fixed, summary: Table) -> None:
+    """The bundle (the two graphs, optionally the unrolled loop and AOTInductor packages), checked against eager."""
     import torch
 
     from robustwrap.export import export_bundle, load_bundle, load_unrolled
 
     mode = "explicit" if noise is NoiseMode.explicit else "in_graph"
     what = f"the denoiser, the classifier{f' and {wrapper.plan.denoiser_calls} unrolled calls' if unrolled else ''}"
+    what += " (and compiling their AOTInductor packages: minutes)" if aoti else ""
     with console.status(f"exporting {what}..."):
         result = export_bundle(wrapper, out, image_size=size, specs=specs, overwrite=overwrite, unrolled=unrolled,
-                               unrolled_noise=mode)
+                               unrolled_noise=mode, aoti=aoti)
     parts = result.info.components
     summary.add_row("bundle", f"{result.path} ({result.bytes / 1e6:.1f} MB)")
     summary.add_row("nodes", ", ".join(f"{name} {spec.nodes}" for name, spec in parts.items()))
@@ -179,6 +184,11 @@ def _write_bundle(wrapper, out: Path, size: int, specs: dict, overwrite: bool, u
     with torch.no_grad():
         gap = float((loaded(x, noise=fixed) - wrapper(x, noise=fixed)).abs().max())
     summary.add_row("ONNX Runtime vs eager: max |d prob|", f"{gap:.2e}")
+    for engine, package in result.info.packages.items():
+        packaged = load_bundle(out, engine=engine)
+        with torch.no_grad():
+            gap = float((packaged(x, noise=fixed) - wrapper(x, noise=fixed)).abs().max())
+        summary.add_row(f"{engine} packages ({package.device}) vs eager: max |d prob|", f"{gap:.2e}")
     if unrolled and mode == "explicit":
         graph = load_unrolled(out)
         with torch.no_grad():

@@ -28,7 +28,8 @@ from robustwrap.wrapper import RobustWrapper
 
 from .engines import Engine, open_runner
 from .engines.adapters import UnrolledModel, wrapper_over_runners
-from .format import (CARD_FILE, CLASSIFIER, CONFIG_FILE, DENOISER, FORMAT, UNROLLED, BundleInfo, ComponentSpec)
+from .format import (CARD_FILE, CLASSIFIER, CONFIG_FILE, DENOISER, FORMAT, UNROLLED, BundleInfo, ComponentSpec,
+                     PackageSet)
 from .modules import ClassifierWithStages, UnrolledDefense
 from .onnx_export import EXTERNAL_DATA_THRESHOLD, GraphFile, export_graph
 from .optional import require
@@ -68,6 +69,7 @@ def export_bundle(
     overwrite: bool = False,
     unrolled: bool = False,
     unrolled_noise: NoiseMode = "in_graph",
+    aoti: bool = False,
 ) -> BundleExport:
     """Export the wrapper's networks and its configuration as a bundle folder.
 
@@ -90,6 +92,9 @@ def export_bundle(
             with the denoiser calls: a few calls only). Run it with :func:`load_unrolled`.
         unrolled_noise: "in_graph" (fresh ``RandomNormalLike`` noise per run) or "explicit"
             (a ``noise`` input (B, D, S, C, Hd, Wd): deterministic, comparable with eager).
+        aoti: also compile both networks ahead of time with AOTInductor into
+            ``<component>.<device>.pt2`` packages for the wrapper's device type (minutes of
+            compiling here, none at load time): ``load_bundle(..., engine="aoti")``.
 
     Returns:
         :class:`BundleExport`.
@@ -136,6 +141,7 @@ def export_bundle(
                                               component=CLASSIFIER, **options)
             if unrolled:
                 graphs[UNROLLED] = _export_unrolled(wrapper, images, unrolled_noise, temporary, options)
+            packages = _compile_packages(wrapper, classifier, images, x_t, t, temporary, max_batch) if aoti else {}
         components = {name: ComponentSpec(g.path.name, g.inputs, g.outputs, g.nodes, g.bytes,
                                           unrolled_noise if name == UNROLLED else None) for name, g in graphs.items()}
         info = BundleInfo(
@@ -145,6 +151,7 @@ def export_bundle(
             max_batch=max_batch, components=components, specs=dict(specs or {}),
             extra={"denoiser_calls": wrapper.plan.denoiser_calls, "stages": wrapper.stages.describe(),
                    "normalization": _normalization(wrapper), "opset": opset, "versions": _versions()},
+            packages=packages,
         )
         info.write(temporary)
         (temporary / CARD_FILE).write_text(_card(info))
@@ -182,6 +189,18 @@ def _export_unrolled(wrapper: RobustWrapper, images: torch.Tensor, noise: NoiseM
         args = (images, torch.randn(batch, draws, votes, *rest, generator=torch.Generator().manual_seed(1)).to(images))
     return export_graph(module, args, folder / f"{UNROLLED}.onnx", module.input_names, module.output_names,
                         component=UNROLLED, **options)
+
+
+def _compile_packages(wrapper: RobustWrapper, classifier: ClassifierWithStages, images: torch.Tensor,
+                      x_t: torch.Tensor, t: torch.Tensor, folder: Path, max_batch: int) -> dict[str, PackageSet]:
+    """AOTInductor packages of both networks for the device the example inputs are on."""
+    from .engines.aoti import compile_package, package_file
+
+    device = images.device.type
+    files = {CLASSIFIER: package_file(CLASSIFIER, device), DENOISER: package_file(DENOISER, device)}
+    compile_package(wrapper.eps_model, (x_t, t), folder / files[DENOISER], max_batch=max_batch)
+    compile_package(classifier, (images,), folder / files[CLASSIFIER], max_batch=max_batch)
+    return {"aoti": PackageSet(device, torch.__version__, files)}
 
 
 def _normalization(wrapper: RobustWrapper) -> dict | None:
@@ -222,6 +241,9 @@ def _card(info: BundleInfo) -> str:
         f"- classifier.onnx: images -> logits ({info.num_classes} classes) and {info.num_stages} stage maps; "
         f"{parts[CLASSIFIER].nodes} nodes",
     ]
+    for engine, package in info.packages.items():
+        lines.append(f"- {engine} packages for {package.device} (torch {package.torch}): "
+                     f"{', '.join(package.files.values())}; load with engine=\"{engine}\"")
     if UNROLLED in parts:
         lines.append(f"- unrolled.onnx: the whole loop at the saved configuration, {parts[UNROLLED].noise} noise; "
                      f"{parts[UNROLLED].nodes} nodes")
@@ -259,9 +281,11 @@ def load_bundle(
 
     Args:
         path: a folder written by :func:`export_bundle`.
-        engine: "onnxruntime" (the .onnx files) or "tensorrt" (the .plan files written by
-            :func:`robustwrap.export.build_bundle_engines`; CUDA only).
-        device: "cpu" or "cuda[:i]" (default: "cpu" for ONNX Runtime, "cuda" for TensorRT);
+        engine: "onnxruntime" (the .onnx files), "tensorrt" (the .plan files written by
+            :func:`robustwrap.export.build_bundle_engines`; CUDA only) or "aoti" (the
+            AOTInductor packages of ``export_bundle(..., aoti=True)``; nothing is compiled).
+        device: "cpu" or "cuda[:i]" (default: "cpu" for ONNX Runtime, "cuda" for TensorRT, the
+            packages' device for AOTInductor);
             the engines run there (images on another device are moved and come back).
         config: None (the saved configuration), a :class:`PurifyConfig`, or a mapping of
             overrides such as ``{"steps": 500, "votes": 4}`` (validated like config files).
@@ -280,12 +304,19 @@ def load_bundle(
         RuntimeError: TensorRT without a GPU or without built engines.
     """
     info = BundleInfo.read(path)
-    device = device if device is not None else ("cuda" if engine == "tensorrt" else "cpu")
+    device = device if device is not None else _default_device(info, engine)
     runners = [open_runner(info, path, component, engine, device, providers=providers, threads=threads)
                for component in (CLASSIFIER, DENOISER)]
     wrapper = wrapper_over_runners(info, *runners, config)
     _check_outputs(info, path, wrapper)
     return wrapper
+
+
+def _default_device(info: BundleInfo, engine: str) -> str:
+    """CUDA for TensorRT, the packages' device for AOTInductor, else the CPU."""
+    if engine == "aoti" and "aoti" in info.packages:
+        return info.packages["aoti"].device
+    return "cuda" if engine == "tensorrt" else "cpu"
 
 
 def _check_outputs(info: BundleInfo, path: str | os.PathLike, wrapper: RobustWrapper) -> None:
@@ -320,6 +351,6 @@ def load_unrolled(
         ValueError: not a bundle, or a bundle without an unrolled graph.
     """
     info = BundleInfo.read(path)
-    device = device if device is not None else ("cuda" if engine == "tensorrt" else "cpu")
+    device = device if device is not None else _default_device(info, engine)
     runner = open_runner(info, path, UNROLLED, engine, device, providers=providers, threads=threads)
     return UnrolledModel(runner, info.components[UNROLLED], info.channels, info.image_size)

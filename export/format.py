@@ -9,6 +9,8 @@ A bundle is a folder::
     DIR/unrolled.onnx      optional: the whole loop unrolled, images [, noise] -> probabilities, labels
     DIR/<file>.onnx.data   only for graphs whose weights exceed the external-data threshold
     DIR/<component>.plan   optional TensorRT engines (CUDA), built from the .onnx files
+    DIR/<component>.<device>.pt2   optional AOTInductor packages (``engine="aoti"``), compiled from
+                           the networks themselves for one device type and one torch version
 
 ``config.json`` records, per component, its I/O contract (each tensor's name, shape with the
 batch axis named ``"N"``, dtype) next to the saved :class:`~robustwrap.PurifyConfig`, the sizes,
@@ -21,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -97,6 +99,24 @@ class ComponentSpec:
 
 
 @dataclass(frozen=True)
+class PackageSet:
+    """Ahead-of-time compiled packages of the networks (AOTInductor ``.pt2`` files).
+
+    Attributes:
+        device: the device type they were compiled for ("cpu" or "cuda"); they run only there.
+        torch: the torch version that compiled them; they load only with the same version.
+        files: component name -> file name inside the bundle.
+    """
+
+    device: str
+    torch: str
+    files: Mapping[str, str]
+
+    def to_dict(self) -> dict:
+        return {"device": self.device, "torch": self.torch, "files": dict(self.files)}
+
+
+@dataclass(frozen=True)
 class BundleInfo:
     """A bundle's ``config.json``, validated.
 
@@ -107,6 +127,7 @@ class BundleInfo:
         components: the graphs present, by name (classifier, denoiser, optionally unrolled).
         specs: how the networks were made (recorded, e.g. ``{"classifier": "mnist"}``).
         extra: the remaining recorded facts (stages, normalisation, versions, opset, ...).
+        packages: compiled packages by engine (``{"aoti": PackageSet}``), if any were built.
     """
 
     config: PurifyConfig
@@ -120,6 +141,7 @@ class BundleInfo:
     components: Mapping[str, ComponentSpec]
     specs: Mapping[str, Any]
     extra: Mapping[str, Any]
+    packages: Mapping[str, PackageSet] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """The JSON content of ``config.json`` (strict JSON: no NaN)."""
@@ -136,6 +158,7 @@ class BundleInfo:
             "max_batch": self.max_batch,
             "components": {name: spec.to_dict() for name, spec in self.components.items()},
             "specs": dict(self.specs),
+            "packages": {engine: package.to_dict() for engine, package in self.packages.items()},
             **dict(self.extra),
         }
 
@@ -209,6 +232,8 @@ class BundleInfo:
             max_batch=check.count(raw, "max_batch"), components=components,
             specs=check.field(raw, "specs", dict),
             extra={k: v for k, v in raw.items() if k not in _KNOWN},
+            packages={engine: _package(check, engine, entry, folder if check_files else None)
+                      for engine, entry in check.field(raw, "packages", dict).items()},
         )
         info.check_contracts(where)
         return info
@@ -238,7 +263,7 @@ class BundleInfo:
                              f"{[t.shape for t in outputs[1:]]}")
 
 
-_KNOWN = {"format", "format_version", "config", "channels", "image_size", "diffusion_size", "resize_mode",
+_KNOWN = {"format", "format_version", "config", "channels", "image_size", "diffusion_size", "resize_mode", "packages",
           "num_classes", "num_stages", "max_batch", "components", "specs"}
 
 
@@ -308,3 +333,27 @@ def _component(check: _Checker, name: str, raw: Any, folder: Path | None) -> Com
         if not isinstance(value, int) or isinstance(value, bool) or value < 0 or not math.isfinite(value):
             raise ValueError(f"{check.where}: {context}{label} must be a non-negative integer, got {value!r}")
     return ComponentSpec(file, inputs, outputs, nodes, size, noise if name == UNROLLED else None)
+
+
+PACKAGE_ENGINES = ("aoti",)
+
+
+def _package(check: _Checker, engine: str, raw: Any, folder: Path | None) -> PackageSet:
+    context = f"packages.{engine}."
+    if engine not in PACKAGE_ENGINES:
+        raise ValueError(f"{check.where}: unknown package engine {engine!r}; known: {list(PACKAGE_ENGINES)}")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{check.where}: packages.{engine} must be an object, got {raw!r}")
+    device = check.field(raw, "device", str, context)
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"{check.where}: {context}device must be 'cpu' or 'cuda', got {device!r}")
+    files = check.field(raw, "files", dict, context)
+    if sorted(files) != sorted((CLASSIFIER, DENOISER)):
+        raise ValueError(f"{check.where}: {context}files must name the classifier and the denoiser, got {sorted(files)}")
+    for component, file in files.items():
+        if not isinstance(file, str) or Path(file).name != file or file in ("", ".", ".."):
+            raise ValueError(f"{check.where}: {context}files.{component} must be a file name inside the bundle, "
+                             f"got {file!r}")
+        if folder is not None and not (folder / file).is_file():
+            raise ValueError(f"{folder}: the {engine} package {file} is missing: export the bundle again")
+    return PackageSet(device, check.field(raw, "torch", str, context), dict(files))

@@ -399,6 +399,49 @@ def test_a_repository_keeps_other_models_and_refuses_to_replace_them(bundle, tmp
                                                    "second-classifier", "second-denoiser", "users-model"}
 
 
+# --- AOTInductor packages: compiled at export, nothing compiled at load --------------------
+
+
+@pytest.fixture(scope="module")
+def aoti_bundle(tmp_path_factory):
+    wrapper = _wrapper()
+    return wrapper, export_bundle(wrapper, tmp_path_factory.mktemp("aoti") / "bundle", aoti=True)
+
+
+@pytest.mark.slow
+def test_aoti_packages_match_eager_and_load_without_compiling(aoti_bundle, monkeypatch):
+    wrapper, result = aoti_bundle
+    package = result.info.packages["aoti"]
+    assert package.device == "cpu" and package.torch == torch.__version__
+    assert sorted(package.files.values()) == ["classifier.cpu.pt2", "denoiser.cpu.pt2"]
+
+    def no_compiling(*args, **kwargs):
+        raise AssertionError("loading a bundle compiled something")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compiling)
+    monkeypatch.setattr(torch, "compile", no_compiling)
+    loaded = load_bundle(result.path, engine="aoti")
+    for batch in (1, 5):
+        x = torch.rand(batch, 3, 16, 16, generator=torch.Generator().manual_seed(batch))
+        noise = _noise(wrapper, x)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x, noise=noise), wrapper(x, noise=noise), rtol=0, atol=1e-5)
+            torch.testing.assert_close(loaded(x, seeds=torch.arange(batch)), wrapper(x, seeds=torch.arange(batch)),
+                                       rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_aoti_packages_for_another_device_or_torch_are_refused(aoti_bundle, bundle, tmp_path):
+    _, result = aoti_bundle
+    with pytest.raises(ValueError, match="compiled for cpu, not cuda"):
+        load_bundle(result.path, engine="aoti", device="cuda")
+    copy = _edited_copy(result, tmp_path, _set("packages.aoti.torch", "1.0.0"))
+    with pytest.raises(ValueError, match="compiled by torch 1.0.0"):
+        load_bundle(copy, engine="aoti")
+    with pytest.raises(ValueError, match="no AOTInductor package"):
+        load_bundle(bundle[1].path, engine="aoti")
+
+
 # --- TensorRT -------------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ A runner takes named torch tensors and returns the graph's outputs in its record
 
 - :mod:`.onnxruntime` — :class:`OrtRunner`, an ONNX Runtime session (CPU, or CUDA with I/O binding).
 - :mod:`.tensorrt` — :class:`TrtEngine`, a serialised TensorRT engine (CUDA), and the builder.
+- :mod:`.aoti` — :class:`AotiRunner`, an AOTInductor ``.pt2`` package (CPU or CUDA), and its compiler.
 - :mod:`.adapters` — the networks the library's wrapper runs over a runner.
 """
 
@@ -20,8 +21,8 @@ from torch import Tensor
 
 from ..format import BundleInfo
 
-Engine = Literal["onnxruntime", "tensorrt"]
-ENGINES = ("onnxruntime", "tensorrt")
+Engine = Literal["onnxruntime", "tensorrt", "aoti"]
+ENGINES = ("onnxruntime", "tensorrt", "aoti")
 
 
 class Runner(Protocol):
@@ -46,11 +47,22 @@ def open_runner(
     """The runner for one component of the bundle in ``folder``.
 
     Raises:
-        ValueError: an unknown engine, or the bundle lacks the component.
+        ValueError: an unknown engine, the bundle lacks the component or its packages, a package
+            for another device or torch version.
         RuntimeError: TensorRT without a GPU or without a built engine.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     path = info.file(folder, component)
     spec = info.components[component]
+    if engine == "aoti":
+        from .aoti import AotiRunner
+
+        package = info.packages.get("aoti")
+        if package is None or component not in package.files:
+            raise ValueError(f"{folder} has no AOTInductor package for the {component}: export it with "
+                             "export_bundle(..., aoti=True) or `robustwrap export --engine aoti`")
+        return AotiRunner(Path(folder) / package.files[component], spec, package, device)
     if engine == "onnxruntime":
         from .onnxruntime import OrtRunner
 

@@ -1,0 +1,96 @@
+"""AOTInductor: each network compiled ahead of time into a ``.pt2`` package, loaded without compiling.
+
+``torch.export`` captures the network with a dynamic batch axis and
+``torch._inductor.aoti_compile_and_package`` compiles it (C++ / CUDA kernels) into one file per
+network. Loading (``torch._inductor.aoti_load_package``) compiles nothing: a server that
+restarts answers its first batch in seconds. A package runs only on the device type it was
+compiled for and with the torch version that compiled it; both are recorded in the bundle and
+checked before loading.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..format import ComponentSpec, PackageSet
+
+_TORCH_DTYPES = {"float32": torch.float32, "int64": torch.int64}
+
+
+def package_file(component: str, device: str) -> str:
+    """The file name of a component's package for a device type: ``denoiser.cpu.pt2``."""
+    return f"{component}.{device}.pt2"
+
+
+def compile_package(module: nn.Module, args: tuple[Tensor, ...], path: Path, *, max_batch: int) -> None:
+    """Export ``module(*args)`` with axis 0 of every input as one dynamic batch and compile it to ``path``.
+
+    Args:
+        module: the network (hooks it needs registered before the call, outside the trace).
+        args: example inputs, batch-first, batch >= 2, on the device the package is for.
+        path: the ``.pt2`` file to write.
+        max_batch: the largest batch the package takes.
+
+    Raises:
+        RuntimeError: the module does not export or compile (the first line of the message).
+    """
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    try:
+        with torch.no_grad():
+            program = torch.export.export(module, args, dynamic_shapes=tuple({0: batch} for _ in args))
+            torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+    except Exception as error:  # torch.export / inductor: many error types, one meaning
+        text = str(error).strip()
+        raise RuntimeError(f"AOTInductor could not compile {path.name} ({type(error).__name__}: "
+                           f"{text.splitlines()[0][:300] if text else ''})") from error
+
+
+class AotiRunner:
+    """One AOTInductor package behind the :class:`~robustwrap.export.engines.Runner` protocol.
+
+    Args:
+        path: the ``.pt2`` file.
+        spec: the graph's recorded contract (input order, dtypes).
+        package: what the bundle records of its packages (device type, torch version).
+        device: where to run: "cpu" or "cuda[:i]"; must be the package's device type.
+
+    Raises:
+        ValueError: a device other than the one the package was compiled for, or another torch
+            version than the one that compiled it (both name what to do).
+    """
+
+    def __init__(self, path: str | os.PathLike, spec: ComponentSpec, package: PackageSet,
+                 device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        if self.device.type != package.device:
+            raise ValueError(f"{path} was compiled for {package.device}, not {self.device.type}: export the bundle "
+                             f"with --engine aoti on a {self.device.type} machine, or load it with device="
+                             f"{package.device!r}")
+        if package.torch != torch.__version__:
+            raise ValueError(f"{path} was compiled by torch {package.torch}; this is torch {torch.__version__}: "
+                             "AOTInductor packages load only with the torch that built them; export the bundle again")
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device='cuda' but torch sees no CUDA GPU on this machine")
+        index = self.device.index if self.device.index is not None else (
+            torch.cuda.current_device() if self.device.type == "cuda" else -1)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", index)
+        self.model = torch._inductor.aoti_load_package(str(path), device_index=index)
+        self.spec = spec
+        self.input_names = spec.input_names
+        self.output_names = spec.output_names
+
+    def __call__(self, feeds: Mapping[str, Tensor]) -> list[Tensor]:
+        if set(feeds) != set(self.input_names):
+            raise ValueError(f"inputs must be {self.input_names}, got {sorted(feeds)}")
+        first = next(iter(feeds.values()))
+        inputs = [feeds[t.name].detach().to(self.device, _TORCH_DTYPES[t.dtype]).contiguous() for t in self.spec.inputs]
+        with torch.no_grad():
+            outputs = self.model(*inputs)
+        outputs = list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
+        return [o.to(first.device, first.dtype) if o.is_floating_point() else o.to(first.device) for o in outputs]
