@@ -62,6 +62,10 @@ def eval_command(
     em_steps: int = typer.Option(5, min=1, help="diffhammer: EM rounds per step (r updated each round)"),
     em_reference: bool = typer.Option(False, help="diffhammer: the reference's EM, whose r is never updated "
                                       "(one weighting from the selected copy's gradient)"),
+    dev_weight: float = typer.Option(0.0, min=0.0, help="W: add DiffAttack's deviated-reconstruction term "
+                                     "(squared distance of each denoiser input from the input diffused with the "
+                                     "same noise, mask-weighted in stage 1, weight 1/K per step) times W to the "
+                                     "loss of pgd-eot and pgd-vote; 0: off"),
     seed: int = typer.Option(0, help="seeds the subset, every attack and the defense's noise"),
     config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
     steps: Optional[int] = typer.Option(None, min=1, help="defense DDIM grid (t_l=0.2: steps/5 denoiser calls; "
@@ -94,14 +98,14 @@ def eval_command(
         fail(f"--defenses takes a comma list of {DEFENSES}, got {defenses!r}")
     if "config" in chosen and config is None:
         fail("--defenses config needs --config FILE")
-    require_finite(eps=eps, step_size=step_size, t_l=t_l, t_s=t_s)
+    require_finite(eps=eps, step_size=step_size, t_l=t_l, t_s=t_s, dev_weight=dev_weight)
     if not sanity:
         check_eval_folder(out, chosen, resume, overwrite)
     try:
         base = EvalConfig(attack=attack, norm=norm.value, eps=resolve_eps(eps, data, norm.value),
                           iters=iters, step_size=step_size, eot=eot, loss=loss.value if loss else None,
                           surrogate_steps=surrogate_steps, em_samples=em_samples, em_steps=em_steps,
-                          em_reference=em_reference,
+                          em_reference=em_reference, dev_weight=dev_weight,
                           runs=runs, seed=seed, batch_size=batch_size)
         defense = defense_config(config, steps=steps, t_l=t_l, t_s=t_s, votes=votes)
         all_images, all_labels = load_dataset(data)
@@ -205,7 +209,9 @@ def _print_results(reports: dict, wrapper, defense, base, budget: str, subset: d
     defended = [name for name in reports if name != "none"]
     calls = (f"; {' and '.join(defended)}: {wrapper.plan.denoiser_calls} denoiser calls x {defense.votes} vote(s)"
              if defended else "")
-    times = ", ".join(f"{name} {report['seconds']:.0f} s" for name, report in reports.items())
+    times = ", ".join(f"{name} {report['seconds']:.0f} s ("
+                      + ", ".join(f"{a} {s:.0f} s" for a, s in report.get("seconds_by_attack", {}).items()) + ")"
+                      for name, report in reports.items())
     table = Table(title=f"accuracy (%) under {', '.join(attacks)} ({budget})", box=box.SIMPLE_HEAD, pad_edge=False)
     notes = (f"on {subset_words(subset)}; {INTERVAL_NOTE}"
              + (f"; accuracies are means over {runs} runs" if runs > 1 else "")

@@ -64,6 +64,7 @@ class EvalConfig:
     em_samples: int = 10                  # diffhammer: N purifications per step (the reference's n_eval)
     em_steps: int = 5                     # diffhammer: EM rounds per step (r updated each round)
     em_reference: bool = False            # diffhammer: the reference's EM (r never updated: one weighting)
+    dev_weight: float = 0.0               # W of DiffAttack's deviation term added to the loss (pgd-eot, pgd-vote)
 
     def __post_init__(self) -> None:
         problems = []
@@ -105,6 +106,14 @@ class EvalConfig:
                 problems.append(f"surrogate_steps must be >= 1, got {self.surrogate_steps}")
             if self.em_samples < 1 or self.em_steps < 1:
                 problems.append(f"need em_samples >= 1 and em_steps >= 1, got {self.em_samples} and {self.em_steps}")
+        if isinstance(self.dev_weight, bool) or not isinstance(self.dev_weight, (int, float)) \
+                or not math.isfinite(self.dev_weight) or self.dev_weight < 0:
+            problems.append(f"dev_weight must be a finite number >= 0, got {self.dev_weight!r}")
+        elif self.dev_weight > 0 and isinstance(self.attack, str):
+            others = [a for a in self.attack.split(",") if a in REGISTRY and a != "none" and not REGISTRY[a].deviation]
+            if others:
+                takes = [n for n, spec in REGISTRY.items() if spec.deviation]
+                problems.append(f"dev_weight works with {takes}, not with {others}")
         if not isinstance(self.em_reference, bool):
             problems.append(f"em_reference must be true or false, got {self.em_reference!r}")
         if problems:
@@ -267,9 +276,11 @@ def evaluate_batch(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: 
                 predicted = wrapper.classify(x).argmax(1)
         return (predicted == labels).tolist()
 
-    robust, own = {}, {}
+    robust, own, seconds = {}, {}, {}
     for number, attack in enumerate(cfg.attacks):
+        began = time.perf_counter()
         outcome = attack_batch(wrapper, images, labels, cfg, attack=attack, seeds=derive_seeds(base, 0, number))
+        seconds[attack] = round(time.perf_counter() - began, 3)
         robust[attack] = [correct(outcome.adversarial, 2, run, number) for run in range(cfg.runs)]
         own[attack] = [bool(v) for v in outcome.own_correct.tolist()]
     return {
@@ -278,6 +289,7 @@ def evaluate_batch(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: 
         "clean": [correct(images, 1, run) for run in range(cfg.runs)],
         "robust": robust,
         "own": own,
+        "attack_seconds": seconds,
         "seconds": round(time.perf_counter() - start, 3),
     }
 
@@ -589,7 +601,8 @@ def summarize(records: list[dict], header: dict) -> dict:
         "subset": header.get("subset"),
         "attacks": attacks,
         "threat": {key: settings.get(key) for key in ("norm", "eps", "step_size", "iters", "eot", "loss", "losses",
-                                                       "surrogate_steps")},
+                                                       "surrogate_steps", "em_samples", "em_steps",
+                                                       "em_reference", "dev_weight")},
         "clean_accuracy": _stats(clean, n),
         "robust_accuracy": {key: worst[key] for key in ("mean", "std", "per_run", "interval")},
         "robust_accuracy_by_attack": {a: {**summary([a]), "attack_own": own_summary(a)} for a in attacks},
@@ -602,6 +615,8 @@ def summarize(records: list[dict], header: dict) -> dict:
         "robust_accuracy_all_runs_interval": worst["all_runs_interval"],
         "intervals": INTERVAL_NOTE,
         "seconds": round(sum(r["seconds"] for r in records), 1),
+        "seconds_by_attack": {a: round(sum(r.get("attack_seconds", {}).get(a, 0.0) for r in records), 1)
+                              for a in attacks},
         "settings": header,
         "versions": versions(),
     }

@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from .noise import NoiseSource
-from .schedule import SamplingPlan, ddim_coefficients
+from .schedule import SamplingPlan, Step, ddim_coefficients
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -31,6 +31,7 @@ def purify_latent(
     plan: SamplingPlan,
     noise: NoiseSource,
     checkpoint: bool = False,
+    observe: Callable[[Step, Tensor], None] | None = None,
 ) -> Tensor:
     """Purify images in diffusion space.
 
@@ -42,6 +43,9 @@ def purify_latent(
         plan: the fixed loop from :func:`robustwrap.schedule.make_plan`.
         noise: the source of Gaussian draws, consumed in the plan's order.
         checkpoint: recompute each denoiser call in backward instead of storing its activations.
+        observe: called once per grid step with the step and the state fed to its (last)
+            denoiser call, (N, C, H, W) at timestep ``step.t_model`` (differentiable; for
+            DiffAttack's deviated-reconstruction loss).
 
     Returns:
         (N, C, H, W) purified images in [-1, 1].
@@ -71,5 +75,7 @@ def purify_latent(
             x = inpaint(x, step.t)
             for alpha in step.resample_alphas:  # single-step resampling: t -> t + U
                 x = diffuse(x, alpha, noise(x))
+        if observe is not None:
+            observe(step, x)
         x = denoise(x, step.t_model, step.s)
     return x.clamp(-1.0, 1.0)

@@ -94,4 +94,4 @@ def format_accuracy(p: float, n: int, *, percent_sign: bool = True) -> str:
     return f"{100 * p:.1f}{sign} [{100 * low:.1f}, {100 * high:.1f}]"
 
 
-INTERVAL_NOTE = "[a, b]: Wilson 95% interval over the images"
+INTERVAL_NOTE = "in brackets: the Wilson 95% interval over the images"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import torch
@@ -16,7 +17,7 @@ from .inputs import Normalize, check_images, classifier_fixed_size, infer_classi
 from .mask import attention_map, binarize
 from .noise import NoiseSource, check_seeds
 from .sampler import purify_latent
-from .schedule import make_plan
+from .schedule import Step, make_plan
 from .stages import StageSource, infer_stage_source
 from .vote import vote_labels
 
@@ -45,6 +46,39 @@ _FIXED_SIZE_HINT = (
 
 def _tracing() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+@dataclass(frozen=True)
+class PurificationTrace:
+    """One purification of S copies of B images, with what the reverse chain went through.
+
+    Attributes:
+        purified: (S, B, C, H, W) purified images in [0, 1] at the input size.
+        x0: (S * B, C, Hd, Wd) the input in diffusion space ([-1, 1]), vote-major.
+        mask: (S * B, 1, Hd, Wd) the mask (1 = strong noise).
+        first_noise: (S * B, C, Hd, Wd) the noise of the initial forward diffusion (to t_l).
+        states: per grid step, the step and the state (S * B, C, Hd, Wd) fed to its denoiser.
+    """
+
+    purified: Tensor
+    x0: Tensor
+    mask: Tensor
+    first_noise: Tensor
+    states: tuple[tuple[Step, Tensor], ...]
+
+
+class FirstDraw:
+    """A noise source that remembers its first draw (the initial forward diffusion's noise)."""
+
+    def __init__(self, source: NoiseSource) -> None:
+        self.source = source
+        self.first: Tensor | None = None
+
+    def __call__(self, like: Tensor) -> Tensor:
+        draw = self.source(like)
+        if self.first is None:
+            self.first = draw
+        return draw
 
 
 class RobustWrapper(nn.Module):
@@ -245,6 +279,33 @@ class RobustWrapper(nn.Module):
             seeds = check_seeds(seeds, batch=x.shape[0])
         return NoiseSource(generator, noise, seeds=seeds, votes=votes, device=x.device)
 
+    def purify_trace(
+        self, x: Tensor, *, votes: int | None = None, generator: torch.Generator | None = None,
+        noise: Tensor | None = None, seeds: SeedsArg = None,
+    ) -> PurificationTrace:
+        """The purification with its intermediate states (for DiffAttack's deviation loss).
+
+        Args:
+            x: (B, C, H, W) images in [0, 1].
+            votes: S copies per image (default ``config.votes``); ``generator`` / ``noise``
+                ((D, S, B, C, Hd, Wd)) / ``seeds`` as in :meth:`forward`.
+
+        Returns:
+            A :class:`PurificationTrace`; everything in it is differentiable w.r.t. ``x``
+            (except the mask, held constant as everywhere).
+        """
+        votes = self.config.votes if votes is None else votes
+        x = self.validate(x, noise=noise, votes=votes)
+        if noise is not None:
+            noise = noise.flatten(1, 2)
+        source = FirstDraw(self.noise_source(x, votes, generator=generator, noise=noise, seeds=seeds))
+        x0, mask = self._diffusion_inputs(x, votes, None)
+        states: list[tuple[Step, Tensor]] = []
+        latent = purify_latent(self.eps_model, x0, mask, self.plan, source, self.config.grad_checkpoint,
+                               observe=lambda step, state: states.append((step, state)))
+        purified = self._resize((latent + 1.0) / 2.0, x.shape[-2:]).view(votes, x.shape[0], *x.shape[1:])
+        return PurificationTrace(purified, x0, mask, source.first, tuple(states))
+
     def stage_maps(self, x: Tensor) -> list[Tensor]:
         """The classifier's stage maps on ``x``, the one seam the mask is built on.
 
@@ -379,11 +440,16 @@ class RobustWrapper(nn.Module):
             attention = attention_map(maps, size, cfg.p, cfg.p_root, cfg.attention_norm)
         return binarize(attention, cfg.mask_rule, cfg.tau, cfg.top_fraction).to(x.dtype)
 
-    def _purify(self, x: Tensor, votes: int, noise: NoiseSource, mask: Tensor | None) -> Tensor:
-        """(votes * B, C, Hd, Wd) purified images in [0, 1], vote-major."""
+    def _diffusion_inputs(self, x: Tensor, votes: int, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(votes * B, C, Hd, Wd) inputs in [-1, 1] and (votes * B, 1, Hd, Wd) masks, vote-major."""
         mask = self._mask(x) if mask is None else mask.to(x.dtype)
         x0 = 2.0 * self._resize(x, self.diffusion_size_for(x)) - 1.0
         if votes > 1:
             x0, mask = x0.repeat(votes, 1, 1, 1), mask.repeat(votes, 1, 1, 1)
+        return x0, mask
+
+    def _purify(self, x: Tensor, votes: int, noise: NoiseSource, mask: Tensor | None) -> Tensor:
+        """(votes * B, C, Hd, Wd) purified images in [0, 1], vote-major."""
+        x0, mask = self._diffusion_inputs(x, votes, mask)
         purified = purify_latent(self.eps_model, x0, mask, self.plan, noise, self.config.grad_checkpoint)
         return (purified + 1.0) / 2.0

@@ -60,7 +60,8 @@ def eot_gradient(model: Model, x: Tensor, y: Tensor, samples: int, loss: Loss = 
     batch it sits in.
 
     Args:
-        model: images (B, C, H, W) in [0, 1] -> logits-like scores (B, K).
+        model: images (B, C, H, W) in [0, 1] -> logits-like scores (B, K), or -> (scores, bonus)
+            with bonus (B,) added to each image's loss (DiffAttack's deviation term).
         x: (B, C, H, W) images; y: (B,) int64 labels.
         loss: ``"ce"``, ``"margin"`` or ``"dlr"`` (see :func:`attack_loss`).
 
@@ -70,7 +71,10 @@ def eot_gradient(model: Model, x: Tensor, y: Tensor, samples: int, loss: Loss = 
     total = torch.zeros_like(x)
     for _ in range(samples):
         point = x.detach().requires_grad_(True)
-        value = attack_loss(model(point), y, loss).sum()
+        out = model(point)
+        scores, bonus = out if isinstance(out, tuple) else (out, None)
+        value = attack_loss(scores, y, loss) if bonus is None else attack_loss(scores, y, loss) + bonus
+        value = value.sum()
         total += torch.autograd.grad(value, point)[0]
     return total / samples
 

@@ -25,6 +25,7 @@ from torch import Tensor
 from ..noise import check_seeds, derive_seeds
 from ..vote import vote_labels
 from ..wrapper import RobustWrapper
+from .deviation import deviation
 from .pgd import LOSSES, Loss, Norm, ascent_direction, attack_loss, default_step_size, project, random_start_point
 
 
@@ -72,6 +73,7 @@ def pgd_vote(
     copies: int = 8,
     loss: Loss = "margin",
     defended: bool = True,
+    dev_weight: float = 0.0,
     on_step: Callable[[int], None] | None = None,
 ) -> VoteAttackResult:
     """Attack the deployed vote: K-copy averaged gradients, a vote check after every step.
@@ -86,6 +88,7 @@ def pgd_vote(
         copies: K purified copies per gradient (the mean loss over them is ascended).
         loss: "margin" (DiffBreak's), "ce" or "dlr", on each copy's logits.
         defended: False attacks the bare classifier (one deterministic copy, argmax decides).
+        dev_weight: W of DiffAttack's deviation term added to the loss (:mod:`.deviation`; 0: off).
         on_step: called with the step index after each step.
 
     Returns:
@@ -103,11 +106,16 @@ def pgd_vote(
 
     def gradient(points: Tensor, labels: Tensor, active_seeds: Tensor, step: int) -> Tensor:
         points = points.detach().requires_grad_(True)
-        if defended:
+        bonus = 0.0
+        if defended and dev_weight > 0:
+            trace = gradient_view.purify_trace(points, seeds=derive_seeds(active_seeds, 1, step))
+            logits = gradient_view.classify(trace.purified.flatten(0, 1)).view(copies, points.shape[0], -1)
+            bonus = dev_weight * deviation(trace, gradient_view.plan)
+        elif defended:
             logits = gradient_view.vote_logits(points, seeds=derive_seeds(active_seeds, 1, step))  # (K, b, classes)
         else:
             logits = gradient_view.classify(points).unsqueeze(0)
-        value = torch.stack([attack_loss(z, labels, loss) for z in logits]).mean(dim=0).sum()
+        value = (torch.stack([attack_loss(z, labels, loss) for z in logits]).mean(dim=0) + bonus).sum()
         return torch.autograd.grad(value, points)[0]
 
     def check(points: Tensor, labels: Tensor, active_seeds: Tensor, step: int) -> tuple[Tensor, Tensor]:

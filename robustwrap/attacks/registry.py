@@ -24,7 +24,7 @@ from .autoattack import autoattack
 from .diffhammer import diffhammer
 from .pgd import pgd_eot
 from .pgd_vote import pgd_vote
-from .targets import BPDALogits, DefenseLogits, MaskAwareLogits, Undefended
+from .targets import BPDALogits, DefenseLogits, DeviationLogits, MaskAwareLogits, Undefended
 
 if TYPE_CHECKING:
     from ..wrapper import RobustWrapper
@@ -43,6 +43,7 @@ class Budget(Protocol):
     em_samples: int
     em_steps: int
     em_reference: bool
+    dev_weight: float
 
     def loss_for(self, attack: str) -> str: ...
 
@@ -73,6 +74,7 @@ class AttackSpec:
         summary: one line for ``--help`` and reports.
         stepped: takes a step size and a loss (PGD family).
         default_loss: the loss used when none is given (None: the attack has its own).
+        deviation: takes DiffAttack's deviation term (``--dev-weight``).
         run: ``run(deployed, attacked, images, labels, budget, seeds) -> AttackOutcome``;
             ``deployed`` is the defense as evaluated, ``attacked`` the view whose gradient is
             taken (a surrogate or the same), images (B, C, H, W) in [0, 1], labels (B,),
@@ -84,6 +86,7 @@ class AttackSpec:
     stepped: bool
     default_loss: str | None
     run: Runner
+    deviation: bool = False
 
 
 def attack_target(attacked: "RobustWrapper", attack: str, budget: Budget, seeds: Tensor) -> nn.Module:
@@ -94,13 +97,16 @@ def attack_target(attacked: "RobustWrapper", attack: str, budget: Budget, seeds:
         return BPDALogits(attacked, seeds=seeds)
     if attack == "mask-aware":
         return MaskAwareLogits(attacked, budget.mask_temperature, seeds=seeds)
+    if attack == "pgd-eot" and budget.dev_weight > 0:
+        return DeviationLogits(attacked, budget.dev_weight, seeds=seeds)
     return DefenseLogits(attacked, seeds=seeds)
 
 
 def _own_check(view: nn.Module, x: Tensor, labels: Tensor) -> Tensor:
     """(B,) bool: the view's next call (fresh noise from its own seeds) still classifies ``x`` correctly."""
     with torch.no_grad():
-        return view(x).argmax(dim=1) == labels
+        out = view(x)
+        return (out[0] if isinstance(out, tuple) else out).argmax(dim=1) == labels
 
 
 def _run_none(deployed, attacked, images, labels, budget, seeds) -> AttackOutcome:
@@ -139,7 +145,7 @@ def _run_autoattack(deployed, attacked, images, labels, budget, seeds) -> Attack
 def _run_pgd_vote(deployed, attacked, images, labels, budget, seeds) -> AttackOutcome:
     result = pgd_vote(attacked, deployed, images, labels, seeds=seeds, eps=budget.radius, norm=budget.norm,
                       steps=budget.iters, step_size=budget.step, copies=budget.eot,
-                      loss=budget.loss_for("pgd-vote"), defended=budget.defended)
+                      loss=budget.loss_for("pgd-vote"), defended=budget.defended, dev_weight=budget.dev_weight)
     return AttackOutcome(result.adversarial, ~result.broken)
 
 
@@ -154,13 +160,13 @@ def _run_diffhammer(deployed, attacked, images, labels, budget, seeds) -> Attack
 ATTACKS: dict[str, AttackSpec] = {spec.name: spec for spec in (
     AttackSpec("none", "no attack (clean images)", False, None, _run_none),
     AttackSpec("pgd-eot", "PGD with EOT, full gradient through every denoiser call; last iterate", True, "ce",
-               _pgd_runner("pgd-eot")),
+               _pgd_runner("pgd-eot"), deviation=True),
     AttackSpec("bpda", "PGD with identity backward through the purifier (BPDA)", True, "ce", _pgd_runner("bpda")),
     AttackSpec("mask-aware", "PGD with the gradient through a sigmoid-relaxed mask too", True, "ce",
                _pgd_runner("mask-aware")),
     AttackSpec("pgd-vote", "DiffBreak protocol: loss averaged over --eot K purified copies per gradient, the "
                "deployed vote checked on fresh copies after every step, best iterate kept, per-image early stop",
-               True, "margin", _run_pgd_vote),
+               True, "margin", _run_pgd_vote, deviation=True),
     AttackSpec("diffhammer", "DiffHammer: EM over --em-samples N purifications per step (lambda 5, --em-steps rounds, "
                "--em-reference for the reference's EM), gradient grafted through one exact chain, momentum 0.5",
                True, "ce", _run_diffhammer),

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..mask import soft_mask
+from .deviation import deviation
 from ..noise import check_seeds, derive_seeds
 from ..vote import log_mean_probability
 from ..wrapper import RobustWrapper
@@ -57,6 +58,25 @@ class DefenseLogits(NoisyView):
 
     def forward(self, x: Tensor) -> Tensor:
         return log_mean_probability(self.wrapper.vote_logits(x, **self.noise(x)))
+
+
+class DeviationLogits(NoisyView):
+    """:class:`DefenseLogits` plus DiffAttack's deviated-reconstruction term (:mod:`.deviation`).
+
+    ``forward`` returns ``(scores, bonus)``: the (B, K) log mean vote probabilities and the (B,)
+    ``weight * deviation`` that :func:`robustwrap.attacks.pgd.eot_gradient` adds to each image's loss.
+    """
+
+    def __init__(self, wrapper: RobustWrapper, weight: float, generator: torch.Generator | None = None,
+                 seeds: Tensor | None = None) -> None:
+        super().__init__(wrapper, generator, seeds)
+        self.weight = weight
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        trace = self.wrapper.purify_trace(x, **self.noise(x))
+        copies, batch = trace.purified.shape[:2]
+        logits = self.wrapper.classify(trace.purified.flatten(0, 1)).view(copies, batch, -1)
+        return log_mean_probability(logits), self.weight * deviation(trace, self.wrapper.plan)
 
 
 class Undefended(NoisyView):
