@@ -1,27 +1,44 @@
 """Adaptive attacks on the whole defended pipeline (images in [0, 1] -> logits).
 
 - :func:`pgd_eot` — PGD with EOT, L-inf and L2, CE / CW-margin / DLR loss, on any ``model(x) -> logits``.
+- :func:`pgd_vote` — the DiffBreak protocol: K-copy averaged loss, the deployed vote checked
+  after every step, best iterate per image, per-image early stop.
+- :func:`diffhammer` — DiffHammer's selective EM over N purifications with gradient grafting.
 - :func:`autoattack` — AutoAttack (``pyautoattack``), ``rand`` or ``standard``.
 - Targets: :class:`DefenseLogits` (full gradient through every denoiser call),
   :class:`BPDALogits` (identity backward through the purifier), :class:`MaskAwareLogits`
-  (gradient through a sigmoid-relaxed mask too), :class:`Undefended` (no defense).
+  (gradient through a sigmoid-relaxed mask too), :class:`DeviationLogits` (plus DiffAttack's
+  deviated-reconstruction term), :class:`Undefended` (no defense).
   A surrogate with fewer steps is ``DefenseLogits(wrapper.with_config(replace(cfg, steps=...)))``.
+- :data:`ATTACKS` — every attack the evaluation runs, registered by name
+  (:mod:`robustwrap.attacks.registry`).
 """
 
 from .autoattack import autoattack
+from .deviation import deviation
+from .diffhammer import diffhammer
 from .pgd import LOSSES, attack_loss, default_step_size, eot_gradient, pgd_eot, project
-from .targets import BPDALogits, DefenseLogits, MaskAwareLogits, Undefended
+from .pgd_vote import pgd_vote
+from .registry import ATTACKS, AttackOutcome, AttackSpec
+from .targets import BPDALogits, DefenseLogits, DeviationLogits, MaskAwareLogits, Undefended
 
 __all__ = [
+    "ATTACKS",
+    "AttackOutcome",
+    "AttackSpec",
     "LOSSES",
     "attack_loss",
     "default_step_size",
     "autoattack",
+    "deviation",
+    "diffhammer",
     "eot_gradient",
     "pgd_eot",
+    "pgd_vote",
     "project",
     "BPDALogits",
     "DefenseLogits",
+    "DeviationLogits",
     "MaskAwareLogits",
     "Undefended",
 ]
