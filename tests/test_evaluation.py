@@ -388,3 +388,14 @@ def test_attack_images_with_per_image_seeds_is_batch_independent():
         assert not torch.equal(whole, images)
     with pytest.raises(ValueError, match="shape"):
         attack_images(wrapper, images, labels, cfg, seeds=seeds[:3])
+
+
+def test_randomness_modules_only_seed_their_own_generators():
+    """Every manual_seed( in the attacks, noise, evaluation and checks seeds a torch.Generator it made."""
+    root = Path(robustwrap.__file__).parent
+    paths = [*sorted((root / "attacks").glob("*.py"))] + [root / name for name in (
+        "noise.py", "evaluation.py", "sanity.py", "gradcheck.py", "statistics.py", "wrapper.py", "sampler.py")]
+    for path in paths:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if "manual_seed(" in line:
+                assert "Generator(" in line.split("manual_seed(")[0], f"{path.name}:{number}: {line.strip()}"

@@ -189,15 +189,16 @@ def diffhammer(
         cols = active.cpu()
         losses, grads, chosen_seeds = state["losses"][:, cols], state["grads"][:, cols], state["seeds"][:, cols]
         pick = select_copy(losses, grads, eps, norm)
-        _, r = em_aggregate(losses, grads, grads[pick, torch.arange(len(cols))], lam=lam, steps=em_steps,
-                            norm=norm, reference=em_reference)
+        rows = torch.arange(len(cols), device=grads.device)
+        _, r = em_aggregate(losses, grads, grads[pick, rows], lam=lam, steps=em_steps, norm=norm,
+                            reference=em_reference)
         points = current[active]
         output_gradient = r.view_as(points)
         if defended:
-            grad = graft(chain, points, chosen_seeds[pick, torch.arange(len(cols))], output_gradient)
+            grad = graft(chain, points, chosen_seeds[pick.cpu(), torch.arange(len(cols))], output_gradient)
         else:
             grad = output_gradient
-        v = (step) ** -alpha
+        v = step ** -alpha
         grad = v * grad + (1 - v) * previous[active] if step > 1 else grad
         previous[active] = grad
         points = project(points + step_size * ascent_direction(grad, norm), x[active], eps, norm).detach()
