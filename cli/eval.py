@@ -118,7 +118,10 @@ def eval_command(
                             num_classes, images.shape[1], images.shape[-1], defense)
     budget = (f"{norm.value} eps={base.radius:.4g}, {iters} iterations, "
               f"step {'-' if base.step is None else f'{base.step:.3g}'}, EOT {eot}, loss {base.describe_losses()}"
-              + (f", surrogate steps {surrogate_steps}" if surrogate_steps else ""))
+              + (f", surrogate steps {surrogate_steps}" if surrogate_steps else "")
+              + (f", diffhammer N={em_samples} EM {'as in the reference' if em_reference else f'{em_steps} rounds'}"
+                 if "diffhammer" in base.attacks else "")
+              + (f", deviation weight {dev_weight:g}" if dev_weight else ""))
     if sanity:
         _sanity(wrapper, defense, chosen, images, labels, base, num_classes, budget, subset)
     # Recorded in every report header (resume compares it), as it always has been.

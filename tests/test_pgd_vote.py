@@ -108,3 +108,30 @@ def test_verdicts_are_held_out_and_the_attacks_own_count_is_kept_beside_them(tmp
     own, held = record["own"]["none"], record["robust"]["none"][0]
     assert own != held  # the same seeds would give the same verdicts: these are held out
     assert "held out" in report["verdicts"]
+
+
+def test_cli_runs_the_new_attacks_and_reports_their_settings_and_own_counts(tmp_path):
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from robustwrap.cli.app import app
+
+    data = tmp_path / "data.safetensors"
+    save_file({"images": _data(4), "labels": torch.tensor([0, 1, 2, 3])}, str(data))
+    result = CliRunner().invoke(app, [
+        "eval", "--data", f"tensors:{data}", "--attack", "pgd-vote,diffhammer", "--iters", "1", "--eot", "2",
+        "--em-samples", "2", "--em-steps", "2", "--steps", "10", "--batch-size", "2",
+        "--classifier", "small-resnet", "--diffusion", "small-unet", "--defenses", "heterogeneous",
+        "--n-samples", "0", "--out", str(tmp_path / "r")])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 0, output
+    assert "diffhammer N=2 EM 2 rounds" in output and "attack's own" in output
+    report = json.loads((tmp_path / "r" / "heterogeneous" / "report.json").read_text())
+    threat = report["threat"]
+    assert threat["losses"] == {"pgd-vote": "margin", "diffhammer": "ce"} and threat["em_samples"] == 2
+    assert threat["dev_weight"] == 0.0 and set(report["seconds_by_attack"]) == {"pgd-vote", "diffhammer"}
+    for attack in ("pgd-vote", "diffhammer"):
+        assert 0 <= report["robust_accuracy_by_attack"][attack]["attack_own"]["accuracy"] <= 1
+    refused = CliRunner().invoke(app, ["eval", "--data", f"tensors:{data}", "--attack", "diffhammer", "--dev-weight", "1",
+                                       "--out", str(tmp_path / "x")])
+    assert refused.exit_code != 0 and "dev_weight works with" in " ".join(refused.output.split())
