@@ -32,7 +32,7 @@ def _reference_em(grads, loss, eps, lam, em_steps, norm):
     for _ in range(em_steps):
         expected_loss = loss.view(-1, batch) + (unit_(r) * grads).sum(-1)
         w = torch.sigmoid(lam * expected_loss).view(-1, batch, 1)
-        r0 = (w * grads).sum(0, keepdim=True) / w.sum(0, keepdim=True)  # noqa: F841 (the reference never uses it)
+        _ = (w * grads).sum(0, keepdim=True) / w.sum(0, keepdim=True)  # the reference assigns r0, never r
     r_grads = grads[idxs, torch.arange(batch), :].unsqueeze(0)
     sub_weight = F.cosine_similarity(grads.unsqueeze(1), r_grads, dim=-1)
     sub_weight = F.softmax(sub_weight, dim=1).transpose(0, 1).unsqueeze(-1)
