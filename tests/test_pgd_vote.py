@@ -135,3 +135,11 @@ def test_cli_runs_the_new_attacks_and_reports_their_settings_and_own_counts(tmp_
     refused = CliRunner().invoke(app, ["eval", "--data", f"tensors:{data}", "--attack", "diffhammer", "--dev-weight", "1",
                                        "--out", str(tmp_path / "x")])
     assert refused.exit_code != 0 and "dev_weight works with" in " ".join(refused.output.split())
+
+
+@pytest.mark.parametrize("attack", [name for name in ATTACKS if name != "autoattack"])
+def test_zero_iterations_leave_the_images_clean_for_every_attack(attack):
+    wrapper = tiny_wrapper()
+    x = _data(3)
+    outcome = attack_batch(wrapper, x, torch.tensor([0, 1, 2]), EvalConfig(iters=0, eot=1, em_samples=2), attack=attack)
+    assert torch.equal(outcome.adversarial, x) and outcome.own_correct.shape == (3,)

@@ -143,6 +143,8 @@ def _run_autoattack(deployed, attacked, images, labels, budget, seeds) -> Attack
 
 
 def _run_pgd_vote(deployed, attacked, images, labels, budget, seeds) -> AttackOutcome:
+    if budget.iters == 0:
+        return _run_none(deployed, attacked, images, labels, budget, seeds)
     result = pgd_vote(attacked, deployed, images, labels, seeds=seeds, eps=budget.radius, norm=budget.norm,
                       steps=budget.iters, step_size=budget.step, copies=budget.eot,
                       loss=budget.loss_for("pgd-vote"), defended=budget.defended, dev_weight=budget.dev_weight)
@@ -150,6 +152,8 @@ def _run_pgd_vote(deployed, attacked, images, labels, budget, seeds) -> AttackOu
 
 
 def _run_diffhammer(deployed, attacked, images, labels, budget, seeds) -> AttackOutcome:
+    if budget.iters == 0:
+        return _run_none(deployed, attacked, images, labels, budget, seeds)
     result = diffhammer(attacked, images, labels, seeds=seeds, eps=budget.radius, norm=budget.norm,
                         steps=budget.iters, step_size=budget.step, samples=budget.em_samples,
                         loss=budget.loss_for("diffhammer"), em_steps=budget.em_steps,
