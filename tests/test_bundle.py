@@ -320,7 +320,9 @@ def test_unrolled_graph_with_in_graph_noise_draws_fresh_noise(tmp_path):
     torch.testing.assert_close(first.sum(1), torch.ones(2))
     assert not torch.equal(first, second)
     with pytest.raises(ValueError, match="in-graph"):
-        graph(x, torch.zeros(graph.noise_shape(2)))
+        graph(x, torch.zeros(2, 1))
+    with pytest.raises(ValueError, match="no noise input"):
+        graph.noise_shape(2)
 
 
 # --- Triton repository (the real server runs it in test_triton_server.py) --------------------

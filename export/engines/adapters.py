@@ -127,6 +127,8 @@ class UnrolledModel:
 
     def noise_shape(self, batch: int) -> tuple[int, ...]:
         """(B, D, S, C, Hd, Wd) of the ``noise`` input of an explicit-noise graph."""
+        if not self.explicit_noise:
+            raise ValueError("this graph draws its noise in-graph: it has no noise input")
         return (batch, *self.spec.inputs[1].item_shape)
 
     def __call__(self, images: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -2,8 +2,8 @@
 
 ``torch.export`` captures the network with a dynamic batch axis and
 ``torch._inductor.aoti_compile_and_package`` compiles it (C++ / CUDA kernels) into one file per
-network. Loading (``torch._inductor.aoti_load_package``) compiles nothing: a server that
-restarts answers its first batch in seconds. A package runs only on the device type it was
+network. Loading (:func:`load_package`) compiles nothing: a server that restarts answers its first
+batch in seconds. A package runs only on the device type it was
 compiled for and with the torch version that compiled it; both are recorded in the bundle and
 checked before loading.
 """
@@ -50,6 +50,41 @@ def compile_package(module: nn.Module, args: tuple[Tensor, ...], path: Path, *, 
                            f"{text.splitlines()[0][:300] if text else ''})") from error
 
 
+_ISA_FLAGS = {"AVX512": "avx512f", "AVX512_VNNI": "avx512_vnni", "AVX2": "avx2"}  # package ISA -> /proc/cpuinfo flag
+
+
+def load_package(path: Path, device_index: int):
+    """The compiled model in a ``.pt2`` package, loaded without compiling anything.
+
+    ``torch._inductor.aoti_load_package`` compares the package's CPU vector ISA with this CPU's by
+    compiling inductor's ISA probe programs: about 30 s on a machine with an empty inductor cache,
+    at every server's first start. This loads the package with the same C++ loader and checks the
+    ISA against the CPU's flags instead.
+
+    Raises:
+        ValueError: the package needs CPU instructions this CPU lacks, or is not a package.
+        RuntimeError: this torch lacks the AOTInductor package loader.
+    """
+    loader = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
+    if loader is None:
+        raise RuntimeError(f"torch {torch.__version__} has no AOTInductor package loader (torch._C._aoti)")
+    from torch.export.pt2_archive._package import AOTICompiledModel
+
+    try:
+        metadata = loader.load_metadata_from_package(str(path), "model")
+    except Exception as error:  # the C++ loader's own exception types
+        raise ValueError(f"{path} is not an AOTInductor package: {str(error).splitlines()[0][:200]}") from None
+    if metadata.get("AOTI_DEVICE_KEY") == "cpu":
+        flags = set(" ".join(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                             if line.startswith("flags")).split()) if Path("/proc/cpuinfo").is_file() else None
+        needed = [_ISA_FLAGS[isa] for isa in metadata.get("AOTI_CPU_ISA", "").split() if isa in _ISA_FLAGS]
+        missing = [flag for flag in needed if flags is not None and flag not in flags]
+        if missing:
+            raise ValueError(f"{path} was compiled for a CPU with {metadata['AOTI_CPU_ISA']}; this CPU lacks {missing}: "
+                             "export the bundle with --engine aoti on this machine")
+    return AOTICompiledModel(loader(str(path), "model", False, 1, device_index))
+
+
 class AotiRunner:
     """One AOTInductor package behind the :class:`~robustwrap.export.engines.Runner` protocol.
 
@@ -80,7 +115,7 @@ class AotiRunner:
             torch.cuda.current_device() if self.device.type == "cuda" else -1)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", index)
-        self.model = torch._inductor.aoti_load_package(str(path), device_index=index)
+        self.model = load_package(Path(path), index)
         self.spec = spec
         self.input_names = spec.input_names
         self.output_names = spec.output_names
