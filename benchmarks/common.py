@@ -24,8 +24,8 @@ import torch
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
-def interleaved_medians(variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median wall time (s) of each variant, run in turn within each repeat so drift hits all alike."""
+def interleaved_times(variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Every wall time (s) of each variant, run in turn within each repeat so drift hits all alike."""
     for _ in range(warmup):
         for fn in variants.values():
             fn()
@@ -35,7 +35,12 @@ def interleaved_medians(variants: dict[str, Callable[[], object]], repeats: int,
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def interleaved_medians(variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median wall time (s) of each variant (:func:`interleaved_times`)."""
+    return {name: statistics.median(values) for name, values in interleaved_times(variants, repeats, warmup).items()}
 
 
 def _status_kib(field: str) -> int:

@@ -44,7 +44,9 @@ class LossName(str, Enum):
 
 def fail(message: str) -> NoReturn:
     """End the command with a one-line error and exit code 2."""
-    console.print(f"[red]error:[/red] {message}")
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/red] {escape(message)}")  # brackets in messages ('robustwrap[serve]') are text
     raise typer.Exit(2)
 
 

@@ -80,3 +80,12 @@ def test_cli_overwrite_never_replaces_what_export_did_not_write(tmp_path, monkey
     assert code == 2 and "working directory" in output, output
     assert (precious / "thesis.txt").read_text() == "x" and notes.read_text() == "y"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "precious"]
+
+
+def test_serve_without_the_serve_extra_names_it(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pytriton", None)  # as if nvidia-pytriton were not installed
+    code, output = _invoke("serve", str(tmp_path))
+    assert code == 2 and "pip install 'robustwrap[serve]'" in output, output
+    assert list(tmp_path.iterdir()) == []
