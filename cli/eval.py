@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -14,19 +15,11 @@ from .common import (CLASSIFIER_SPECS, CONFIG_HELP, DATA_SPECS, DIFFUSION_SPECS,
                      LossName, NormName, build_wrapper, console, defense_config, fail, percent, require_finite,
                      subset_words)
 from robustwrap.attacks.registry import describe_attacks
+from robustwrap.evaluation.config import DEFENSES, choose_defenses, defense_view
 from robustwrap.statistics import INTERVAL_NOTE
 
-DEFENSES = ("none", "uniform", "heterogeneous", "config")
 ATTACK_HELP = (f"comma list of: {describe_attacks()}. Each is run; an image counts as robust only if it survives "
                "every one, and every verdict is the vote on held-out runs whose noise no attack used")
-
-
-def defense_view(wrapper, defense, name: str):
-    """The wrapper for one --defenses entry: the bare one for none, the config as is for config,
-    else the config in that mode (uniform: all-ones mask, the DiffPure baseline)."""
-    if name in ("none", "config"):
-        return wrapper
-    return wrapper.with_config(dataclasses.replace(defense, mode=name))
 
 
 def eval_command(
@@ -91,13 +84,10 @@ def eval_command(
     from robustwrap.data import draw_subset, load_dataset, resolve_eps
     from robustwrap.evaluation import EvalConfig
 
-    if defenses is None:
-        defenses = "none,config" if config is not None else "none,uniform,heterogeneous"
-    chosen = [d.strip() for d in defenses.split(",") if d.strip()]
-    if not chosen or any(d not in DEFENSES for d in chosen):
-        fail(f"--defenses takes a comma list of {DEFENSES}, got {defenses!r}")
-    if "config" in chosen and config is None:
-        fail("--defenses config needs --config FILE")
+    try:
+        chosen = choose_defenses(defenses, has_config=config is not None)
+    except ValueError as error:
+        fail(str(error))
     require_finite(eps=eps, step_size=step_size, t_l=t_l, t_s=t_s, dev_weight=dev_weight)
     if not sanity:
         check_eval_folder(out, chosen, resume, overwrite)
@@ -141,7 +131,7 @@ def is_eval_folder(path: Path) -> bool:
     return bool(entries) and all(e.name in DEFENSES and is_evaluation_folder(e) for e in entries)
 
 
-def check_eval_folder(out: Path, chosen: list[str], resume: bool, overwrite: bool) -> None:
+def check_eval_folder(out: Path, chosen: Sequence[str], resume: bool, overwrite: bool) -> None:
     """End the command (exit 2) before any work when --out, or a chosen defense's folder in it, may not be written:
     --out must be new, empty or an eval folder; a defense's results need --resume or --overwrite."""
     from robustwrap.evaluation import check_results_folder

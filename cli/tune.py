@@ -8,6 +8,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from robustwrap.evaluation.config import MODES as FAMILIES
+
 from .common import (CLASSIFIER_SPECS, DATA_SPECS, DIFFUSION_SPECS, WEIGHTS_HELP, LossName, NormName, build_wrapper,
                      console, fail, model_specs, require_finite)
 
@@ -23,7 +25,9 @@ def tune_command(
                                           "the sweep changes t_l, t_s, the cut, mode and steps"),
     calls: int = typer.Option(10, min=1, help="denoiser calls per image and vote, the same for every candidate"),
     n_attack: int = typer.Option(64, min=0, help="images attacked: a seeded stratified subset (0 = all); clean "
-                                 "accuracy is measured on all images"),
+                                 "accuracy is measured on all images unless --n-clean is given"),
+    n_clean: Optional[int] = typer.Option(None, help="images for clean accuracy: a seeded stratified subset of this "
+                                          "many (drawn like the attacked one); default: all"),
     eps: Optional[float] = typer.Option(None, help="attack radius; default 0.3 (Linf) for MNIST data, else 8/255 "
                                         "(Linf) or 0.5 (L2)"),
     norm: NormName = typer.Option(NormName.linf, help="threat model: Linf or L2"),
@@ -34,7 +38,7 @@ def tune_command(
     surrogate: bool = typer.Option(False, help="attack with BPDA (a cheaper surrogate) instead of the full gradient"),
     min_clean: float = typer.Option(0.97, help="the chosen setting keeps at least this fraction of the undefended "
                                     "clean accuracy"),
-    families: str = typer.Option("uniform,heterogeneous", help="comma list: uniform (DiffPure baseline over t*) "
+    families: str = typer.Option(",".join(FAMILIES), help="comma list: uniform (DiffPure baseline over t*) "
                                  "and/or heterogeneous (over t_l and the cut)"),
     refine: bool = typer.Option(True, help="after the coarse grid, try the neighbours of each family's best point"),
     seed: int = typer.Option(0, help="seeds the subset, the attack and the defense's noise"),
@@ -47,13 +51,14 @@ def tune_command(
 ) -> None:
     """Sweep noise levels and the mask cut at a fixed denoiser budget; write the best setting as a config file.
 
-    With no options: the shipped MNIST models, 1,000 held-out digits for clean accuracy, 64 of them
+    With no options: the shipped MNIST models, 1,000 held-out digits for clean accuracy (--n-clean: fewer), 64 of them
     (stratified) under full-gradient PGD (L-inf 0.3, 10 iterations), 10 denoiser calls per image.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from robustwrap import PurifyConfig
     from robustwrap.data import load_dataset, resolve_eps
+    from robustwrap.evaluation import EvalConfig
     from robustwrap.statistics import format_accuracy
     from robustwrap.outputs import check_resumable_output
     from robustwrap.tune import TuneSettings, describe_attack, is_tune_folder, tune
@@ -65,13 +70,14 @@ def tune_command(
         fail(str(error))
     try:
         base = PurifyConfig.load(config) if config is not None else PurifyConfig()
-        settings = TuneSettings(calls=calls, n_attack=n_attack, eps=resolve_eps(eps, data, norm.value),
-                                norm=norm.value, iters=iters, eot=eot,
-                                step_size=step_size, loss=loss.value, attack="bpda" if surrogate else "pgd-eot",
-                                min_clean=min_clean, seed=seed, batch_size=batch_size, refine=refine,
+        attack = EvalConfig(attack="bpda" if surrogate else "pgd-eot", norm=norm.value,
+                            eps=resolve_eps(eps, data, norm.value), iters=iters, eot=eot, step_size=step_size,
+                            loss=loss.value, seed=seed, batch_size=batch_size)
+        settings = TuneSettings(calls=calls, n_attack=n_attack, n_clean=n_clean, evaluation=attack,
+                                min_clean=min_clean, refine=refine,
                                 families=tuple(f.strip() for f in families.split(",") if f.strip()))
-        settings.eval_config()  # checks norm, loss, eps and step before any compute
         images, labels = load_dataset(data)
+        settings.check_data_size(len(labels))
     except (ValueError, ImportError, FileNotFoundError) as error:
         fail(str(error))
     wrapper = build_wrapper(classifier, classifier_weights, diffusion, diffusion_weights,
@@ -91,7 +97,7 @@ def tune_command(
     except (ValueError, FileExistsError) as error:
         fail(str(error))
 
-    table = Table(title=f"robustwrap tune on {data}: {describe_attack(settings, result.baseline.n_robust, result.baseline.n_clean)}")
+    table = Table(title=f"robustwrap tune on {data}: {describe_attack(settings, result.baseline.n_robust, result.baseline.n_clean, result.n_images)}")
     for column in ("setting", "calls", "clean [95%]", "robust [95%]"):
         table.add_column(column, no_wrap=column == "setting")
     for point in [result.baseline, *sorted(result.points, key=lambda p: (p.candidate.family, p.candidate.t_l, p.candidate.cut))]:

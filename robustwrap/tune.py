@@ -6,8 +6,10 @@ The paper's first stated limitation is that the attention mask depends on the cl
 - candidates: the heterogeneous defense over (t_l, t_s = t_l / 2, τ or top fraction) and the
   uniform baseline over t* (all-ones mask), each at the same number of denoiser calls per image;
 - every candidate is scored by :func:`robustwrap.evaluation.run_evaluation` (so it is resumable
-  batch by batch): clean accuracy on the whole set, robust accuracy on a seeded stratified subset
-  under an adaptive attack (full-gradient PGD+EOT by default), each with its Wilson 95% interval;
+  batch by batch): clean accuracy on the whole set (or on a seeded stratified subset of
+  ``n_clean`` images), robust accuracy on a seeded stratified subset under an adaptive attack
+  (full-gradient PGD+EOT by default, an :class:`~robustwrap.evaluation.EvalConfig`), each with
+  its Wilson 95% interval;
 - a coarse grid first, then the neighbours of each family's best point;
 - the chosen setting is the most robust one whose clean accuracy is at least ``min_clean`` times
   the undefended classifier's (ties: the higher clean accuracy).
@@ -24,13 +26,13 @@ import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 from torch import Tensor
 
 from .config import PurifyConfig, type_problems
 from .data import draw_subset
-from .evaluation import EvalConfig, check_inputs, is_evaluation_folder, run_evaluation
+from .evaluation import MODES, EvalConfig, check_inputs, is_evaluation_folder, run_evaluation
 from .fingerprint import header_differences, run_fingerprint
 from .outputs import (check_resumable_output, dumps_strict, make_folders, remove_empty_folders, remove_ours,
                       write_text_atomic)
@@ -38,8 +40,10 @@ from .schedule import make_plan
 from .statistics import INTERVAL_NOTE, format_accuracy, interval_record, wilson_interval
 from .wrapper import RobustWrapper
 
-Family = Literal["none", "uniform", "heterogeneous"]
-FAMILIES = ("uniform", "heterogeneous")
+FAMILIES = MODES  # the defense modes swept (robustwrap.evaluation's defense choice); "none" is the baseline
+TUNE_ATTACKS = ("pgd-eot", "bpda")  # the attacks a sweep may use: full gradient, or a cheaper surrogate
+# The attack every candidate faces by default: full-gradient PGD, 10 iterations, EOT 1, CE loss, batches of 64.
+TUNE_ATTACK = EvalConfig(attack="pgd-eot", iters=10, eot=1, loss="ce", batch_size=64)
 TUNE_FILES = ("tune.json", "points.json", "table.md", "frontier.png", "best.json")  # beside the candidates' folders
 
 
@@ -48,13 +52,13 @@ class Candidate:
     """One point of the sweep.
 
     Attributes:
-        family: "uniform" (all-ones mask at t* = ``t_l``) or "heterogeneous"; "none" is the
-            undefended classifier.
+        family: one of :data:`FAMILIES`: "uniform" (all-ones mask at t* = ``t_l``) or
+            "heterogeneous"; "none" is the undefended classifier.
         t_l: strong noise level (t* for uniform), fraction of 1000.
         cut: τ for the threshold rule, the top fraction for the top-fraction rule (unused for uniform).
     """
 
-    family: Family
+    family: str
     t_l: float = 0.0
     cut: float = 0.0
 
@@ -101,7 +105,12 @@ def steps_for_calls(config: PurifyConfig, calls: int) -> int:
 
 @dataclass(frozen=True)
 class TuneSettings:
-    """What :func:`tune` sweeps and how it scores (defaults: minutes on the shipped MNIST models)."""
+    """What :func:`tune` sweeps and how it scores (defaults: minutes on the shipped MNIST models).
+
+    The attack is an :class:`~robustwrap.evaluation.EvalConfig` (``evaluation``; its ``seed``
+    also draws the subsets, its ``batch_size`` is the attacked batch); :data:`TUNE_ATTACK` is the
+    default, and ``dataclasses.replace(TUNE_ATTACK, iters=...)`` changes one setting.
+    """
 
     calls: int = 10                          # denoiser calls per image and vote, for every candidate
     uniform_levels: tuple[float, ...] = (0.1, 0.3, 0.5)        # coarse t* grid
@@ -112,38 +121,34 @@ class TuneSettings:
     cut_step: float = 0.1                    # neighbours: cut ± this
     families: tuple[str, ...] = FAMILIES     # which families to sweep
     n_attack: int = 64                       # stratified subset attacked (0 = every image)
-    attack: str = "pgd-eot"                  # "pgd-eot" (full gradient) or "bpda" (a surrogate)
-    norm: Literal["Linf", "L2"] = "Linf"
-    eps: float | None = None                 # None: the evaluation's default for the norm
-    iters: int = 10
-    eot: int = 1
-    step_size: float | None = None           # None: 2.5 * eps / iters
-    loss: Literal["ce", "margin", "dlr"] = "ce"
+    n_clean: int | None = None               # stratified subset for clean accuracy (None = every image)
+    evaluation: EvalConfig = TUNE_ATTACK     # the attack: one of TUNE_ATTACKS, its budget, seed and batch size
     min_clean: float = 0.97                  # chosen point: clean >= this x the undefended clean accuracy
-    seed: int = 0
-    batch_size: int = 64
 
     def __post_init__(self) -> None:
-        values = {name: getattr(self, name) for name in ("calls", "n_attack", "iters", "eot", "seed", "batch_size",
-                                                           "level_step", "cut_step", "eps", "step_size", "min_clean",
-                                                           "refine")}
+        values = {name: getattr(self, name) for name in ("calls", "n_attack", "n_clean", "level_step", "cut_step",
+                                                           "min_clean", "refine")}
         values.update({f"{name}[{i}]": value for name in ("uniform_levels", "heterogeneous_levels", "cuts")
                         for i, value in enumerate(getattr(self, name))})
-        problems = type_problems(values, ints=("calls", "n_attack", "iters", "eot", "seed", "batch_size"),
-                                 floats=tuple(k for k in values if k[-1] == "]") + ("level_step", "cut_step", "eps",
-                                                                                       "step_size", "min_clean"),
-                                 bools=("refine",), optional=("eps", "step_size"))
+        problems = type_problems(values, ints=("calls", "n_attack", "n_clean"),
+                                 floats=tuple(k for k in values if k[-1] == "]") + ("level_step", "cut_step",
+                                                                                       "min_clean"),
+                                 bools=("refine",), optional=("n_clean",))
+        if not isinstance(self.evaluation, EvalConfig):
+            problems.append(f"evaluation must be an EvalConfig, got {type(self.evaluation).__name__}")
         if problems:  # the range checks below need numbers
             raise ValueError("invalid tune settings: " + "; ".join(problems))
-        if self.calls < 1 or self.n_attack < 0 or self.iters < 0 or self.eot < 1 or self.batch_size < 1:
-            problems.append("need calls >= 1, n_attack >= 0, iters >= 0, eot >= 1 and batch_size >= 1")
+        if self.calls < 1 or self.n_attack < 0:
+            problems.append("need calls >= 1 and n_attack >= 0")
+        if self.n_clean is not None and self.n_clean < 1:
+            problems.append(f"n_clean must be >= 1 (or None for every image), got {self.n_clean}")
         if not 0 < self.min_clean <= 1:
             problems.append(f"min_clean must be in (0, 1], got {self.min_clean}")
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown or not self.families:
             problems.append(f"families must be a non-empty subset of {FAMILIES}, got {self.families}")
-        if self.attack not in ("pgd-eot", "bpda"):
-            problems.append(f"attack must be 'pgd-eot' or 'bpda', got {self.attack!r}")
+        if self.evaluation.attack not in TUNE_ATTACKS:
+            problems.append(f"attack must be 'pgd-eot' or 'bpda', got {self.evaluation.attack!r}")
         levels = [*self.uniform_levels, *self.heterogeneous_levels]
         if not all(0 < level < 1 for level in levels) or not all(0 < cut <= 1 for cut in self.cuts):
             problems.append("noise levels must be in (0, 1) and cuts in (0, 1]")
@@ -151,9 +156,18 @@ class TuneSettings:
             raise ValueError("invalid tune settings: " + "; ".join(problems))
 
     def eval_config(self) -> EvalConfig:
-        """The attack every candidate faces."""
-        return EvalConfig(attack=self.attack, norm=self.norm, eps=self.eps, iters=self.iters, eot=self.eot,
-                          step_size=self.step_size, loss=self.loss, seed=self.seed, batch_size=self.batch_size)
+        """The attack every candidate faces (``evaluation``)."""
+        return self.evaluation
+
+    def check_data_size(self, n_images: int) -> None:
+        """Refuse subsets larger than the data (``n_clean`` at most ``n_images``).
+
+        Raises:
+            ValueError: ``n_clean`` exceeds ``n_images``.
+        """
+        if self.n_clean is not None and self.n_clean > n_images:
+            raise ValueError(f"n_clean is {self.n_clean} but the data holds {n_images} images: "
+                             f"choose at most {n_images} (or leave it unset for all of them)")
 
 
 @dataclass(frozen=True)
@@ -196,6 +210,7 @@ class TuneResult:
     meets_min_clean: bool
     clean_floor: float
     out: Path
+    n_images: int | None = None  # the data set's size (clean accuracy may be on a subset of it)
 
     @property
     def config(self) -> PurifyConfig:
@@ -271,10 +286,14 @@ def tune(
     """
     out = Path(out)
     check_inputs(wrapper, images, labels, num_classes)
+    settings.check_data_size(int(images.shape[0]))
     check_resumable_output(out, resume=resume, overwrite=overwrite, ours=is_tune_folder, what="tune folder")
     header = {"tune": dataclasses.asdict(settings), "base": wrapper.config.to_dict(),
               "n_images": int(images.shape[0]), **(description or {}),
               "fingerprint": run_fingerprint(images, labels, wrapper.classifier, wrapper.eps_model)}
+    if settings.n_clean is not None:  # which images clean accuracy is measured on (their indices: each clean/report.json)
+        subset = draw_subset(labels, settings.n_clean, settings.evaluation.seed, spec=(description or {}).get("data"))[1]
+        header["clean_subset"] = {key: value for key, value in subset.items() if key != "indices"}
     header = json.loads(dumps_strict(header))  # as it reads back (tuples become lists)
     settings_file = out / "tune.json"
     if resume and settings_file.exists():
@@ -318,17 +337,22 @@ def _sweep(wrapper: RobustWrapper, images: Tensor, labels: Tensor, out: Path, se
            *, num_classes: int, description: dict | None,
            on_progress: Callable[[int, int, str], None] | None) -> TuneResult:
     """Score the coarse grid and the refinements into ``out`` (checked, ``tune.json`` written); write the outputs."""
-    attacked, subset = draw_subset(labels, settings.n_attack, settings.seed, spec=(description or {}).get("data"))
-    attack = settings.eval_config()
-    clean_only = EvalConfig(attack="none", seed=settings.seed, batch_size=max(settings.batch_size, 256))
+    attack = settings.evaluation
+    spec = (description or {}).get("data")
+    attacked, subset = draw_subset(labels, settings.n_attack, attack.seed, spec=spec)
+    cleaned, clean_subset = (draw_subset(labels, settings.n_clean, attack.seed, spec=spec)
+                             if settings.n_clean is not None else (None, None))
+    clean_images, clean_labels = (images, labels) if cleaned is None else (images[cleaned], labels[cleaned])
+    clean_only = EvalConfig(attack="none", seed=attack.seed, batch_size=max(attack.batch_size, 256))
 
     def score(candidate: Candidate) -> Point:
         defended = candidate.family != "none"
         config = candidate.config(wrapper.config, settings.calls) if defended else None
         view = wrapper.with_config(config) if config is not None else wrapper
         folder = out / candidate.name
-        clean = run_evaluation(view, images, labels, replace(clean_only, defended=defended), folder / "clean",
-                               num_classes=num_classes, resume=True, description=description)
+        clean = run_evaluation(view, clean_images, clean_labels, replace(clean_only, defended=defended),
+                               folder / "clean", num_classes=num_classes, resume=True, subset=clean_subset,
+                               description=description)
         robust = run_evaluation(view, images[attacked], labels[attacked], replace(attack, defended=defended),
                                 folder / "robust", num_classes=num_classes, resume=True, subset=subset,
                                 description=description)
@@ -359,7 +383,7 @@ def _sweep(wrapper: RobustWrapper, images: Tensor, labels: Tensor, out: Path, se
                 run(extra)
     points = [p for p in scored.values() if p.candidate.family != "none"]
     chosen, meets = choose(points, clean_floor)
-    result = TuneResult(baseline, tuple(points), chosen, meets, clean_floor, out)
+    result = TuneResult(baseline, tuple(points), chosen, meets, clean_floor, out, int(images.shape[0]))
     write_outputs(result, settings, header)
     return result
 
@@ -378,20 +402,22 @@ def write_outputs(result: TuneResult, settings: TuneSettings, header: dict) -> N
     plot_frontiers(result, settings, out / "frontier.png")
 
 
-def describe_attack(settings: TuneSettings, n_robust: int, n_clean: int) -> str:
-    """One sentence: which attack, what budget, on what subset."""
-    attack = settings.eval_config()
+def describe_attack(settings: TuneSettings, n_robust: int, n_clean: int, of: int | None = None) -> str:
+    """One sentence: which attack, what budget, on what subset; clean accuracy on which images (``of``: the data's size)."""
+    attack = settings.evaluation
     step = attack.step if attack.step is not None else 0.0
-    return (f"{'full-gradient PGD+EOT' if settings.attack == 'pgd-eot' else 'BPDA'} ({settings.norm}, eps {attack.radius:.4g}, "
-            f"{settings.iters} iterations of step {step:.4g}, EOT {settings.eot}, loss {settings.loss}) on a seeded "
-            f"stratified subset of {n_robust} images (seed {settings.seed}); clean accuracy on all {n_clean} images; "
+    clean = (f"all {n_clean} images" if settings.n_clean is None else
+             f"a seeded stratified subset of {n_clean}{'' if of is None else f' of {of}'} images (seed {attack.seed})")
+    return (f"{'full-gradient PGD+EOT' if attack.attack == 'pgd-eot' else 'BPDA'} ({attack.norm}, eps {attack.radius:.4g}, "
+            f"{attack.iters} iterations of step {step:.4g}, EOT {attack.eot}, loss {attack.describe_losses()}) on a "
+            f"seeded stratified subset of {n_robust} images (seed {attack.seed}); clean accuracy on {clean}; "
             f"{settings.calls} denoiser calls per image for every defense")
 
 
 def table_markdown(result: TuneResult, settings: TuneSettings) -> str:
     """The sweep as a Markdown table, with its protocol and the choice stated."""
     lines = [
-        f"Robust accuracy: {describe_attack(settings, result.baseline.n_robust, result.baseline.n_clean)}. "
+        f"Robust accuracy: {describe_attack(settings, result.baseline.n_robust, result.baseline.n_clean, result.n_images)}. "
         f"{INTERVAL_NOTE}.",
         "",
         "| setting | family | t_l (t*) | t_s | cut | steps | calls | clean | robust |",
@@ -433,8 +459,8 @@ def plot_frontiers(result: TuneResult, settings: TuneSettings, path: Path) -> No
     near.set_xlim(low, 1.0 + 0.005)
     near.set_ylim(-0.01, max(p.robust_interval[1] for p in near_points) + 0.02)
     near.set_title("near the clean floor", fontsize=10)
-    attack = settings.eval_config()
-    whole.set_title(f"{settings.norm} eps {attack.radius:.3g}, PGD {settings.iters} it. x EOT {settings.eot}, "
+    attack = settings.evaluation
+    whole.set_title(f"{attack.norm} eps {attack.radius:.3g}, PGD {attack.iters} it. x EOT {attack.eot}, "
                     f"{settings.calls} denoiser calls; bars: Wilson 95%", fontsize=10)
     whole.legend(fontsize=8, loc="best")
     figure.tight_layout()
@@ -467,6 +493,8 @@ def _draw_points(axes, result: TuneResult, settings: TuneSettings) -> None:
     axes.plot([result.chosen.clean], [result.chosen.robust], "*", markersize=18, color="tab:red",
               label=f"chosen: {result.chosen.candidate.name}")
     axes.axvline(result.clean_floor, color="grey", linestyle=":", label=f"clean floor ({settings.min_clean:g} x no defense)")
-    axes.set_xlabel(f"clean accuracy (all {base.n_clean} images)")
-    axes.set_ylabel(f"robust accuracy ({base.n_robust} images, stratified, seed {settings.seed})")
+    seed = settings.evaluation.seed
+    axes.set_xlabel(f"clean accuracy (all {base.n_clean} images)" if settings.n_clean is None
+                    else f"clean accuracy ({base.n_clean} images, stratified, seed {seed})")
+    axes.set_ylabel(f"robust accuracy ({base.n_robust} images, stratified, seed {seed})")
     axes.grid(alpha=0.3)

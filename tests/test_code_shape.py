@@ -86,8 +86,7 @@ def _package_imports(root: Path, package: str) -> dict[str, set[str]]:
     return imports
 
 
-def test_export_has_no_import_cycles():
-    imports = _package_imports(ROOT / "export", "robustwrap.export")
+def _assert_no_cycles(imports: dict[str, set[str]]) -> None:
     state: dict[str, str] = {}
 
     def visit(module: str, path: list[str]) -> None:
@@ -103,6 +102,97 @@ def test_export_has_no_import_cycles():
     for module in imports:
         if module not in state:
             visit(module, [])
+
+
+def test_export_has_no_import_cycles():
+    _assert_no_cycles(_package_imports(ROOT / "export", "robustwrap.export"))
+
+
+EVALUATION_MODULES = ("__init__", "config", "batch", "results", "report", "distributed", "run")
+
+
+def test_evaluation_is_a_package_of_one_job_per_module_without_import_cycles():
+    folder = ROOT / "robustwrap" / "evaluation"
+    assert not (ROOT / "robustwrap" / "evaluation.py").exists()
+    assert sorted(p.stem for p in folder.glob("*.py")) == sorted(EVALUATION_MODULES)
+    imports = _package_imports(folder, "robustwrap.evaluation")
+    _assert_no_cycles(imports)
+    # config (what to run) depends on no other part of the package; run ties the others together.
+    assert imports["robustwrap.evaluation.config"] == set()
+    assert imports["robustwrap.evaluation.distributed"] == set()
+    assert {f"robustwrap.evaluation.{m}" for m in ("batch", "results", "report", "distributed")} \
+        <= imports["robustwrap.evaluation.run"]
+
+
+def test_every_name_imported_from_robustwrap_evaluation_still_resolves():
+    import robustwrap.evaluation as evaluation
+
+    used = set()
+    for folder in ("cli", "robustwrap", "tests", "benchmarks", "examples", "export"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and (node.module == "robustwrap.evaluation" or (
+                        node.level == 1 and node.module == "evaluation" and path.parent.name == "robustwrap")):
+                    used |= {a.name for a in node.names}
+    assert {"EvalConfig", "run_evaluation", "process_group_from_env", "check_inputs"} <= used
+    assert [name for name in sorted(used) if not hasattr(evaluation, name)] == []
+    assert set(evaluation.__all__) <= set(dir(evaluation))
+
+
+def _string_collections(path: Path) -> list[tuple[int, list[str]]]:
+    """(line, strings) of every tuple, list, set or Literal[...] in ``path`` made only of string constants."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        elements = None
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            elements = node.elts
+        if elements and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in elements):
+            found.append((node.lineno, [e.value for e in elements]))
+    return found
+
+
+def test_the_defense_choice_is_defined_once():
+    """none / uniform / heterogeneous / config: one Literal in robustwrap/evaluation/config.py that eval
+    (--defenses, --sanity) and tune (its families) read; PurifyConfig's own mode field is the only other list."""
+    from typing import get_args
+
+    import robustwrap.cli.eval as cli_eval
+    import robustwrap.cli.tune as cli_tune
+    from robustwrap import evaluation, tune
+    from robustwrap.config import Mode
+
+    allowed = {ROOT / "robustwrap" / "evaluation" / "config.py", ROOT / "robustwrap" / "config.py"}
+    names = set(evaluation.DEFENSES)
+    offenders = []
+    for folder in ("robustwrap", "cli", "export"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path in allowed:
+                continue
+            for line, strings in _string_collections(path):
+                if {"uniform", "heterogeneous"} <= set(strings):
+                    offenders.append(f"{path.relative_to(ROOT)}:{line}: {strings}")
+            for node in ast.walk(ast.parse(path.read_text())):  # a comma list of defenses spelled out
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and "," in node.value \
+                        and set(node.value.split(",")) <= names:
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
+    assert offenders == []
+    assert evaluation.DEFENSES == ("none", "uniform", "heterogeneous", "config")
+    assert set(evaluation.MODES) == set(get_args(Mode)) and set(evaluation.MODES) < names
+    assert cli_eval.DEFENSES is evaluation.DEFENSES and tune.FAMILIES is evaluation.MODES
+    assert cli_tune.FAMILIES is evaluation.MODES
+    assert evaluation.choose_defenses(None, has_config=False) == ("none", *evaluation.MODES)
+
+
+def test_tune_settings_hold_an_eval_config_instead_of_its_fields():
+    import dataclasses
+
+    from robustwrap.evaluation import EvalConfig
+    from robustwrap.tune import TuneSettings
+
+    fields = {f.name for f in dataclasses.fields(TuneSettings)}
+    assert "evaluation" in fields
+    assert not fields & {f.name for f in dataclasses.fields(EvalConfig)}
+    assert isinstance(TuneSettings().evaluation, EvalConfig)
 
 
 def test_no_private_name_is_imported_across_modules():

@@ -128,6 +128,6 @@ def test_tune_settings_validate_types():
     for bad, message in ((dict(calls=2.5), "calls must be an int"), (dict(refine="no"), "refine must be true or false"),
                          (dict(min_clean=float("nan")), "min_clean must be a finite number"),
                          (dict(uniform_levels=(0.1, float("nan"))), r"uniform_levels\[1\] must be a finite number"),
-                         (dict(eps=float("inf")), "eps must be a finite number")):
+                         (dict(n_clean=2.5), "n_clean must be an int")):
         with pytest.raises(ValueError, match=message):
             TuneSettings(**bad)

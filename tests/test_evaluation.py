@@ -302,7 +302,8 @@ def test_evaluation_leaves_the_callers_random_state_alone_and_ignores_it(tmp_pat
 
 def test_no_global_seeding_in_the_library():
     root = Path(robustwrap.__file__).parent
-    for name in ("evaluation.py", "sanity.py", "attacks/pgd.py", "attacks/autoattack.py", "data.py"):
+    names = [str(p.relative_to(root)) for p in sorted((root / "evaluation").glob("*.py"))]
+    for name in (*names, "sanity.py", "attacks/pgd.py", "attacks/autoattack.py", "data.py"):
         assert "manual_seed(" not in (root / name).read_text().replace("Generator().manual_seed(", "") \
             .replace("Generator(device=device).manual_seed(", ""), name
 
@@ -393,8 +394,8 @@ def test_attack_images_with_per_image_seeds_is_batch_independent():
 def test_randomness_modules_only_seed_their_own_generators():
     """Every manual_seed( in the attacks, noise, evaluation and checks seeds a torch.Generator it made."""
     root = Path(robustwrap.__file__).parent
-    paths = [*sorted((root / "attacks").glob("*.py"))] + [root / name for name in (
-        "noise.py", "evaluation.py", "sanity.py", "gradcheck.py", "statistics.py", "wrapper.py", "sampler.py")]
+    paths = [*sorted((root / "attacks").glob("*.py")), *sorted((root / "evaluation").glob("*.py"))] + [
+        root / name for name in ("noise.py", "sanity.py", "gradcheck.py", "statistics.py", "wrapper.py", "sampler.py")]
     for path in paths:
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if "manual_seed(" in line:

@@ -1,12 +1,14 @@
 """`robustwrap tune`: the sweep, its choice, its files, resumption and the CLI."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from robustwrap import PurifyConfig, RobustWrapper
-from robustwrap.tune import Candidate, Point, TuneSettings, choose, pareto_front, steps_for_calls, tune
+from robustwrap.evaluation import EvalConfig
+from robustwrap.tune import TUNE_ATTACK, Candidate, Point, TuneSettings, choose, pareto_front, steps_for_calls, tune
 
 from .tiny import tiny_classifier, tiny_unet
 
@@ -18,8 +20,6 @@ def _point(name_level: float, clean: float, robust: float) -> Point:
 def test_steps_give_the_requested_denoiser_budget():
     assert steps_for_calls(PurifyConfig(t_l=0.2), 10) == 50
     for t_l in (0.1, 0.3, 0.45, 0.6):
-        from dataclasses import replace
-
         from robustwrap.schedule import make_plan
 
         config = PurifyConfig(t_l=t_l, t_s=t_l / 2)
@@ -44,8 +44,8 @@ def data():
     return images, labels
 
 
-SMALL = dict(calls=2, uniform_levels=(0.2,), heterogeneous_levels=(0.2,), cuts=(0.8,), n_attack=8, iters=1,
-             eot=1, eps=8 / 255, batch_size=8)
+ATTACK = replace(TUNE_ATTACK, iters=1, eot=1, eps=8 / 255, batch_size=8)
+SMALL = dict(calls=2, uniform_levels=(0.2,), heterogeneous_levels=(0.2,), cuts=(0.8,), n_attack=8, evaluation=ATTACK)
 
 
 @pytest.mark.slow
@@ -78,11 +78,62 @@ def test_tune_writes_table_plot_and_a_config_the_chosen_point_reproduces(tmp_pat
     with pytest.raises(FileExistsError, match="resume"):
         tune(wrapper, images, labels, out, TuneSettings(**SMALL), num_classes=10)
     with pytest.raises(ValueError, match="other settings"):
-        tune(wrapper, images, labels, out, TuneSettings(**{**SMALL, "iters": 2}), num_classes=10, resume=True)
+        tune(wrapper, images, labels, out, TuneSettings(**{**SMALL, "evaluation": replace(ATTACK, iters=2)}), num_classes=10, resume=True)
+
+
+def test_n_clean_scores_clean_accuracy_on_a_stratified_subset_and_records_it(tmp_path, data):
+    from robustwrap.data import draw_subset
+
+    images, labels = data
+    wrapper = RobustWrapper(tiny_classifier(), tiny_unet(), PurifyConfig())
+    settings = TuneSettings(calls=2, uniform_levels=(0.2,), families=("uniform",), refine=False, n_attack=2,
+                            n_clean=6, evaluation=replace(ATTACK, iters=0, batch_size=4))
+    out = tmp_path / "sweep"
+    result = tune(wrapper, images, labels, out, settings, num_classes=10)
+    indices, subset = draw_subset(labels, 6, ATTACK.seed)
+    assert result.baseline.n_clean == 6 and all(p.n_clean == 6 for p in result.points)
+    assert result.baseline.n_robust == 2 and result.n_images == 24
+    for name in ("none", "uniform-t0.200"):
+        report = json.loads((out / name / "clean" / "report.json").read_text())
+        assert report["subset"]["indices"] == indices.tolist() and report["subset"]["seed"] == ATTACK.seed
+        assert report["n_samples"] == 6 and report["subset"]["rule"].startswith("stratified")
+    header = json.loads((out / "tune.json").read_text())
+    assert header["tune"]["n_clean"] == 6
+    assert header["clean_subset"] == {k: v for k, v in subset.items() if k != "indices"}
+    assert "clean accuracy on a seeded stratified subset of 6 of 24 images (seed 0)" in (out / "table.md").read_text()
+    with pytest.raises(ValueError, match="other settings"):  # n_clean is part of the sweep's settings
+        tune(wrapper, images, labels, out, replace(settings, n_clean=8), num_classes=10, resume=True)
+    every = tune(wrapper, images, labels, tmp_path / "all", replace(settings, n_clean=24), num_classes=10)
+    assert every.baseline.n_clean == 24 and every.baseline.clean == 1.0  # n_clean = N: every image
+    with pytest.raises(ValueError, match="n_clean is 25 but the data holds 24 images"):
+        tune(wrapper, images, labels, tmp_path / "big", replace(settings, n_clean=25), num_classes=10)
+    assert not (tmp_path / "big").exists()
+
+
+def test_cli_tune_refuses_a_bad_n_clean_in_one_line(tmp_path, data, monkeypatch):
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from robustwrap.cli import common
+    from robustwrap.cli.app import app
+
+    monkeypatch.setattr(common.console, "width", 100_000)  # one message, one line
+    images, labels = data
+    save_file({"images": images, "labels": labels}, str(tmp_path / "data.safetensors"))
+    command = ["tune", "--data", f"tensors:{tmp_path / 'data.safetensors'}", "--classifier", "small-resnet",
+               "--diffusion", "small-unet", "--calls", "2", "--n-attack", "2", "--iters", "1",
+               "--out", str(tmp_path / "tune")]
+    for value, message in (("0", "n_clean must be >= 1"), ("25", "n_clean is 25 but the data holds 24 images"),
+                           ("-3", "n_clean must be >= 1")):
+        result = CliRunner().invoke(app, [*command, "--n-clean", value])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+        assert not (tmp_path / "tune").exists()
 
 
 def test_bad_tune_settings_are_refused():
-    for bad in (dict(min_clean=0.0), dict(families=("bogus",)), dict(attack="autoattack"), dict(calls=0),
+    for bad in (dict(min_clean=0.0), dict(families=("bogus",)), dict(evaluation=EvalConfig(attack="autoattack")), dict(calls=0),
+                dict(n_clean=0), dict(n_clean=2.5), dict(evaluation="pgd-eot"),
                 dict(uniform_levels=(1.5,))):
         with pytest.raises(ValueError, match="invalid tune settings"):
             TuneSettings(**bad)

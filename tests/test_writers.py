@@ -20,8 +20,9 @@ from robustwrap.tune import TuneSettings, tune
 from .tiny import tiny_classifier, tiny_unet, tiny_wrapper
 
 CLEAN = EvalConfig(attack="none", batch_size=2)
-TINY_TUNE = dict(calls=2, uniform_levels=(0.2,), heterogeneous_levels=(0.2,), cuts=(0.8,), n_attack=2, iters=1,
-                 eot=1, eps=8 / 255, batch_size=4, refine=False, families=("uniform",))
+TINY_TUNE = dict(calls=2, uniform_levels=(0.2,), heterogeneous_levels=(0.2,), cuts=(0.8,), n_attack=2,
+                 evaluation=EvalConfig(attack="pgd-eot", iters=1, eot=1, loss="ce", eps=8 / 255, batch_size=4),
+                 refine=False, families=("uniform",))
 PURIFY_ARGS = ["--classifier", "small-resnet", "--diffusion", "small-unet", "--channels", "3",
                "--image-size", "16", "--steps", "10"]
 runner = CliRunner()
@@ -81,7 +82,7 @@ def test_a_failed_start_leaves_nothing_and_does_not_block_the_rerun(tmp_path, mo
         with pytest.raises(ValueError, match=match):
             run_evaluation(tiny_wrapper(), bad, labels, CLEAN, out, num_classes=10)
         assert not (tmp_path / "deep").exists()
-    import robustwrap.evaluation as evaluation
+    import robustwrap.evaluation.run as evaluation  # where run_evaluation looks evaluate_batch up
 
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("CUDA out of memory (simulated)")

@@ -1,0 +1,36 @@
+"""Robustness evaluation: attack in fixed batches, record each batch as it finishes, report.
+
+Each batch's outcome is appended to a JSON-lines file as soon as it is known (a crash loses
+at most the batch in flight) and a rerun with ``resume=True`` skips recorded batches. Every
+random draw for an image (its purifications, its attacks, its verdicts) comes from per-image
+generators seeded from (seed, the image's index in the data set), as EDM's sampler does, so
+an image's result is the same whatever the batch size, and whether the run was interrupted,
+resumed, or sharded over torch.distributed ranks (batch i goes to rank i mod world size; each
+rank writes its own file; rank 0 merges).
+
+One job per module:
+
+- :mod:`.config`: :class:`EvalConfig` (the attack settings) and the defense choice
+  (:data:`DEFENSES`: none / uniform / heterogeneous / config), read by the CLI, sanity and tune;
+- :mod:`.batch`: one batch checked, attacked (by name, :mod:`robustwrap.attacks.registry`) and scored;
+- :mod:`.results`: the results file (:class:`ResultsFile`: header, fingerprints, records, resume checks);
+- :mod:`.report`: the report (:func:`summarize`);
+- :mod:`.distributed`: torchrun set-up (:func:`process_group_from_env`);
+- :mod:`.run`: :func:`run_evaluation`, which ties them together.
+"""
+
+from .batch import attack_batch, attack_images, check_inputs, evaluate_batch, image_seeds
+from .config import (ATTACKS, DEFAULT_EPS, DEFENSES, MODES, STEPPED, Defense, EvalConfig, choose_defenses,
+                     defense_view)
+from .distributed import process_group_from_env, rank_and_world
+from .report import summarize
+from .results import (RANDOMNESS, ResultsFile, check_results_folder, is_evaluation_folder, read_records,
+                      record_problem, versions)
+from .run import run_evaluation
+
+__all__ = [
+    "ATTACKS", "DEFAULT_EPS", "DEFENSES", "MODES", "RANDOMNESS", "STEPPED", "Defense", "EvalConfig", "ResultsFile",
+    "attack_batch", "attack_images", "check_inputs", "check_results_folder", "choose_defenses", "defense_view",
+    "evaluate_batch", "image_seeds", "is_evaluation_folder", "process_group_from_env", "rank_and_world",
+    "read_records", "record_problem", "run_evaluation", "summarize", "versions",
+]

@@ -1,0 +1,238 @@
+"""The results file: a header line, then one JSON record per batch, appended as each finishes.
+
+The header holds the evaluation settings, the defense, the data subset, fingerprints of the
+images, labels and weights (:mod:`robustwrap.fingerprint`) and the randomness rule; a resumed
+run must match it, and a mismatch names what changed. Each rank of a torchrun job writes its
+own file; rank 0 merges them (:meth:`ResultsFile.merged`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..fingerprint import header_differences, run_fingerprint
+from ..outputs import check_resumable_output, dumps_strict
+from ..wrapper import RobustWrapper
+from .config import EvalConfig
+
+RANDOMNESS = "per-image: mix_seed(seed, data-set index)"  # recorded in the header; older files are not resumed
+logger = logging.getLogger(__name__)
+
+
+def is_evaluation_folder(path: Path) -> bool:
+    """Whether ``path`` holds only what :func:`run_evaluation` writes: results files (each empty or
+    starting with a header) and ``report.json``; what ``overwrite=True`` may replace."""
+    entries = list(path.iterdir()) if path.is_dir() and not path.is_symlink() else []
+    results = [e for e in entries if e.name.startswith("results") and e.suffix == ".jsonl" and e.is_file()]
+    report = [e for e in entries if e.is_file() and (e.name == "report.json" or  # or one a crash left mid-write
+                                                     e.name.startswith(".report.json.") and e.suffix == ".tmp")]
+    if not results or any(e not in results and e not in report for e in entries):
+        return False
+    for result in results:
+        with result.open("rb") as file:
+            start = file.read(10)
+        if start and start != b'{"header":':
+            return False
+    return True
+
+
+def check_results_folder(out: str | os.PathLike, *, resume: bool, overwrite: bool) -> None:
+    """Refuse, before any work, a results folder this run may not write (robustwrap.outputs' rule).
+
+    Raises:
+        FileExistsError: ``out`` holds results and neither ``resume`` nor ``overwrite`` is set.
+        ValueError: both are set; or ``out`` is a file, a folder with other files, the working
+            directory or one of its parents.
+    """
+    check_resumable_output(out, resume=resume, overwrite=overwrite, ours=is_evaluation_folder, what="results folder")
+
+
+def versions() -> dict:
+    """The versions of robustwrap, torch, timm and Python (recorded with every results file and report)."""
+    import timm  # noqa: PLC0415
+
+    from .. import __version__  # noqa: PLC0415
+
+    return {"robustwrap": __version__, "torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version()}
+
+
+def record_problem(entry: object, header: dict) -> str | None:
+    """What is wrong with one results line for this header (None: a valid batch record)."""
+    settings = header["eval"]
+    runs, size_of_batch, n = settings["runs"], settings["batch_size"], header["n_samples"]
+    attacks = settings["attack"].split(",")
+    if not isinstance(entry, dict) or not {"batch", "size", "clean", "robust", "own"} <= set(entry):
+        return "is not a batch record (expected an object with batch, size, clean, robust and own)"
+    batch, size = entry["batch"], entry["size"]
+    batches = math.ceil(n / size_of_batch)
+    if not isinstance(batch, int) or isinstance(batch, bool) or not 0 <= batch < batches:
+        return f"has batch {batch!r}, expected an index in [0, {batches})"
+    expected = min(size_of_batch, n - batch * size_of_batch)
+    if size != expected:
+        return f"has size {size!r} for batch {batch}, expected {expected}"
+
+    def table_problem(name: str, table: object) -> str | None:
+        if not isinstance(table, list) or len(table) != runs:
+            return f"{name} must hold {runs} run(s)"
+        if any(not isinstance(row, list) or len(row) != size or not all(isinstance(v, bool) for v in row) for row in table):
+            return f"{name} must hold {size} true/false values per run"
+        return None
+
+    robust = entry["robust"]
+    if not isinstance(robust, dict) or sorted(robust) != sorted(attacks):
+        return f"robust must map the attacks {attacks} to results"
+    for name, table in (("clean", entry["clean"]), *((f"robust[{a}]", robust[a]) for a in attacks)):
+        problem = table_problem(name, table)
+        if problem:
+            return problem
+    own = entry["own"]
+    if not isinstance(own, dict) or sorted(own) != sorted(attacks):
+        return f"own must map the attacks {attacks} to the attack's own verdicts"
+    if any(not isinstance(v, list) or len(v) != size or not all(isinstance(b, bool) for b in v) for v in own.values()):
+        return f"own must hold {size} true/false values per attack"
+    return None
+
+
+def read_records(path: Path, header: dict) -> tuple[dict[int, dict], int, bool]:
+    """Batches recorded in ``path`` (by index), validated against ``header``.
+
+    Blank lines are ignored. A last line that is not valid JSON is what a crash in the middle
+    of a write leaves: it is dropped (its batch is recomputed) and a warning is logged.
+
+    Returns:
+        (records by batch index, the number of bytes of the file that are kept, whether the
+        file starts with a header). An empty file has no header and no records.
+
+    Raises:
+        ValueError: a line other than the last is not JSON, a record is malformed, or the file
+            was written with other settings; the message names the file and the line.
+    """
+    records: dict[int, dict] = {}
+    data = path.read_bytes()
+    lines = data.splitlines(keepends=True)
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    offset, has_header = 0, False
+    advice = "the file is corrupted: move it away to start over, or delete that line to resume"
+    for position, raw in enumerate(lines):
+        number = position + 1
+        line_start, offset = offset, offset + len(raw)
+        if not raw.strip():
+            continue
+        try:
+            entry = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            if position == last:
+                logger.warning("%s line %d is incomplete (an interrupted write); dropping it, its batch is recomputed",
+                               path, number)
+                return records, line_start, has_header
+            message = getattr(error, "msg", str(error))
+            raise ValueError(f"{path} line {number} is not valid JSON ({message}): {advice}") from error
+        if not has_header:
+            if not isinstance(entry, dict) or "header" not in entry:
+                raise ValueError(f"{path} line {number} should be the header of a results file: {advice}")
+            if entry["header"] != header:
+                changes = header_differences(entry["header"], header)
+                raise ValueError(f"{path} was written with other settings ({', '.join(changes[:4])}): "
+                                 "use another --out, or --overwrite to replace it")
+            has_header = True
+        else:
+            problem = record_problem(entry, header)
+            if problem:
+                raise ValueError(f"{path} line {number} {problem}: {advice}")
+            records[entry["batch"]] = entry
+    return records, len(data), has_header
+
+
+class ResultsFile:
+    """One process's results file (``results.jsonl``, or ``results.rank{r}-of-{w}.jsonl`` under torchrun).
+
+    Args:
+        path: the file.
+        header: what the file must start with (:meth:`make_header`); every record is checked
+            against it when read.
+    """
+
+    def __init__(self, path: str | os.PathLike, header: dict) -> None:
+        self.path = Path(path)
+        self.header = header
+
+    @classmethod
+    def of_rank(cls, out: str | os.PathLike, header: dict, rank: int = 0, world: int = 1) -> ResultsFile:
+        """The results file of ``rank`` (of ``world`` processes) in the folder ``out``."""
+        name = "results.jsonl" if world == 1 else f"results.rank{rank}-of-{world}.jsonl"
+        return cls(Path(out) / name, header)
+
+    @staticmethod
+    def make_header(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: EvalConfig, subset: dict,
+                    description: dict | None = None) -> dict:
+        """The header of a run: settings, defense, subset, extra facts, fingerprints and randomness rule,
+        as it reads back from the file (tuples become lists)."""
+        header = {
+            "eval": cfg.resolved(),
+            "defense": dataclasses.asdict(wrapper.config),
+            "n_samples": int(images.shape[0]),
+            "subset": subset,
+            **(description or {}),
+            "fingerprint": run_fingerprint(images, labels, wrapper.classifier, wrapper.eps_model),
+        }
+        header["randomness"] = RANDOMNESS
+        return json.loads(dumps_strict(header))
+
+    def read(self) -> tuple[dict[int, dict], int, bool]:
+        """:func:`read_records` of this file against its header."""
+        return read_records(self.path, self.header)
+
+    def open(self) -> dict[int, dict]:
+        """The records already in the file, after dropping a torn last line; writes the header if missing.
+
+        Raises:
+            ValueError: the file was written with other settings, data or weights, or is corrupted.
+        """
+        done, kept, has_header = self.read() if self.path.exists() else ({}, 0, False)
+        if not has_header:  # a new file, an empty one, or one whose only line (the header) is torn
+            self.path.write_text(dumps_strict({"header": self.header, "versions": versions()}) + "\n")
+            return {}
+        if kept < self.path.stat().st_size:
+            with self.path.open("r+b") as file:
+                file.truncate(kept)
+        with self.path.open("rb") as file:
+            file.seek(-1, os.SEEK_END)
+            if file.read(1) != b"\n":
+                with self.path.open("ab") as append:
+                    append.write(b"\n")
+        return done
+
+    @contextmanager
+    def appender(self) -> Iterator[Callable[[dict], None]]:
+        """A function that appends one batch record and syncs it to disk (a crash loses at most the batch in flight)."""
+        with self.path.open("a") as file:
+            def append(record: dict) -> None:
+                file.write(dumps_strict(record) + "\n")
+                file.flush()
+                os.fsync(file.fileno())
+
+            yield append
+
+    def holds_records(self) -> bool:
+        """Whether the file holds more than its header."""
+        return self.path.exists() and len(self.path.read_bytes().splitlines()) > 1
+
+    @staticmethod
+    def merged(out: str | os.PathLike, header: dict) -> dict[int, dict]:
+        """Every rank's records in the folder ``out``, by batch index, each file checked against ``header``."""
+        records: dict[int, dict] = {}
+        for path in sorted(Path(out).glob("results*.jsonl")):
+            records.update(read_records(path, header)[0])
+        return records
