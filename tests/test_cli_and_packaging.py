@@ -374,5 +374,5 @@ def test_wheel_contains_export_and_cli_under_robustwrap(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"robustwrap/export/onnx_export.py", "robustwrap/export/triton/pipeline_model.py",
             "robustwrap/export/triton/component_model.py", "robustwrap/cli/app.py", "robustwrap/wrapper.py",
-            "robustwrap/py.typed"} <= names
+            "robustwrap/py.typed", "robustwrap/evaluation/__init__.py", "robustwrap/evaluation/run.py"} <= names
     assert not any(name.startswith(("export/", "cli/", "tests/")) for name in names)
