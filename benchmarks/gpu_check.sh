@@ -43,6 +43,7 @@ from robustwrap.nets import NCSNpp, WideResNet
 from robustwrap.adapters import ScoreSDEEps
 
 work = Path(sys.argv[1])
+script_start = time.perf_counter()
 assert torch.cuda.is_available(), "no CUDA device visible to torch"
 print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}; work folder {work}")
 torch.manual_seed(0)
@@ -103,6 +104,18 @@ for precision in ("fp32", "fp16"):
         compare(f"TensorRT {precision}", load_bundle(folder, engine="tensorrt", device="cuda"))
     except Exception as error:
         print(f"TensorRT {precision}: skipped ({type(error).__name__}: {error})")
+
+# AOTInductor packages compiled for CUDA (the same code path as on the CPU), if time is left.
+if time.perf_counter() - script_start < 300:
+    try:
+        start = time.perf_counter()
+        packaged = export_bundle(wrapper, work / "bundle-aoti", overwrite=True, aoti=True)
+        print(f"bundle + AOT packages for CUDA: {time.perf_counter() - start:.1f} s")
+        compare("AOT packages CUDA", load_bundle(packaged.path, engine="aoti", device="cuda"))
+    except Exception as error:
+        print(f"AOT packages CUDA: skipped ({type(error).__name__}: {error})")
+else:
+    print("AOT packages CUDA: skipped (less than 4 minutes left of the check's budget)")
 
 print(f"\nbatch {batch}, {wrapper.plan.denoiser_calls} denoiser calls, explicit noise shared with eager")
 print(f"{'engine':34s} {'max |d prob| vs eager':>22s} {'images/s':>10s}")
