@@ -21,13 +21,15 @@ field is checked and every problem is a ``ValueError`` naming the bundle and the
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
+
 from robustwrap.config import PurifyConfig
+from robustwrap.outputs import dumps_strict
 
 FORMAT = "robustwrap-bundle"
 FORMAT_VERSION = 2
@@ -38,7 +40,8 @@ CLASSIFIER = "classifier"
 UNROLLED = "unrolled"
 COMPONENTS = (CLASSIFIER, DENOISER, UNROLLED)
 BATCH = "N"  # the name of the dynamic batch axis in every recorded shape
-DTYPES = ("float32", "int64")
+TORCH_DTYPES = {"float32": torch.float32, "int64": torch.int64}  # the dtypes a bundle's tensors may have
+DTYPES = tuple(TORCH_DTYPES)
 
 
 @dataclass(frozen=True)
@@ -164,8 +167,7 @@ class BundleInfo:
 
     def write(self, folder: Path) -> None:
         """Write ``config.json`` into ``folder``."""
-        text = json.dumps(self.to_dict(), indent=2, allow_nan=False)
-        (folder / CONFIG_FILE).write_text(text + "\n")
+        (folder / CONFIG_FILE).write_text(dumps_strict(self.to_dict(), indent=2) + "\n")
 
     def file(self, folder: str | os.PathLike, component: str) -> Path:
         """The path of a component's graph inside ``folder``; ValueError if the bundle lacks it."""
@@ -330,7 +332,7 @@ def _component(check: _Checker, name: str, raw: Any, folder: Path | None) -> Com
         raise ValueError(f"{check.where}: {context}noise must be 'in_graph' or 'explicit', got {noise!r}")
     nodes, size = raw.get("nodes", 0), raw.get("bytes", 0)
     for label, value in (("nodes", nodes), ("bytes", size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0 or not math.isfinite(value):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{check.where}: {context}{label} must be a non-negative integer, got {value!r}")
     return ComponentSpec(file, inputs, outputs, nodes, size, noise if name == UNROLLED else None)
 

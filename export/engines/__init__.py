@@ -25,6 +25,11 @@ Engine = Literal["onnxruntime", "tensorrt", "aoti"]
 ENGINES = ("onnxruntime", "tensorrt", "aoti")
 
 
+def like_caller(outputs: Sequence[Tensor], like: Tensor) -> list[Tensor]:
+    """Outputs on ``like``'s device; float outputs in its dtype, integer outputs keep theirs."""
+    return [o.to(like.device, like.dtype) if o.is_floating_point() else o.to(like.device) for o in outputs]
+
+
 class Runner(Protocol):
     """One compiled graph: ``runner({name: tensor}) -> [outputs in the graph's order]``."""
 

@@ -7,7 +7,6 @@ served Python model): the loop, the noise, the mask and the vote stay the librar
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -80,10 +79,6 @@ def resolve_config(info: BundleInfo, config: PurifyConfig | Mapping[str, Any] | 
     if isinstance(config, PurifyConfig):
         return config
     if isinstance(config, Mapping):
-        fields = {f.name for f in dataclasses.fields(PurifyConfig)}
-        unknown = sorted(set(config) - fields)
-        if unknown:
-            raise ValueError(f"unknown PurifyConfig fields {unknown}; known: {sorted(fields)}")
         return PurifyConfig.from_dict({**info.config.to_dict(), **dict(config)}, source="the config overrides")
     raise TypeError(f"config must be a PurifyConfig, a mapping of overrides or None, got {type(config).__name__}")
 

@@ -17,9 +17,8 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from ..format import ComponentSpec, PackageSet
-
-_TORCH_DTYPES = {"float32": torch.float32, "int64": torch.int64}
+from ..format import TORCH_DTYPES, ComponentSpec, PackageSet
+from . import like_caller
 
 
 def package_file(component: str, device: str) -> str:
@@ -124,8 +123,8 @@ class AotiRunner:
         if set(feeds) != set(self.input_names):
             raise ValueError(f"inputs must be {self.input_names}, got {sorted(feeds)}")
         first = next(iter(feeds.values()))
-        inputs = [feeds[t.name].detach().to(self.device, _TORCH_DTYPES[t.dtype]).contiguous() for t in self.spec.inputs]
+        inputs = [feeds[t.name].detach().to(self.device, TORCH_DTYPES[t.dtype]).contiguous() for t in self.spec.inputs]
         with torch.no_grad():
             outputs = self.model(*inputs)
         outputs = list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
-        return [o.to(first.device, first.dtype) if o.is_floating_point() else o.to(first.device) for o in outputs]
+        return like_caller(outputs, first)

@@ -8,10 +8,9 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from ..format import ComponentSpec
+from ..format import TORCH_DTYPES, ComponentSpec
 from ..optional import require
-
-_TORCH_DTYPES = {"float32": torch.float32, "int64": torch.int64}
+from . import like_caller
 
 
 class OrtRunner:
@@ -71,12 +70,12 @@ class OrtRunner:
             raise ValueError(f"inputs must be {self.input_names}, got {sorted(feeds)}")
         first = next(iter(feeds.values()))
         if self.device.type == "cpu":
-            arrays = {t.name: feeds[t.name].detach().to("cpu", _TORCH_DTYPES[t.dtype]).contiguous().numpy()
+            arrays = {t.name: feeds[t.name].detach().to("cpu", TORCH_DTYPES[t.dtype]).contiguous().numpy()
                       for t in self.spec.inputs}
             outputs = [torch.from_numpy(o) for o in self.session.run(self.output_names, arrays)]
         else:
             outputs = self._run_bound(feeds, first.shape[0])
-        return [o.to(first.device, first.dtype) if o.is_floating_point() else o.to(first.device) for o in outputs]
+        return like_caller(outputs, first)
 
     def _run_bound(self, feeds: Mapping[str, Tensor], batch: int) -> list[Tensor]:
         import numpy as np
@@ -86,11 +85,11 @@ class OrtRunner:
         binding = self.session.io_binding()
         kept = []
         for tensor in self.spec.inputs:
-            value = feeds[tensor.name].detach().to(self.device, _TORCH_DTYPES[tensor.dtype]).contiguous()
+            value = feeds[tensor.name].detach().to(self.device, TORCH_DTYPES[tensor.dtype]).contiguous()
             kept.append(value)
             binding.bind_input(tensor.name, "cuda", index, numpy_types[tensor.dtype], tuple(value.shape),
                                value.data_ptr())
-        outputs = [torch.empty((batch, *t.item_shape), device=self.device, dtype=_TORCH_DTYPES[t.dtype])
+        outputs = [torch.empty((batch, *t.item_shape), device=self.device, dtype=TORCH_DTYPES[t.dtype])
                    for t in self.spec.outputs]
         for tensor, out in zip(self.spec.outputs, outputs):
             binding.bind_output(tensor.name, "cuda", index, numpy_types[tensor.dtype], tuple(out.shape),

@@ -18,6 +18,7 @@ import torch
 
 from ..format import BundleInfo
 from ..optional import require
+from . import like_caller
 
 
 def _require_cuda() -> None:
@@ -213,7 +214,7 @@ class TrtEngine:
         caller.wait_stream(self.stream)  # the caller's next work sees the outputs
         for out in outputs:
             out.record_stream(caller)
-        return [o.to(first.device, first.dtype) if o.is_floating_point() else o.to(first.device) for o in outputs]
+        return like_caller(outputs, first)
 
 
 def engine_path(folder: Path, component: str) -> Path:

@@ -25,25 +25,15 @@ import json
 import os
 import secrets
 
-import numpy
 import torch
 import triton_python_backend_utils as pb_utils
 from torch.utils import dlpack
 
 from robustwrap.export.engines.adapters import wrapper_over_runners
 from robustwrap.export.format import BundleInfo
+from robustwrap.export.triton.environment import numpy_problem
+from robustwrap.noise import SEED_LIMIT, check_seeds
 from robustwrap.vote import vote_labels
-
-SEED_LIMIT = 2**63
-
-
-def check_environment():
-    """Refuse to load in an interpreter whose numpy the stub cannot exchange tensors with."""
-    if int(numpy.__version__.split(".")[0]) >= 2:
-        raise pb_utils.TritonModelException(
-            f"the Python backend stub's interpreter has numpy {numpy.__version__}: Triton 2.51's stub returns empty "
-            "(zero-byte) outputs with numpy 2; install numpy<2 in the environment first on the server's PATH "
-            "(pip install 'robustwrap[serve]' does)")
 
 
 class BlsRunner:
@@ -90,14 +80,14 @@ def read_seeds(request, batch):
     values = seed.as_numpy()
     if values.shape != (batch, 1):
         raise ValueError(f"seed must have shape ({batch}, 1) for {batch} images, got {values.shape}")
-    if (values < 0).any():
-        raise ValueError(f"seeds must be in [0, 2**63), got {values.reshape(-1).tolist()}")
-    return torch.from_numpy(values.reshape(-1).astype("int64"))
+    return check_seeds(torch.from_numpy(values.reshape(-1)), batch)
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        check_environment()
+        problem = numpy_problem()
+        if problem:
+            raise pb_utils.TritonModelException(problem)
         folder = os.path.join(args["model_repository"], args["model_version"])
         with open(os.path.join(folder, "serving.json")) as file:
             serving = json.load(file)

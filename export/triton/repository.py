@@ -27,12 +27,13 @@ from typing import Any, Literal, Mapping
 import torch
 
 import robustwrap
-from robustwrap.outputs import check_output, replace_folder, temporary_beside
+from robustwrap.outputs import check_output, dumps_strict, replace_folder, temporary_beside
 
 from ..engines.adapters import resolve_config
 from ..engines.tensorrt import engine_path
 from ..format import CLASSIFIER, DENOISER, BundleInfo, TensorSpec
 from ..onnx_export import graph_files
+from .environment import NUMPY_REQUIREMENT
 
 ComponentBackend = Literal["onnxruntime", "tensorrt", "python"]
 COMPONENT_BACKENDS = ("onnxruntime", "tensorrt", "python")
@@ -209,8 +210,8 @@ def write_triton_bundle(
 
 
 def _marker(folder: Path, role: str, info: BundleInfo, backend: str) -> None:
-    (folder / MARKER).write_text(json.dumps({"format": MARKER_FORMAT, "role": role, "backend": backend,
-                                             "specs": dict(info.specs)}, indent=2, allow_nan=False) + "\n")
+    (folder / MARKER).write_text(dumps_strict({"format": MARKER_FORMAT, "role": role, "backend": backend,
+                                               "specs": dict(info.specs)}, indent=2) + "\n")
 
 
 def _write_component(folder: Path, model_name: str, component: str, info: BundleInfo, source: Path, backend: str,
@@ -241,7 +242,7 @@ def _write_pipeline(folder: Path, names: Mapping[str, str], info: BundleInfo, op
     version = folder / "1"
     version.mkdir(parents=True)
     (version / "model.py").write_text(resources.files(__package__).joinpath("pipeline_model.py").read_text())
-    (version / "bundle.json").write_text(json.dumps(info.to_dict(), indent=2, allow_nan=False) + "\n")
+    (version / "bundle.json").write_text(dumps_strict(info.to_dict(), indent=2) + "\n")
     serving = {
         "classifier_model": names[CLASSIFIER],
         "denoiser_model": names[DENOISER],
@@ -249,9 +250,9 @@ def _write_pipeline(folder: Path, names: Mapping[str, str], info: BundleInfo, op
         "config_overrides": dict(config_overrides) if config_overrides else None,
         "torch_threads": options.torch_threads,
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "robustwrap": robustwrap.__version__, "numpy": "<2"},
+                        "robustwrap": robustwrap.__version__, "numpy": NUMPY_REQUIREMENT},
     }
-    (version / "serving.json").write_text(json.dumps(serving, indent=2, allow_nan=False) + "\n")
+    (version / "serving.json").write_text(dumps_strict(serving, indent=2) + "\n")
     images = TensorSpec("images", ("N", info.channels, *info.image_size))
     seed = '  {\n    name: "seed"\n    data_type: TYPE_INT64\n    dims: [ 1 ]\n    optional: true\n  }'
     outputs = [TensorSpec("probabilities", ("N", info.num_classes)), TensorSpec("labels", ("N", 1), "int64")]

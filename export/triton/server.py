@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..optional import require
+from .environment import numpy_problem
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +39,6 @@ def _pytriton_root() -> Path:
         raise RuntimeError(f"{root} has no bin/tritonserver: the nvidia-pytriton install is incomplete; "
                            "pip install --force-reinstall 'robustwrap[serve]'")
     return root
-
-
-def _check_numpy() -> None:
-    import numpy
-
-    if int(numpy.__version__.split(".")[0]) >= 2:
-        raise RuntimeError(f"this environment has numpy {numpy.__version__}: Triton 2.51's Python backend stub "
-                           "returns empty outputs with numpy 2; pip install 'numpy<2' (the serve extra pins it)")
 
 
 class TritonServer:
@@ -94,7 +87,9 @@ class TritonServer:
             RuntimeError: the server exited or was not ready within ``timeout`` seconds (with
                 the end of its log, which names a model that failed to load).
         """
-        _check_numpy()
+        problem = numpy_problem()
+        if problem:
+            raise RuntimeError(problem)
         root = _pytriton_root()
         backend = self.runtime / "backends" / "python"
         backend.mkdir(parents=True, exist_ok=True)
@@ -177,10 +172,7 @@ class TritonServer:
                 os.killpg(process.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        if self.log_path.parent != self.runtime:
-            shutil.rmtree(self.runtime, ignore_errors=True)
-        else:
-            shutil.rmtree(self.runtime / "backends", ignore_errors=True)
+        shutil.rmtree(self.runtime, ignore_errors=True)  # read log_tail() before stop() to keep the log's end
 
     def __enter__(self) -> "TritonServer":
         return self.start() if self.process is None else self
