@@ -18,6 +18,7 @@ from robustwrap.attacks.registry import describe_attacks
 from robustwrap.evaluation.config import DEFENSES, choose_defenses, defense_view
 from robustwrap.statistics import INTERVAL_NOTE
 
+FIGURE = "accuracy.png"  # beside the defenses' folders in --out
 ATTACK_HELP = (f"comma list of: {describe_attacks()}. Each is run; an image counts as robust only if it survives "
                "every one, and every verdict is the vote on held-out runs whose noise no attack used")
 
@@ -32,7 +33,10 @@ def eval_command(
     defenses: Optional[str] = typer.Option(None, help="comma list of none (bare classifier), uniform (DiffPure "
                                            "baseline, same denoiser calls), heterogeneous, config (the --config "
                                            "file's defense as it is); default none,uniform,heterogeneous, or "
-                                           "none,config with --config"),
+                                           "none,config with --config. With the shipped models, uniform and "
+                                           "heterogeneous run at the configs `robustwrap tune` calibrated to them "
+                                           "(same denoiser calls, same clean floor) unless --config, --steps, "
+                                           "--t-l or --t-s is given"),
     attack: str = typer.Option("pgd-eot", help=ATTACK_HELP),
     norm: NormName = typer.Option(NormName.linf, help="threat model: Linf (max pixel change) or L2 (Euclidean norm of the change)"),
     eps: Optional[float] = typer.Option(None, help="radius of the threat model; default 0.3 (Linf) for MNIST data "
@@ -79,7 +83,9 @@ def eval_command(
 
     With no options: the shipped MNIST models on 64 held-out digits (a stratified sample) under
     PGD+EOT (L-inf 0.3, 10 iterations, step 2.5 * eps / iters), for no defense, the uniform
-    DiffPure baseline and the heterogeneous defense.
+    DiffPure baseline and the heterogeneous defense, each at the setting `robustwrap tune`
+    calibrated to these models (the same denoiser calls, the same clean floor). Writes
+    accuracy.png (clean and robust accuracy per defense and attack, Wilson 95% bars) in --out.
     """
     from robustwrap.data import draw_subset, load_dataset, resolve_eps
     from robustwrap.evaluation import EvalConfig
@@ -98,6 +104,11 @@ def eval_command(
                           em_reference=em_reference, dev_weight=dev_weight,
                           runs=runs, seed=seed, batch_size=batch_size)
         defense = defense_config(config, steps=steps, t_l=t_l, t_s=t_s, votes=votes)
+        configs, calibration = defense_configs(chosen, defense, classifier, diffusion,
+                                               own_weights=classifier_weights is not None
+                                               or diffusion_weights is not None,
+                                               own_defense=config is not None or any(
+                                                   v is not None for v in (steps, t_l, t_s)))
         all_images, all_labels = load_dataset(data)
         indices, subset = draw_subset(all_labels, min(batch_size, n_samples or batch_size) if sanity else n_samples,
                                       seed, spec=data)
@@ -106,6 +117,9 @@ def eval_command(
     images, labels = all_images[indices], all_labels[indices]
     wrapper = build_wrapper(classifier, classifier_weights, diffusion, diffusion_weights,
                             num_classes, images.shape[1], images.shape[-1], defense)
+    views = {name: defense_view(wrapper, configs[name], name) for name in chosen}
+    if calibration:
+        console.print(calibration)
     budget = (f"{norm.value} eps={base.radius:.4g}, {iters} iterations, "
               f"step {'-' if base.step is None else f'{base.step:.3g}'}, EOT {eot}, loss {base.describe_losses()}"
               + (f", surrogate steps {surrogate_steps}" if surrogate_steps else "")
@@ -113,22 +127,24 @@ def eval_command(
                  if "diffhammer" in base.attacks else "")
               + (f", deviation weight {dev_weight:g}" if dev_weight else ""))
     if sanity:
-        _sanity(wrapper, defense, chosen, images, labels, base, num_classes, budget, subset)
+        _sanity(views, images, labels, base, num_classes, budget, subset)
     # Recorded in every report header (resume compares it), as it always has been.
     description = {"data": data, "classifier": classifier, "diffusion": diffusion,
                    "classifier_weights": str(classifier_weights), "diffusion_weights": str(diffusion_weights)}
-    reports, rank = _evaluate(wrapper, defense, chosen, images, labels, base, num_classes, out, resume, subset,
+    reports, rank = _evaluate(views, images, labels, base, num_classes, out, resume, subset,
                               description, overwrite=overwrite)
     if rank == 0:
-        _print_results(reports, wrapper, defense, base, budget, subset, len(labels), out)
+        _print_results(reports, views, base, budget, subset, len(labels), out)
 
 
 def is_eval_folder(path: Path) -> bool:
-    """Whether ``path`` holds only what eval writes: one results folder per defense."""
+    """Whether ``path`` holds only what eval writes: one results folder per defense, and its figure."""
     from robustwrap.evaluation import is_evaluation_folder
 
     entries = list(path.iterdir()) if path.is_dir() else []
-    return bool(entries) and all(e.name in DEFENSES and is_evaluation_folder(e) for e in entries)
+    folders = [e for e in entries if e.name != FIGURE]
+    return bool(folders) and all(e.name in DEFENSES and is_evaluation_folder(e) for e in folders) and all(
+        e.is_file() and not e.is_symlink() for e in entries if e.name == FIGURE)
 
 
 def check_eval_folder(out: Path, chosen: Sequence[str], resume: bool, overwrite: bool) -> None:
@@ -145,20 +161,55 @@ def check_eval_folder(out: Path, chosen: Sequence[str], resume: bool, overwrite:
         fail(str(error))
 
 
-def _sanity(wrapper, defense, chosen, images, labels, base, num_classes: int, budget: str, subset: dict) -> None:
+def defense_configs(chosen: Sequence[str], defense, classifier: str, diffusion: str, *, own_weights: bool,
+                    own_defense: bool) -> tuple[dict, str]:
+    """Each chosen defense's PurifyConfig, and a sentence saying where they come from ("" when from the options).
+
+    uniform and heterogeneous take the configs `robustwrap tune` calibrated to the shipped pair
+    (``--votes`` still applies) unless other weights are given or the defense is set by
+    --config / --steps / --t-l / --t-s; every other case runs ``defense`` in each mode.
+    """
+    from robustwrap import PurifyConfig
+    from robustwrap.store import calibrated_configs
+
+    files = {} if own_weights or own_defense else calibrated_configs(classifier, diffusion)
+    files = {name: path for name, path in files.items() if name in chosen}
+    configs = {name: dataclasses.replace(PurifyConfig.load(files[name]), votes=defense.votes) if name in files
+               else defense for name in chosen}
+    if not files:
+        return configs, ""
+    plans = "; ".join(f"{name}: {describe_defense(configs[name])}" for name in files)
+    return configs, (f"{' and '.join(files)} at the settings `robustwrap tune` calibrated to the shipped models "
+                     f"(each family's most robust setting at the same denoiser calls and clean floor; "
+                     f"{files[next(iter(files))].parent}/README.md): {plans}. --config, --steps, --t-l or --t-s "
+                     "replaces them")
+
+
+def describe_defense(config) -> str:
+    """'t_l 0.4, t_s 0.2, tau 0.9, steps 25 (10 denoiser calls), 1 vote': a defense in a few words."""
+    from robustwrap.schedule import make_plan
+
+    levels = (f"t* {config.t_l:g}" if config.mode == "uniform" else
+              f"t_l {config.t_l:g}, t_s {config.t_s:g}, "
+              + (f"tau {config.tau:g}" if config.mask_rule == "threshold" else f"top {config.top_fraction:g}"))
+    return (f"{levels}, steps {config.steps} ({make_plan(config).denoiser_calls} denoiser calls), "
+            f"{config.votes} vote{'s' if config.votes > 1 else ''}")
+
+
+def _sanity(views: dict, images, labels, base, num_classes: int, budget: str, subset: dict) -> None:
     """Run the sanity checks on each defense, print them and exit (1 when any check is flagged)."""
     from robustwrap.evaluation import check_inputs
     from robustwrap.sanity import sanity_attack, sanity_checks
 
     try:
-        check_inputs(wrapper, images, labels, num_classes)
+        check_inputs(next(iter(views.values())), images, labels, num_classes)
     except ValueError as error:
         fail(str(error))
     failed = False
-    for name in chosen:
+    for name, view in views.items():
         cfg = dataclasses.replace(base, defended=name != "none")
         with console.status(f"{name}: running sanity checks (each attacks the batch anew)..."):
-            checks = sanity_checks(defense_view(wrapper, defense, name), images, labels, cfg)
+            checks = sanity_checks(view, images, labels, cfg)
         table = Table(title=f"sanity checks, defense {name}: {sanity_attack(cfg)} ({budget})",
                       caption=f"on {subset_words(subset)}; {INTERVAL_NOTE}")
         for column in ("check", "result", "measured"):
@@ -171,7 +222,7 @@ def _sanity(wrapper, defense, chosen, images, labels, base, num_classes: int, bu
     raise typer.Exit(1 if failed else 0)
 
 
-def _evaluate(wrapper, defense, chosen, images, labels, base, num_classes: int, out: Path, resume: bool,
+def _evaluate(views: dict, images, labels, base, num_classes: int, out: Path, resume: bool,
               subset: dict, description: dict, *, overwrite: bool) -> tuple[dict, int]:
     """Each defense's report (on rank 0; empty elsewhere) and this process's rank, with progress bars."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -183,10 +234,10 @@ def _evaluate(wrapper, defense, chosen, images, labels, base, num_classes: int, 
     reports = {}
     try:
         with process_group_from_env() as rank, Progress(*columns, console=console, disable=rank != 0) as progress:
-            for name in chosen:
+            for name, view in views.items():
                 task = progress.add_task(f"{name}: {base.attack} on {len(labels)} images", total=None)
                 reports[name] = run_evaluation(
-                    defense_view(wrapper, defense, name), images, labels,
+                    view, images, labels,
                     dataclasses.replace(base, defended=name != "none"), out / name, num_classes=num_classes,
                     resume=resume, overwrite=overwrite, subset=subset, description={**description, "defense_name": name},
                     on_batch=lambda done, total, task=task: progress.update(task, completed=done, total=total),
@@ -196,12 +247,13 @@ def _evaluate(wrapper, defense, chosen, images, labels, base, num_classes: int, 
     return reports, rank
 
 
-def _print_results(reports: dict, wrapper, defense, base, budget: str, subset: dict, n: int, out: Path) -> None:
-    """One table row per defense and attack (plus the per-image worst case), and how to read it."""
+def _print_results(reports: dict, views: dict, base, budget: str, subset: dict, n: int, out: Path) -> None:
+    """One table row per defense and attack (plus the per-image worst case), how to read it, and the figure."""
+    from robustwrap.evaluation import plot_accuracy
+
     attacks, runs = base.attacks, base.runs
-    defended = [name for name in reports if name != "none"]
-    calls = (f"; {' and '.join(defended)}: {wrapper.plan.denoiser_calls} denoiser calls x {defense.votes} vote(s)"
-             if defended else "")
+    calls = "".join(f"; {name}: {views[name].plan.denoiser_calls} denoiser calls x {views[name].config.votes} "
+                    f"vote(s)" for name in reports if name != "none")
     times = ", ".join(f"{name} {report['seconds']:.0f} s ("
                       + ", ".join(f"{a} {s:.0f} s" for a, s in report.get("seconds_by_attack", {}).items()) + ")"
                       for name, report in reports.items())
@@ -234,4 +286,11 @@ def _print_results(reports: dict, wrapper, defense, base, budget: str, subset: d
             table.add_row(*row, end_section=position == len(rows) - 1 and len(rows) > 1)
     console.print(table)
     console.print(notes)
-    console.print(f"reports: {out}/<defense>/report.json")
+    caption = (f"{subset_words(subset)}. Bars: Wilson 95% intervals. Robust: the vote on held-out "
+               f"runs whose noise no attack used" + (f", mean over {runs} runs" if runs > 1 else "") + ".")
+    try:
+        plot_accuracy(reports, out / FIGURE, title=f"accuracy under {', '.join(attacks)} ({budget})",
+                      caption=caption)
+    except ImportError as error:
+        console.print(f"[yellow]note:[/yellow] no figure: {error}")
+    console.print(f"reports: {out}/<defense>/report.json; figure: {out / FIGURE}")

@@ -108,4 +108,8 @@ def tune_command(
     verdict = "" if result.meets_min_clean else " [yellow](no setting reaches the clean floor: the cleanest is chosen)[/yellow]"
     console.print(f"clean floor {min_clean:g} x {result.baseline.clean:.1%} = {result.clean_floor:.1%}; "
                   f"chosen {result.chosen.candidate.name}{verdict}")
-    console.print(f"wrote {out / 'best.json'} (use it with --config), {out / 'table.md'}, {out / 'frontier.png'}")
+    for family, (point, meets) in result.by_family.items():
+        console.print(f"best {family}: {point.candidate.name}" + ("" if meets else " (below the clean floor)"))
+    families_written = ", ".join(str(out / f"best-{family}.json") for family in result.by_family)
+    console.print(f"wrote {out / 'best.json'} (use it with --config), {families_written} (each family's own "
+                  f"choice: compare them with eval --defenses), {out / 'table.md'}, {out / 'frontier.png'}")

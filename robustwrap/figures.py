@@ -1,4 +1,5 @@
-"""Pictures of what the defense does (the paper's Figure 5): input | attention | mask | purified, titled."""
+"""Pictures of what the defense does (the paper's Figure 5): input | attention | mask | purified, titled;
+and the one way plots get matplotlib (:func:`pyplot`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,18 @@ import numpy as np
 from torch import Tensor
 
 from .images import to_uint8
+
+
+def pyplot(command: str):
+    """matplotlib's pyplot on the file-only Agg backend; ImportError naming ``command`` when it is missing."""
+    try:
+        import matplotlib  # noqa: PLC0415
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError as error:
+        raise ImportError(f"{command} draws its plot with matplotlib: pip install matplotlib") from error
+    return plt
 
 
 def to_rgb_uint8(image: Tensor) -> np.ndarray:

@@ -49,6 +49,33 @@ SHIPPED_DIFFUSION = {
 }
 
 
+# The defenses `robustwrap tune` calibrated to a shipped pair (classifier spec, diffusion spec): a folder of
+# the store holding one PurifyConfig per mode (uniform.json, heterogeneous.json), each its family's most
+# robust setting at the same denoiser budget and clean floor, with a README.md that records the sweep.
+SHIPPED_CALIBRATIONS = {("mnist", "mnist"): "mnist/calibrated"}
+
+
+def calibrated_configs(classifier: str, diffusion: str) -> dict[str, Path]:
+    """Mode ("uniform", "heterogeneous") -> the calibrated PurifyConfig file for a shipped pair of specs.
+
+    Only the shipped weights were calibrated: callers pass the specs only when no other weights
+    are given. Empty for any other pair.
+
+    Raises:
+        FileNotFoundError: the pair is shipped but a calibration file is missing (a broken install).
+    """
+    from .evaluation.config import MODES  # the defense choice, defined once (imported here: no cycle at import)
+
+    folder = SHIPPED_CALIBRATIONS.get((classifier, diffusion))
+    if folder is None:
+        return {}
+    files = {mode: shipped_dir() / folder / f"{mode}.json" for mode in MODES}
+    missing = [str(path) for path in files.values() if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"calibrated configs missing: {', '.join(missing)}: reinstall robustwrap")
+    return files
+
+
 def shipped_weights(entry: Shipped) -> Path:
     """Path of a shipped model's weights (the configured store first, then the package's);
     FileNotFoundError naming the script that makes them."""

@@ -15,7 +15,9 @@ The paper's first stated limitation is that the attention mask depends on the cl
   the undefended classifier's (ties: the higher clean accuracy).
 
 Everything lands in ``out``: one evaluation folder per candidate, ``points.json``, ``table.md``,
-``frontier.png`` and the chosen configuration as ``best.json`` (:meth:`PurifyConfig.load` reads it).
+``frontier.png``, the chosen configuration as ``best.json`` (:meth:`PurifyConfig.load` reads it)
+and each family's own choice (same rule, same floor, same budget) as ``best-<family>.json``: the
+pair a like-with-like comparison of uniform against heterogeneous noise needs.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from torch import Tensor
 from .config import PurifyConfig, type_problems
 from .data import draw_subset
 from .evaluation import MODES, EvalConfig, check_inputs, is_evaluation_folder, run_evaluation
+from .figures import pyplot
 from .fingerprint import header_differences, run_fingerprint
 from .outputs import (check_resumable_output, dumps_strict, make_folders, remove_empty_folders, remove_ours,
                       write_text_atomic)
@@ -44,7 +47,8 @@ FAMILIES = MODES  # the defense modes swept (robustwrap.evaluation's defense cho
 TUNE_ATTACKS = ("pgd-eot", "bpda")  # the attacks a sweep may use: full gradient, or a cheaper surrogate
 # The attack every candidate faces by default: full-gradient PGD, 10 iterations, EOT 1, CE loss, batches of 64.
 TUNE_ATTACK = EvalConfig(attack="pgd-eot", iters=10, eot=1, loss="ce", batch_size=64)
-TUNE_FILES = ("tune.json", "points.json", "table.md", "frontier.png", "best.json")  # beside the candidates' folders
+TUNE_FILES = ("tune.json", "points.json", "table.md", "frontier.png", "best.json",  # beside the candidates' folders
+              *(f"best-{family}.json" for family in FAMILIES))
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,8 @@ class TuneResult:
     clean_floor: float
     out: Path
     n_images: int | None = None  # the data set's size (clean accuracy may be on a subset of it)
+    by_family: dict[str, tuple[Point, bool]] = dataclasses.field(default_factory=dict)  # each family's choice, meets
+
 
     @property
     def config(self) -> PurifyConfig:
@@ -383,17 +389,24 @@ def _sweep(wrapper: RobustWrapper, images: Tensor, labels: Tensor, out: Path, se
                 run(extra)
     points = [p for p in scored.values() if p.candidate.family != "none"]
     chosen, meets = choose(points, clean_floor)
-    result = TuneResult(baseline, tuple(points), chosen, meets, clean_floor, out, int(images.shape[0]))
+    by_family = {family: choose(members, clean_floor) for family in settings.families
+                 if (members := [p for p in points if p.candidate.family == family])}
+    result = TuneResult(baseline, tuple(points), chosen, meets, clean_floor, out, int(images.shape[0]), by_family)
     write_outputs(result, settings, header)
     return result
 
 
 def write_outputs(result: TuneResult, settings: TuneSettings, header: dict) -> None:
-    """``points.json``, ``table.md``, ``frontier.png`` and ``best.json`` in ``result.out``."""
+    """``points.json``, ``table.md``, ``frontier.png``, ``best.json`` and ``best-<family>.json`` in ``result.out``."""
     out = result.out
     result.config.save(out / "best.json")
+    for family, (point, _) in result.by_family.items():
+        assert point.config is not None
+        point.config.save(out / f"best-{family}.json")
     summary = {"settings": header, "baseline": result.baseline.to_dict(), "chosen": result.chosen.candidate.name,
                "meets_min_clean": result.meets_min_clean, "clean_floor": result.clean_floor,
+               "chosen_by_family": {family: {"name": point.candidate.name, "meets_min_clean": meets}
+                                    for family, (point, meets) in result.by_family.items()},
                "points": [p.to_dict() for p in result.points],
                "pareto": {f: [p.candidate.name for p in pareto_front([q for q in result.points if q.candidate.family == f])]
                           for f in settings.families}}
@@ -426,7 +439,8 @@ def table_markdown(result: TuneResult, settings: TuneSettings) -> str:
     rows = [result.baseline, *sorted(result.points, key=lambda p: (p.candidate.family, p.candidate.t_l, p.candidate.cut))]
     for p in rows:
         c, cfg = p.candidate, p.config
-        mark = " **(chosen)**" if p is result.chosen else ""
+        mark = (" **(chosen)**" if p is result.chosen else
+                " (its family's choice)" if any(p is q for q, _ in result.by_family.values()) else "")
         lines.append(
             f"| {c.name}{mark} | {c.family} | {'-' if cfg is None else f'{cfg.t_l:g}'} | {'-' if cfg is None else f'{cfg.t_s:g}'} | "
             f"{'-' if c.family != 'heterogeneous' else f'{c.cut:g}'} | {'-' if cfg is None else cfg.steps} | {p.calls} | "
@@ -434,7 +448,11 @@ def table_markdown(result: TuneResult, settings: TuneSettings) -> str:
         )
     verdict = "meets" if result.meets_min_clean else "no setting meets"
     lines += ["", f"Chosen: `{result.chosen.candidate.name}` ({verdict} the clean floor "
-                  f"{settings.min_clean:g} x {result.baseline.clean:.1%} = {result.clean_floor:.1%}); config in best.json.", ""]
+                  f"{settings.min_clean:g} x {result.baseline.clean:.1%} = {result.clean_floor:.1%}); config in best.json."]
+    for family, (point, meets) in result.by_family.items():
+        lines.append(f"Best {family}: `{point.candidate.name}` ({'meets' if meets else 'no setting meets'} the floor); "
+                     f"config in best-{family}.json.")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -444,13 +462,7 @@ def plot_frontiers(result: TuneResult, settings: TuneSettings, path: Path) -> No
     Two panels: every point (left) and the points near the clean floor (right, clean accuracy
     from 5 points below the floor up), where the choice is made and the points crowd.
     """
-    try:
-        import matplotlib  # noqa: PLC0415
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-    except ImportError as error:
-        raise ImportError("robustwrap tune draws its plot with matplotlib: pip install matplotlib") from error
+    plt = pyplot("robustwrap tune")
     figure, (whole, near) = plt.subplots(1, 2, figsize=(12, 5), dpi=120)
     for axes in (whole, near):
         _draw_points(axes, result, settings)

@@ -108,7 +108,7 @@ def test_export_has_no_import_cycles():
     _assert_no_cycles(_package_imports(ROOT / "export", "robustwrap.export"))
 
 
-EVALUATION_MODULES = ("__init__", "config", "batch", "results", "report", "distributed", "run")
+EVALUATION_MODULES = ("__init__", "config", "batch", "results", "report", "figure", "distributed", "run")
 
 
 def test_evaluation_is_a_package_of_one_job_per_module_without_import_cycles():

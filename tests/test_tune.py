@@ -69,6 +69,15 @@ def test_tune_writes_table_plot_and_a_config_the_chosen_point_reproduces(tmp_pat
     assert "% [" in table  # each accuracy with its interval
     summary = json.loads((out / "points.json").read_text())
     assert summary["chosen"] == result.chosen.candidate.name
+    # Each family's own choice: the same rule over its members only, at the same budget.
+    for family in ("uniform", "heterogeneous"):
+        point, meets = result.by_family[family]
+        members = [p for p in result.points if p.candidate.family == family]
+        assert (point, meets) == choose(members, result.clean_floor)
+        assert PurifyConfig.load(out / f"best-{family}.json") == point.config and point.config.mode == family
+        assert summary["chosen_by_family"][family]["name"] == point.candidate.name
+        assert f"config in best-{family}.json" in table
+    assert result.chosen in [point for point, _ in result.by_family.values()]
 
     # Resume: nothing is recomputed (the results files do not grow) and the choice is the same.
     sizes = {path: path.stat().st_size for path in out.rglob("results.jsonl")}

@@ -15,6 +15,7 @@ One job per module:
 - :mod:`.batch`: one batch checked, attacked (by name, :mod:`robustwrap.attacks.registry`) and scored;
 - :mod:`.results`: the results file (:class:`ResultsFile`: header, fingerprints, records, resume checks);
 - :mod:`.report`: the report (:func:`summarize`);
+- :mod:`.figure`: the reports as one figure (:func:`plot_accuracy`);
 - :mod:`.distributed`: torchrun set-up (:func:`process_group_from_env`);
 - :mod:`.run`: :func:`run_evaluation`, which ties them together.
 """
@@ -23,6 +24,7 @@ from .batch import attack_batch, attack_images, check_inputs, evaluate_batch, im
 from .config import (ATTACKS, DEFAULT_EPS, DEFENSES, MODES, STEPPED, Defense, EvalConfig, choose_defenses,
                      defense_view)
 from .distributed import process_group_from_env, rank_and_world
+from .figure import plot_accuracy
 from .report import summarize
 from .results import (RANDOMNESS, ResultsFile, check_results_folder, is_evaluation_folder, read_records,
                       record_problem, versions)
@@ -31,6 +33,6 @@ from .run import run_evaluation
 __all__ = [
     "ATTACKS", "DEFAULT_EPS", "DEFENSES", "MODES", "RANDOMNESS", "STEPPED", "Defense", "EvalConfig", "ResultsFile",
     "attack_batch", "attack_images", "check_inputs", "check_results_folder", "choose_defenses", "defense_view",
-    "evaluate_batch", "image_seeds", "is_evaluation_folder", "process_group_from_env", "rank_and_world",
+    "evaluate_batch", "image_seeds", "is_evaluation_folder", "plot_accuracy", "process_group_from_env", "rank_and_world",
     "read_records", "record_problem", "run_evaluation", "summarize", "versions",
 ]

@@ -1,0 +1,66 @@
+"""The calibrated defenses shipped with the MNIST models, and eval's like-with-like default comparison."""
+
+import json
+
+import pytest
+
+from robustwrap import PurifyConfig
+from robustwrap.evaluation.figure import accuracy_bars, plot_accuracy
+from robustwrap.schedule import make_plan
+from robustwrap.store import SHIPPED_CALIBRATIONS, calibrated_configs, shipped_dir
+
+from .test_cli_and_packaging import invoke
+
+
+def test_shipped_calibrations_spend_the_same_budget_and_record_their_sweep():
+    files = calibrated_configs("mnist", "mnist")
+    assert set(files) == {"uniform", "heterogeneous"}
+    configs = {mode: PurifyConfig.load(path) for mode, path in files.items()}
+    assert {mode: config.mode for mode, config in configs.items()} == {"uniform": "uniform",
+                                                                       "heterogeneous": "heterogeneous"}
+    calls = {mode: make_plan(config).denoiser_calls * config.votes for mode, config in configs.items()}
+    assert calls["uniform"] == calls["heterogeneous"], calls
+    card = (shipped_dir() / SHIPPED_CALIBRATIONS[("mnist", "mnist")] / "README.md").read_text()
+    assert "robustwrap tune" in card and "best-uniform.json" in card and "best-heterogeneous.json" in card
+    assert calibrated_configs("small-resnet", "mnist") == {} and calibrated_configs("mnist", "small-unet") == {}
+
+
+@pytest.mark.slow
+def test_eval_with_no_defense_options_compares_the_calibrated_settings_and_draws_them(tmp_path):
+    out = tmp_path / "run"
+    code, output = invoke("eval", "--n-samples", "4", "--batch-size", "4", "--iters", "1", "--eot", "1",
+                          "--votes", "1", "--out", str(out))
+    assert code == 0, output
+    assert "calibrated to the shipped models" in output
+    files = calibrated_configs("mnist", "mnist")
+    for mode, path in files.items():
+        header = json.loads((out / mode / "report.json").read_text())["settings"]
+        assert PurifyConfig.from_dict(header["defense"]) == PurifyConfig.load(path), mode
+    assert (out / "accuracy.png").stat().st_size > 5_000
+    # A defense set on the command line replaces the calibration: both modes at the same levels.
+    code, output = invoke("eval", "--n-samples", "4", "--batch-size", "4", "--iters", "0", "--t-l", "0.3",
+                          "--defenses", "uniform,heterogeneous", "--out", str(tmp_path / "given"))
+    assert code == 0, output
+    assert "calibrated" not in output
+    levels = {mode: json.loads((tmp_path / "given" / mode / "report.json").read_text())["settings"]["defense"]["t_l"]
+              for mode in ("uniform", "heterogeneous")}
+    assert levels == {"uniform": 0.3, "heterogeneous": 0.3}
+
+
+def _report(clean: float, robust: dict[str, float]) -> dict:
+    return {"clean_accuracy": {"mean": clean, "interval": [clean - 0.1, min(1.0, clean + 0.05)]},
+            "attacks": list(robust),
+            "robust_accuracy_by_attack": {a: {"mean": v, "interval": [max(0.0, v - 0.1), v + 0.1]}
+                                          for a, v in robust.items()},
+            "robust_accuracy": {"mean": min(robust.values()), "interval": [0.0, min(robust.values()) + 0.1]}}
+
+
+def test_the_figure_has_a_bar_per_defense_and_attack_with_the_reports_intervals(tmp_path):
+    reports = {"none": _report(0.99, {"pgd-eot": 0.0, "diffhammer": 0.0}),
+               "heterogeneous": _report(0.97, {"pgd-eot": 0.4, "diffhammer": 0.3})}
+    bars = accuracy_bars(reports["heterogeneous"])
+    assert [label for label, _, _ in bars] == ["clean", "pgd-eot", "diffhammer", "all attacks"]
+    assert bars[-1][1] == 0.3 and bars[1][2] == pytest.approx([0.3, 0.5])
+    assert [label for label, _, _ in accuracy_bars(_report(0.9, {"pgd-eot": 0.2}))] == ["clean", "pgd-eot"]
+    plot_accuracy(reports, tmp_path / "accuracy.png", title="t", caption="c")
+    assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
