@@ -15,6 +15,9 @@ SHIPPED = {
     "robustwrap/models/mnist/Linf/Standard_SmallResNet.md",
     "robustwrap/models/mnist/diffusion/DDPM_SmallUNet.safetensors",
     "robustwrap/models/mnist/diffusion/DDPM_SmallUNet.md",
+    "robustwrap/models/mnist/calibrated/uniform.json",  # the defenses eval runs by default
+    "robustwrap/models/mnist/calibrated/heterogeneous.json",
+    "robustwrap/models/mnist/calibrated/README.md",
 }
 
 
@@ -38,9 +41,11 @@ def test_the_wheel_carries_the_shipped_models_and_eval_runs_from_another_folder(
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}
     env.pop("ROBUSTWRAP_MODEL_DIR", None)
-    probe = subprocess.run([sys.executable, "-c", "import robustwrap.store as s; print(s.shipped_dir())"],
+    probe = subprocess.run([sys.executable, "-c", "import robustwrap.store as s; print(s.shipped_dir()); "
+                            "print(s.calibrated_configs('mnist', 'mnist')['heterogeneous'])"],
                            cwd=elsewhere, env=env, check=True, capture_output=True, text=True)
-    assert Path(probe.stdout.strip()).is_relative_to(target)  # not the checkout's models/
+    store, calibrated = probe.stdout.split()
+    assert Path(store).is_relative_to(target) and Path(calibrated).is_relative_to(target)  # not the checkout's models/
     result = subprocess.run(
         [sys.executable, "-m", "robustwrap.cli.app", "eval", "--n-samples", "10", "--batch-size", "10", "--iters", "1",
          "--eot", "1", "--steps", "10", "--defenses", "none,heterogeneous", "--out", "results"],
