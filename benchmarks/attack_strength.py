@@ -2,13 +2,15 @@
 at one equal budget, and how robust accuracy moves with the number of attack iterations.
 
     python benchmarks/attack_strength.py                  # about an hour on 2 cores
-    python benchmarks/attack_strength.py --quick          # smoke run on 4 images, writes no section
+    python benchmarks/attack_strength.py --quick          # smoke run (4 images, 2 iterations), writes no section
 
 Defenses: none, and uniform and heterogeneous at the configs `robustwrap tune` calibrated to the
 shipped models (robustwrap.store.calibrated_configs: the same denoiser calls, the same clean floor).
-Budget: every attack takes I iterations with K purified copies per step (EOT K for pgd-eot,
-K copies averaged for pgd-vote, N = K copies for diffhammer's EM); AutoAttack rand runs APGD-CE
-and then APGD-DLR on the survivors, so it gets I / 2 iterations of EOT K each. Verdicts: the
+Budget, in purified copies: every attack takes I iterations with K purified copies per step (EOT
+K for pgd-eot, K copies averaged for pgd-vote, N = K copies for diffhammer's EM, which then
+backpropagates once per step through one grafted chain); AutoAttack rand runs APGD-CE and then
+APGD-DLR on the survivors, so it gets I / 2 iterations of EOT K each (APGD takes one gradient more
+than its iterations). Verdicts: the
 deployed vote on held-out runs whose seeds no attack used (robustwrap.evaluation); "worst case"
 counts an image as robust only if it survives every attack. Every run lands in --out (resumable:
 rerun the same command to continue), the figure in benchmarks/attack-iterations.png and the
@@ -24,11 +26,11 @@ from pathlib import Path
 
 from robustwrap import PurifyConfig, RobustWrapper
 from robustwrap.data import draw_subset, load_dataset
-from robustwrap.evaluation import EvalConfig, defense_view, run_evaluation
+from robustwrap.evaluation import EvalConfig, defense_view, read_records, run_evaluation
 from robustwrap.figures import pyplot
-from robustwrap.schedule import make_plan
+from robustwrap.schedule import describe_defense
 from robustwrap.specs import build_classifier, build_diffusion
-from robustwrap.statistics import INTERVAL_NOTE, format_accuracy, wilson_interval
+from robustwrap.statistics import INTERVAL_NOTE, format_accuracy, paired_sign_test, wilson_interval
 from robustwrap.store import calibrated_configs
 
 from common import write_section
@@ -57,9 +59,10 @@ def slug(cfg: EvalConfig) -> str:
 
 def survivors(folder: Path, attack: str) -> list[bool]:
     """Per image (in the subset's order): robust in every held-out run after ``attack``."""
-    lines = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines() if line.strip()]
-    records = sorted((r for r in lines if "batch" in r), key=lambda r: r["batch"])
-    return [all(run[i] for run in r["robust"][attack]) for r in records for i in range(r["size"])]
+    header = json.loads((folder / "report.json").read_text())["settings"]
+    records, _, _ = read_records(folder / "results.jsonl", header)  # validated against the run's header
+    return [all(run[i] for run in records[b]["robust"][attack]) for b in sorted(records)
+            for i in range(records[b]["size"])]
 
 
 def main() -> None:
@@ -68,12 +71,15 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=10, help="I: the base iterations (the curves use 1x, 2x, 4x)")
     parser.add_argument("--copies", type=int, default=4, help="K: purified copies per step for every attack")
     parser.add_argument("--dev-weight", type=float, default=1.0, help="W of the deviation term")
-    parser.add_argument("--curves", default="pgd-eot,diffhammer", help="attacks whose iteration curves are drawn")
+    parser.add_argument("--curves", default="pgd-eot,diffhammer", help="attacks whose iteration curves are drawn: "
+                        "a comma list of pgd-eot, pgd-vote, diffhammer")
     parser.add_argument("--out", type=Path, default=HERE / "out" / "attack-strength")
     parser.add_argument("--quick", action="store_true", help="4 images, 1 iteration: a smoke run that writes nothing")
     args = parser.parse_args()
     if args.quick:
         args.n, args.iters, args.copies, args.out = 4, 2, 2, args.out.with_name("attack-strength-quick")
+    if not set(args.curves.split(",")) <= {"pgd-eot", "pgd-vote", "diffhammer"}:
+        parser.error(f"--curves takes pgd-eot, pgd-vote, diffhammer; got {args.curves!r}")
 
     all_images, all_labels = load_dataset(DATA)
     indices, subset = draw_subset(all_labels, args.n, 0, spec=DATA)
@@ -125,23 +131,23 @@ def describe(reports, curve_reports, views, table_runs, curves, args, subset, el
     """The RESULTS.md section: protocol, the table, the curves."""
     n = subset["size"]
     configs = {d: v.config for d, v in views.items() if d != "none"}
-    defended = "; ".join(
-        f"{d}: " + (f"t* {c.t_l:g}" if c.mode == "uniform" else f"t_l {c.t_l:g}, t_s {c.t_s:g}, tau {c.tau:g}")
-        + f", steps {c.steps} ({make_plan(c).denoiser_calls} denoiser calls), {c.votes} vote ({c.vote})"
-        for d, c in configs.items())
+    defended = "; ".join(f"{d}: {describe_defense(c)}" for d, c in configs.items())
     lines = [
         f"Data: {n} of {subset['of']} held-out digits ({DATA}; stratified, seed 0). Threat: L-inf eps {EPS:g}. "
         f"Defenses: the calibrated configs shipped with the models ({defended}). "
-        f"Budget: I = {args.iters} iterations with K = {args.copies} purified copies per step for pgd-eot "
-        f"(EOT K), pgd-vote (K copies averaged, then the deployed vote on fresh copies after each step), "
-        f"diffhammer (N = K copies, {EvalConfig().em_steps} EM rounds, one grafted backward per step) and "
-        f"pgd-eot with DiffAttack's deviation term (W = {args.dev_weight:g}); AutoAttack rand: APGD-CE then "
-        f"APGD-DLR on the survivors, {max(1, args.iters // 2)} iterations of EOT K each (at most I x K gradients "
-        f"per image, like the others). Step 2.5 eps / iterations; losses: each attack's default "
+        f"Budget, per attack and image, in purified copies: I = {args.iters} iterations with K = {args.copies} "
+        f"copies per step ({args.iters * args.copies}) for pgd-eot (EOT K, a gradient through each copy), "
+        f"pgd-vote (K copies averaged, then the deployed vote on fresh copies after each step), diffhammer "
+        f"(N = K copies, {EvalConfig().em_steps} EM rounds, then one backward pass through one grafted chain per "
+        f"step: {args.iters} full backward passes, which is why it is cheaper) and pgd-eot with DiffAttack's "
+        f"deviation term (W = {args.dev_weight:g}); AutoAttack rand: APGD-CE then APGD-DLR on the survivors, "
+        f"{max(1, args.iters // 2)} iterations of EOT K each (APGD takes one gradient more than its iterations: "
+        f"at most {2 * (max(1, args.iters // 2) + 1) * args.copies} copies). The worst case spends the five "
+        f"budgets together. Step 2.5 eps / iterations; losses: each attack's default "
         f"(CE; margin for pgd-vote). Robust: the deployed vote on a held-out run whose seeds no attack used; "
         f"attack's own: the attack's verdict when it stopped (pgd-vote: its last vote check; diffhammer: some "
         f"copy wrong at its best iterate). {INTERVAL_NOTE[0].upper() + INTERVAL_NOTE[1:]}. Seconds: the attack "
-        f"alone on the 64 images (batch 64); all runs together {elapsed / 60:.0f} min of recorded compute.",
+        f"alone on the {n} images (batches of 64); all runs together {elapsed / 60:.0f} min of recorded compute.",
         "",
         "| defense | clean | attack | robust | attack's own | seconds |",
         "|---|---|---|---|---|---|",
@@ -160,13 +166,19 @@ def describe(reports, curve_reports, views, table_runs, curves, args, subset, el
         lines.append(f"| {defense} | {clean} | **worst case over all** | "
                      f"**{format_accuracy(sum(worst) / n, n)}** | | |")
     lines += ["", f"Robust accuracy against attack iterations ({', '.join(curves)}; K = {args.copies}): "
-              f"`{figure_path.name}`.", "", "| defense | attack | " + " | ".join(
-                  f"{f * args.iters} iterations ({f}x)" for f in (1, 2, 4)) + " |",
-              "|---|---|---|---|---|"]
+              f"`{figure_path.name}`. 4x vs 1x, on the same images: how many became robust and how many "
+              "stopped being robust with 4x the iterations, and the exact two-sided McNemar p-value "
+              "(robustwrap.statistics.paired_sign_test).", "", "| defense | attack | " + " | ".join(
+                  f"{f * args.iters} iterations ({f}x)" for f in (1, 2, 4)) + " | 4x vs 1x: gained / lost (p) |",
+              "|---|---|---|---|---|---|"]
     for defense in ("uniform", "heterogeneous"):
         for attack in curves:
             cells = [format_accuracy(curve_reports[defense, attack, f]["robust_accuracy_by_attack"][attack]["mean"], n)
                      for f in (1, 2, 4)]
+            first, last = (survivors(args.out / defense / folder, attack) for folder in (attack, f"{attack}-x4"))
+            gained = sum(b and not a for a, b in zip(first, last))
+            lost = sum(a and not b for a, b in zip(first, last))
+            cells.append(f"{gained} / {lost} (p = {paired_sign_test(gained, lost):.3f})")
             lines.append(f"| {defense} | {attack} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
@@ -15,7 +16,7 @@ from .common import (CLASSIFIER_SPECS, CONFIG_HELP, DATA_SPECS, DIFFUSION_SPECS,
                      LossName, NormName, build_wrapper, console, defense_config, fail, percent, require_finite,
                      subset_words)
 from robustwrap.attacks.registry import describe_attacks
-from robustwrap.evaluation.config import DEFENSES, choose_defenses, defense_view
+from robustwrap.evaluation.config import DEFENSES, MODES, choose_defenses, defense_view
 from robustwrap.statistics import INTERVAL_NOTE
 
 FIGURE = "accuracy.png"  # beside the defenses' folders in --out
@@ -118,8 +119,8 @@ def eval_command(
     wrapper = build_wrapper(classifier, classifier_weights, diffusion, diffusion_weights,
                             num_classes, images.shape[1], images.shape[-1], defense)
     views = {name: defense_view(wrapper, configs[name], name) for name in chosen}
-    if calibration:
-        console.print(calibration)
+    if calibration and os.environ.get("RANK", "0") == "0":  # once under torchrun
+        console.print(f"defenses: {calibration}")
     budget = (f"{norm.value} eps={base.radius:.4g}, {iters} iterations, "
               f"step {'-' if base.step is None else f'{base.step:.3g}'}, EOT {eot}, loss {base.describe_losses()}"
               + (f", surrogate steps {surrogate_steps}" if surrogate_steps else "")
@@ -163,37 +164,33 @@ def check_eval_folder(out: Path, chosen: Sequence[str], resume: bool, overwrite:
 
 def defense_configs(chosen: Sequence[str], defense, classifier: str, diffusion: str, *, own_weights: bool,
                     own_defense: bool) -> tuple[dict, str]:
-    """Each chosen defense's PurifyConfig, and a sentence saying where they come from ("" when from the options).
+    """Each chosen defense's PurifyConfig, and a sentence stating the uniform / heterogeneous settings and
+    where they come from ("" when neither mode is chosen).
 
     uniform and heterogeneous take the configs `robustwrap tune` calibrated to the shipped pair
     (``--votes`` still applies) unless other weights are given or the defense is set by
-    --config / --steps / --t-l / --t-s; every other case runs ``defense`` in each mode.
+    --config / --steps / --t-l / --t-s; every other case runs ``defense`` in each mode (and, for the
+    shipped pair, says that the two modes' noise and calls may then differ).
     """
     from robustwrap import PurifyConfig
+    from robustwrap.schedule import describe_defense
     from robustwrap.store import calibrated_configs
 
     files = {} if own_weights or own_defense else calibrated_configs(classifier, diffusion)
     files = {name: path for name, path in files.items() if name in chosen}
     configs = {name: dataclasses.replace(PurifyConfig.load(files[name]), votes=defense.votes) if name in files
-               else defense for name in chosen}
-    if not files:
-        return configs, ""
-    plans = "; ".join(f"{name}: {describe_defense(configs[name])}" for name in files)
-    return configs, (f"{' and '.join(files)} at the settings `robustwrap tune` calibrated to the shipped models "
-                     f"(each family's most robust setting at the same denoiser calls and clean floor; "
-                     f"{files[next(iter(files))].parent}/README.md): {plans}. --config, --steps, --t-l or --t-s "
-                     "replaces them")
-
-
-def describe_defense(config) -> str:
-    """'t_l 0.4, t_s 0.2, tau 0.9, steps 25 (10 denoiser calls), 1 vote': a defense in a few words."""
-    from robustwrap.schedule import make_plan
-
-    levels = (f"t* {config.t_l:g}" if config.mode == "uniform" else
-              f"t_l {config.t_l:g}, t_s {config.t_s:g}, "
-              + (f"tau {config.tau:g}" if config.mask_rule == "threshold" else f"top {config.top_fraction:g}"))
-    return (f"{levels}, steps {config.steps} ({make_plan(config).denoiser_calls} denoiser calls), "
-            f"{config.votes} vote{'s' if config.votes > 1 else ''}")
+               else dataclasses.replace(defense, mode=name) if name in MODES else defense for name in chosen}
+    modes = [name for name in chosen if name in MODES]
+    plans = "; ".join(f"{name}: {describe_defense(configs[name])}" for name in modes)
+    if files:
+        return configs, (f"{' and '.join(files)} at the settings `robustwrap tune` calibrated to the shipped "
+                         f"models (each family's most robust setting at the same denoiser calls and clean floor; "
+                         f"{files[next(iter(files))].parent}/README.md): {plans}. --config, --steps, --t-l or "
+                         "--t-s replaces them")
+    if len(modes) == 2 and calibrated_configs(classifier, diffusion) and not own_weights:
+        return configs, (f"{plans}: the given setting in both modes, so their noise levels and denoiser calls may "
+                         "differ (the calibrated pair runs when none of --config, --steps, --t-l, --t-s is given)")
+    return configs, plans
 
 
 def _sanity(views: dict, images, labels, base, num_classes: int, budget: str, subset: dict) -> None:
@@ -291,6 +288,6 @@ def _print_results(reports: dict, views: dict, base, budget: str, subset: dict, 
     try:
         plot_accuracy(reports, out / FIGURE, title=f"accuracy under {', '.join(attacks)} ({budget})",
                       caption=caption)
-    except ImportError as error:
+    except (ImportError, OSError, ValueError) as error:  # the results are saved: a figure problem is a note
         console.print(f"[yellow]note:[/yellow] no figure: {error}")
     console.print(f"reports: {out}/<defense>/report.json; figure: {out / FIGURE}")

@@ -107,6 +107,17 @@ def make_plan(config: PurifyConfig) -> SamplingPlan:
     return SamplingPlan(t_start=grid[0], steps=tuple(steps), abar=tuple(abar.tolist()), eta=config.eta)
 
 
+def describe_defense(config: PurifyConfig) -> str:
+    """A defense in a few words, e.g. 't_l 0.4, t_s 0.2, tau 0.9, steps 25 (10 denoiser calls), 1 vote (hard)'."""
+    if config.mode == "uniform":
+        levels = f"t* {config.t_l:g}"
+    else:
+        cut = f"tau {config.tau:g}" if config.mask_rule == "threshold" else f"top fraction {config.top_fraction:g}"
+        levels = f"t_l {config.t_l:g}, t_s {config.t_s:g}, {cut}"
+    votes = f"{config.votes} vote{'s' if config.votes > 1 else ''} ({config.vote})"
+    return f"{levels}, steps {config.steps} ({make_plan(config).denoiser_calls} denoiser calls), {votes}"
+
+
 def ddim_coefficients(abar_t: float, abar_s: float, eta: float) -> tuple[float, float, float]:
     """Coefficients of ``x_s = a * x_t + b * eps + sigma * z`` for a DDIM step t -> s.
 

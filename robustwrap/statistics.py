@@ -13,6 +13,9 @@ For an accuracy p over n images and z the standard-normal quantile (1.96 for 95%
 
 A mean over R repeated runs of the same n images is treated as one proportion over n images
 (the runs are not independent samples of images).
+
+Two runs on the *same* images are compared pairwise, by the images whose verdict changed
+(:func:`paired_sign_test`: McNemar's exact test), not by overlapping intervals.
 """
 
 from __future__ import annotations
@@ -95,3 +98,20 @@ def format_accuracy(p: float, n: int, *, percent_sign: bool = True) -> str:
 
 
 INTERVAL_NOTE = "in brackets: the Wilson 95% interval over the images"
+
+
+def paired_sign_test(gained: int, lost: int) -> float:
+    """Two-sided exact p-value that two runs on the same images differ (McNemar's exact test).
+
+    Args:
+        gained: images robust in the second run but not the first; lost: the reverse (>= 0).
+
+    Returns:
+        p in [0, 1]: twice the binomial(gained + lost, 1/2) tail of the smaller count, capped at 1;
+        1.0 when no image changed.
+    """
+    if isinstance(gained, bool) or isinstance(lost, bool) or min(gained, lost) < 0:
+        raise ValueError(f"need counts >= 0, got {gained} and {lost}")
+    changed = gained + lost
+    tail = sum(math.comb(changed, k) for k in range(min(gained, lost) + 1)) / 2 ** changed
+    return min(1.0, 2 * tail)

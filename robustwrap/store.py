@@ -59,7 +59,8 @@ def calibrated_configs(classifier: str, diffusion: str) -> dict[str, Path]:
     """Mode ("uniform", "heterogeneous") -> the calibrated PurifyConfig file for a shipped pair of specs.
 
     Only the shipped weights were calibrated: callers pass the specs only when no other weights
-    are given. Empty for any other pair.
+    are given, and the pair counts only while both specs resolve to the weights in the package
+    (not to retrained ones in ``$ROBUSTWRAP_MODEL_DIR``). Empty for any other pair.
 
     Raises:
         FileNotFoundError: the pair is shipped but a calibration file is missing (a broken install).
@@ -69,6 +70,9 @@ def calibrated_configs(classifier: str, diffusion: str) -> dict[str, Path]:
     folder = SHIPPED_CALIBRATIONS.get((classifier, diffusion))
     if folder is None:
         return {}
+    entries = (SHIPPED_CLASSIFIERS[classifier], SHIPPED_DIFFUSION[diffusion])
+    if any(shipped_weights(entry) != shipped_dir() / entry.weights for entry in entries):
+        return {}  # other weights of the same names: the calibration does not describe them
     files = {mode: shipped_dir() / folder / f"{mode}.json" for mode in MODES}
     missing = [str(path) for path in files.values() if not path.is_file()]
     if missing:

@@ -1,13 +1,16 @@
 """The calibrated defenses shipped with the MNIST models, and eval's like-with-like default comparison."""
 
 import json
+import shutil
+from dataclasses import replace
 
 import pytest
 
 from robustwrap import PurifyConfig
 from robustwrap.evaluation.figure import accuracy_bars, plot_accuracy
 from robustwrap.schedule import make_plan
-from robustwrap.store import SHIPPED_CALIBRATIONS, calibrated_configs, shipped_dir
+from robustwrap.cli.eval import defense_configs
+from robustwrap.store import SHIPPED_CALIBRATIONS, SHIPPED_CLASSIFIERS, calibrated_configs, shipped_dir
 
 from .test_cli_and_packaging import invoke
 
@@ -23,6 +26,32 @@ def test_shipped_calibrations_spend_the_same_budget_and_record_their_sweep():
     card = (shipped_dir() / SHIPPED_CALIBRATIONS[("mnist", "mnist")] / "README.md").read_text()
     assert "robustwrap tune" in card and "best-uniform.json" in card and "best-heterogeneous.json" in card
     assert calibrated_configs("small-resnet", "mnist") == {} and calibrated_configs("mnist", "small-unet") == {}
+
+
+def test_retrained_weights_in_the_model_dir_are_not_the_calibrated_ones(tmp_path, monkeypatch):
+    entry = SHIPPED_CLASSIFIERS["mnist"]
+    retrained = tmp_path / entry.weights
+    retrained.parent.mkdir(parents=True)
+    shutil.copyfile(shipped_dir() / entry.weights, retrained)
+    monkeypatch.setenv("ROBUSTWRAP_MODEL_DIR", str(tmp_path))
+    assert calibrated_configs("mnist", "mnist") == {}
+
+
+@pytest.mark.parametrize("own_weights, own_defense, calibrated", [(False, False, True), (True, False, False),
+                                                                  (False, True, False)])
+def test_other_weights_or_a_given_defense_turn_the_calibration_off_and_votes_apply(own_weights, own_defense,
+                                                                                   calibrated):
+    given = PurifyConfig(steps=50, votes=3)
+    configs, sentence = defense_configs(("none", "uniform", "heterogeneous"), given, "mnist", "mnist",
+                                        own_weights=own_weights, own_defense=own_defense)
+    files = calibrated_configs("mnist", "mnist")
+    for mode in ("uniform", "heterogeneous"):
+        expected = replace(PurifyConfig.load(files[mode]), votes=3) if calibrated else replace(given, mode=mode)
+        assert configs[mode] == expected
+    assert configs["none"] == given and ("calibrated to the shipped" in sentence) == calibrated
+    assert "3 votes" in sentence
+    only = defense_configs(("uniform",), given, "mnist", "mnist", own_weights=False, own_defense=False)[0]
+    assert list(only) == ["uniform"] and only["uniform"].t_l == PurifyConfig.load(files["uniform"]).t_l
 
 
 @pytest.mark.slow
@@ -41,7 +70,7 @@ def test_eval_with_no_defense_options_compares_the_calibrated_settings_and_draws
     code, output = invoke("eval", "--n-samples", "4", "--batch-size", "4", "--iters", "0", "--t-l", "0.3",
                           "--defenses", "uniform,heterogeneous", "--out", str(tmp_path / "given"))
     assert code == 0, output
-    assert "calibrated" not in output
+    assert "calibrated to the shipped" not in output and "the given setting in both modes" in output
     levels = {mode: json.loads((tmp_path / "given" / mode / "report.json").read_text())["settings"]["defense"]["t_l"]
               for mode in ("uniform", "heterogeneous")}
     assert levels == {"uniform": 0.3, "heterogeneous": 0.3}

@@ -62,3 +62,14 @@ def test_one_interval_formula_in_one_place():
         if path.name != "statistics.py":
             text = path.read_text()
             assert not pattern.search(text), f"{path.relative_to(root)}: {pattern.search(text).group(0)!r}"
+
+
+def test_paired_sign_test_is_mcnemars_exact_test():
+    from robustwrap.statistics import paired_sign_test
+
+    assert paired_sign_test(0, 0) == 1.0
+    assert paired_sign_test(8, 0) == pytest.approx(2 / 256)  # all 8 changes one way
+    assert paired_sign_test(7, 2) == pytest.approx(2 * (1 + 9 + 36) / 512)
+    assert paired_sign_test(2, 7) == paired_sign_test(7, 2) and paired_sign_test(3, 3) == 1.0
+    with pytest.raises(ValueError):
+        paired_sign_test(-1, 2)
