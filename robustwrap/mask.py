@@ -44,19 +44,14 @@ def informative(energy: Tensor, tolerance: float = FLAT_TOLERANCE) -> Tensor:
 
 
 def normalize_map(energy: Tensor, normalization: MaskNormalization = "minmax") -> Tensor:
-    """Normalise each image's (B, 1, H, W) map: min-max to [0, 1], or a spatial softmax.
-
-    Min-max maps each image's maximum to exactly 1.0 in every dtype (a division by the range
-    itself, clamped away from 0 for flat maps), so a threshold of tau = 1.0 marks the same pixels
-    in float32 and float64.
-    """
+    """Normalise each image's (B, 1, H, W) map: min-max to [0, 1], or a spatial softmax."""
     flat = energy.flatten(1)
     if normalization == "softmax":
         flat = flat.softmax(dim=1)
     else:
         low = flat.amin(dim=1, keepdim=True)
         high = flat.amax(dim=1, keepdim=True)
-        flat = (flat - low) / (high - low).clamp_min(_EPS)
+        flat = (flat - low) / (high - low + _EPS)
     return flat.view_as(energy)
 
 
