@@ -42,10 +42,12 @@ class FiniteDifferenceResult:
 
 
 def defense_loss(wrapper: RobustWrapper, x: Tensor, labels: Tensor, seeds: Tensor, loss: Loss,
-                 defended: bool = True) -> Tensor:
+                 defended: bool = True, mask: Tensor | None = None) -> Tensor:
     """Scalar: the attack loss summed over the batch, on the defense's scores (log mean vote
-    probability, per-image seeds) or on the bare classifier's logits."""
-    scores = log_mean_probability(wrapper.vote_logits(x, seeds=seeds)) if defended else wrapper.classify(x)
+    probability, per-image seeds, ``mask`` (B, 1, Hd, Wd) or the classifier's) or on the bare
+    classifier's logits."""
+    scores = (log_mean_probability(wrapper.vote_logits(x, seeds=seeds, mask=mask)) if defended
+              else wrapper.classify(x))
     return attack_loss(scores, labels, loss).sum()
 
 
@@ -68,6 +70,11 @@ def finite_difference_check(
 ) -> FiniteDifferenceResult:
     """Autograd vs float64 central differences, all noise fixed by ``seeds``.
 
+    The mask is fixed too: the deployed wrapper's own (in its dtype) at the probed point. The hard
+    mask is piecewise constant (zero gradient), and a float64 copy may draw another one: the
+    official min-max normalisation leaves each map's maximum just below 1.0 in float64, so a
+    threshold tau = 1.0 would mark no pixel there.
+
     Args:
         wrapper: the defense (copied to float64 here; the original is untouched).
         x: (B, C, H, W) images in [0, 1] (kept ``step`` away from the bounds: clamped to
@@ -78,9 +85,11 @@ def finite_difference_check(
     model = float64_copy(wrapper)
     point = x.detach().to(torch.float64).clamp(1e-3, 1 - 1e-3)
     generator = torch.Generator(device=x.device).manual_seed(mix_seed(seed, 17))
+    with torch.no_grad():
+        mask = wrapper.mask(point.to(x.dtype)).to(torch.float64) if defended else None
 
     def value(at: Tensor) -> Tensor:
-        return defense_loss(model, at, labels, seeds, loss, defended)
+        return defense_loss(model, at, labels, seeds, loss, defended, mask)
 
     probe = point.clone().requires_grad_(True)
     gradient = torch.autograd.grad(value(probe), probe)[0]

@@ -203,12 +203,13 @@ class RobustWrapper(nn.Module):
 
     def vote_logits(
         self, x: Tensor, *, generator: torch.Generator | None = None, noise: Tensor | None = None,
-        seeds: SeedsArg = None,
+        seeds: SeedsArg = None, mask: Tensor | None = None,
     ) -> Tensor:
         """(S, B, K) classifier logits of each of the S purifications of each image.
 
-        ``generator`` / ``noise`` / ``seeds`` as in :meth:`forward`."""
-        return self._purify_and_classify(x, generator, noise, seeds)[1]
+        ``generator`` / ``noise`` / ``seeds`` as in :meth:`forward`; ``mask`` as in :meth:`purify`
+        ((B, 1, Hd, Wd), shared by the S purifications; None: the classifier's own)."""
+        return self._purify_and_classify(x, generator, noise, seeds, mask)[1]
 
     def vote_probabilities(
         self, x: Tensor, *, generator: torch.Generator | None = None, noise: Tensor | None = None,
@@ -257,10 +258,7 @@ class RobustWrapper(nn.Module):
             (B, C, H, W) purified images in [0, 1] at the input size.
         """
         x = self.validate(x, noise=noise, votes=None)
-        if mask is not None and mask.shape != (x.shape[0], 1, *self.diffusion_size_for(x)):
-            raise ValueError(
-                f"mask must have shape {(x.shape[0], 1, *self.diffusion_size_for(x))}, got {tuple(mask.shape)}"
-            )
+        self._check_mask(x, mask)
         source = self.noise_source(x, 1, generator=generator, noise=noise, seeds=seeds)
         return self._resize(self._purify(x, 1, source, mask), x.shape[-2:])
 
@@ -404,16 +402,25 @@ class RobustWrapper(nn.Module):
             if tuple(noise.shape) != expected:
                 raise ValueError(f"explicit noise must have shape {expected}, got {tuple(noise.shape)}")
 
+    def _check_mask(self, x: Tensor, mask: Tensor | None) -> None:
+        """ValueError unless ``mask`` is None or (B, 1, Hd, Wd) for the validated images ``x``."""
+        if mask is not None and mask.shape != (x.shape[0], 1, *self.diffusion_size_for(x)):
+            raise ValueError(
+                f"mask must have shape {(x.shape[0], 1, *self.diffusion_size_for(x))}, got {tuple(mask.shape)}"
+            )
+
     def _purify_and_classify(
-        self, x: Tensor, generator: torch.Generator | None, noise: Tensor | None, seeds: SeedsArg = None
+        self, x: Tensor, generator: torch.Generator | None, noise: Tensor | None, seeds: SeedsArg = None,
+        mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """(S, B, C, H, W) purified images and (S, B, K) logits."""
+        """(S, B, C, H, W) purified images and (S, B, K) logits (``mask``: None for the classifier's)."""
         x = self.validate(x, noise=noise)
+        self._check_mask(x, mask)
         votes, batch = self.config.votes, x.shape[0]
         if noise is not None:
             noise = noise.flatten(1, 2)  # (D, S, B, ...) -> (D, S * B, ...), vote-major like repeat()
         source = self.noise_source(x, votes, generator=generator, noise=noise, seeds=seeds)
-        purified = self._resize(self._purify(x, votes, source, mask=None), x.shape[-2:])
+        purified = self._resize(self._purify(x, votes, source, mask=mask), x.shape[-2:])
         logits = self._classify(purified)
         return purified.view(votes, batch, *x.shape[1:]), logits.view(votes, batch, -1)
 

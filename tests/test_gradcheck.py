@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from robustwrap.evaluation import EvalConfig
-from robustwrap.gradcheck import finite_difference_check, surrogate_cosine
+from robustwrap.gradcheck import finite_difference_check, float64_copy, surrogate_cosine
 from robustwrap.sanity import gradient_checks
 
 from .tiny import tiny_wrapper
@@ -58,3 +58,20 @@ def test_surrogate_cosine_is_one_for_the_same_chain_and_reported_in_sanity():
     assert [c.name.split(" (")[0] for c in checks] == ["gradient matches float64 finite differences",
                                                        "surrogate gradient aligned with the exact one"]
     assert "5-step surrogate" in checks[1].detail and "mean" in checks[1].detail
+
+
+def test_the_float64_copy_runs_the_deployed_mask_even_at_tau_one():
+    # tau = 1.0 (the shipped heterogeneous calibration) marks each map's maximum in float32 only: the
+    # official min-max normalisation leaves it just below 1.0 in float64. The check fixes the mask.
+    wrapper = tiny_wrapper(tau=1.0)
+    x, labels, seeds = _batch()
+    deployed = wrapper.mask(x)
+    copy64 = float64_copy(wrapper)
+    assert deployed.sum() > 0 and copy64.mask(x.double()).sum() == 0
+    with torch.no_grad():
+        ours = wrapper.vote_logits(x, seeds=seeds)
+        fixed = copy64.vote_logits(x.double(), seeds=seeds, mask=deployed.double())
+        own = copy64.vote_logits(x.double(), seeds=seeds)
+    torch.testing.assert_close(fixed.float(), ours, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(own.float(), ours, rtol=1e-4, atol=1e-4)
+    assert finite_difference_check(wrapper, x, labels, seeds).max_relative_error < 1e-4
