@@ -1,6 +1,8 @@
 """Engines that run a bundle's graphs: one runner protocol, one module per engine.
 
-A runner takes named torch tensors and returns the graph's outputs in its recorded order::
+A runner (:mod:`.runner`: the protocol every engine module implements, importing nothing from
+this package's ``__init__``) takes named torch tensors and returns the graph's outputs in its
+recorded order::
 
     runner({"x_t": x_t, "t": t}) -> [eps]
 
@@ -14,29 +16,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Mapping, Protocol, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
-from torch import Tensor
 
 from ..format import BundleInfo
+from .runner import Runner, like_caller
+
+__all__ = ["ENGINES", "Engine", "Runner", "like_caller", "open_runner"]
 
 Engine = Literal["onnxruntime", "tensorrt", "aoti"]
 ENGINES = ("onnxruntime", "tensorrt", "aoti")
-
-
-def like_caller(outputs: Sequence[Tensor], like: Tensor) -> list[Tensor]:
-    """Outputs on ``like``'s device; float outputs in its dtype, integer outputs keep theirs."""
-    return [o.to(like.device, like.dtype) if o.is_floating_point() else o.to(like.device) for o in outputs]
-
-
-class Runner(Protocol):
-    """One compiled graph: ``runner({name: tensor}) -> [outputs in the graph's order]``."""
-
-    input_names: list[str]
-    output_names: list[str]
-
-    def __call__(self, feeds: Mapping[str, Tensor]) -> list[Tensor]: ...
 
 
 def open_runner(

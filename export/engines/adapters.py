@@ -17,7 +17,7 @@ from robustwrap.inputs import check_images
 from robustwrap.wrapper import RobustWrapper
 
 from ..format import BundleInfo, ComponentSpec
-from . import Runner
+from .runner import Runner
 
 
 class EngineClassifier(nn.Module):

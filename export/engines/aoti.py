@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..format import TORCH_DTYPES, ComponentSpec, PackageSet
-from . import like_caller
+from .runner import like_caller
 
 
 def package_file(component: str, device: str) -> str:

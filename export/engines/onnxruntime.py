@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..format import TORCH_DTYPES, ComponentSpec
 from ..optional import require
-from . import like_caller
+from .runner import like_caller
 
 
 class OrtRunner:

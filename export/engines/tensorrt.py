@@ -18,7 +18,7 @@ import torch
 
 from ..format import BundleInfo
 from ..optional import require
-from . import like_caller
+from .runner import like_caller
 
 
 def _require_cuda() -> None:
