@@ -176,8 +176,8 @@ def defense_configs(chosen: Sequence[str], defense, classifier: str, diffusion: 
     from robustwrap.schedule import describe_defense
     from robustwrap.store import calibrated_configs
 
-    files = {} if own_weights or own_defense else calibrated_configs(classifier, diffusion)
-    files = {name: path for name, path in files.items() if name in chosen}
+    calibrated = {} if own_weights else calibrated_configs(classifier, diffusion)
+    files = {} if own_defense else {name: path for name, path in calibrated.items() if name in chosen}
     configs = {name: dataclasses.replace(PurifyConfig.load(files[name]), votes=defense.votes) if name in files
                else dataclasses.replace(defense, mode=name) if name in MODES else defense for name in chosen}
     modes = [name for name in chosen if name in MODES]
@@ -187,7 +187,7 @@ def defense_configs(chosen: Sequence[str], defense, classifier: str, diffusion: 
                          f"models (each family's most robust setting at the same denoiser calls and clean floor; "
                          f"{files[next(iter(files))].parent}/README.md): {plans}. --config, --steps, --t-l or "
                          "--t-s replaces them")
-    if len(modes) == 2 and calibrated_configs(classifier, diffusion) and not own_weights:
+    if len(modes) == 2 and calibrated:
         return configs, (f"{plans}: the given setting in both modes, so their noise levels and denoiser calls may "
                          "differ (the calibrated pair runs when none of --config, --steps, --t-l, --t-s is given)")
     return configs, plans

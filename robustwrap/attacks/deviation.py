@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..sampler import diffuse
 from ..schedule import SamplingPlan
-from ..wrapper import PurificationTrace
+from ..wrapper import PurificationTrace, RobustWrapper
 
 WEIGHTS = "uniform: 1/K for each of the K denoiser steps (both stages)"
 
@@ -40,3 +40,15 @@ def deviation(trace: PurificationTrace, plan: SamplingPlan) -> Tensor:
             diff = trace.mask * diff
         total = total + diff.pow(2).flatten(1).mean(dim=1) / len(trace.states)
     return total.view(copies, batch).mean(dim=0)
+
+
+def logits_and_deviation(wrapper: RobustWrapper, x: Tensor, **noise: object) -> tuple[Tensor, Tensor]:
+    """One traced purification of ``x`` (B, C, H, W) in [0, 1]: each copy's (S, B, K) classifier
+    logits and each image's (B,) deviation term, both differentiable w.r.t. ``x``.
+
+    ``noise``: ``generator=`` or ``seeds=`` as in :meth:`RobustWrapper.purify_trace`.
+    """
+    trace = wrapper.purify_trace(x, **noise)
+    copies, batch = trace.purified.shape[:2]
+    logits = wrapper.classify(trace.purified.flatten(0, 1)).view(copies, batch, -1)
+    return logits, deviation(trace, wrapper.plan)

@@ -73,9 +73,10 @@ def eot_gradient(model: Model, x: Tensor, y: Tensor, samples: int, loss: Loss = 
         point = x.detach().requires_grad_(True)
         out = model(point)
         scores, bonus = out if isinstance(out, tuple) else (out, None)
-        value = attack_loss(scores, y, loss) if bonus is None else attack_loss(scores, y, loss) + bonus
-        value = value.sum()
-        total += torch.autograd.grad(value, point)[0]
+        value = attack_loss(scores, y, loss)
+        if bonus is not None:
+            value = value + bonus
+        total += torch.autograd.grad(value.sum(), point)[0]
     return total / samples
 
 

@@ -25,7 +25,7 @@ from torch import Tensor
 from ..noise import check_seeds, derive_seeds
 from ..vote import vote_labels
 from ..wrapper import RobustWrapper
-from .deviation import deviation
+from .deviation import logits_and_deviation
 from .pgd import LOSSES, Loss, Norm, ascent_direction, attack_loss, default_step_size, project, random_start_point
 
 
@@ -108,9 +108,8 @@ def pgd_vote(
         points = points.detach().requires_grad_(True)
         bonus = 0.0
         if defended and dev_weight > 0:
-            trace = gradient_view.purify_trace(points, seeds=derive_seeds(active_seeds, 1, step))
-            logits = gradient_view.classify(trace.purified.flatten(0, 1)).view(copies, points.shape[0], -1)
-            bonus = dev_weight * deviation(trace, gradient_view.plan)
+            logits, dev = logits_and_deviation(gradient_view, points, seeds=derive_seeds(active_seeds, 1, step))
+            bonus = dev_weight * dev
         elif defended:
             logits = gradient_view.vote_logits(points, seeds=derive_seeds(active_seeds, 1, step))  # (K, b, classes)
         else:

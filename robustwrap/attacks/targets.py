@@ -16,10 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from ..mask import soft_mask
-from .deviation import deviation
 from ..noise import check_seeds, derive_seeds
 from ..vote import log_mean_probability
 from ..wrapper import RobustWrapper
+from .deviation import logits_and_deviation
 
 
 class NoisyView(nn.Module):
@@ -73,10 +73,8 @@ class DeviationLogits(NoisyView):
         self.weight = weight
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        trace = self.wrapper.purify_trace(x, **self.noise(x))
-        copies, batch = trace.purified.shape[:2]
-        logits = self.wrapper.classify(trace.purified.flatten(0, 1)).view(copies, batch, -1)
-        return log_mean_probability(logits), self.weight * deviation(trace, self.wrapper.plan)
+        logits, dev = logits_and_deviation(self.wrapper, x, **self.noise(x))
+        return log_mean_probability(logits), self.weight * dev
 
 
 class Undefended(NoisyView):
