@@ -215,8 +215,13 @@ class TuneResult:
     clean_floor: float
     out: Path
     n_images: int | None = None  # the data set's size (clean accuracy may be on a subset of it)
-    by_family: dict[str, tuple[Point, bool]] = dataclasses.field(default_factory=dict)  # each family's choice, meets
 
+    @property
+    def by_family(self) -> dict[str, tuple[Point, bool]]:
+        """Each swept family's own choice (:func:`choose` over its points, same floor) and whether it meets it."""
+        families = dict.fromkeys(p.candidate.family for p in self.points)
+        return {family: choose([p for p in self.points if p.candidate.family == family], self.clean_floor)
+                for family in families}
 
     @property
     def config(self) -> PurifyConfig:
@@ -389,9 +394,7 @@ def _sweep(wrapper: RobustWrapper, images: Tensor, labels: Tensor, out: Path, se
                 run(extra)
     points = [p for p in scored.values() if p.candidate.family != "none"]
     chosen, meets = choose(points, clean_floor)
-    by_family = {family: choose(members, clean_floor) for family in settings.families
-                 if (members := [p for p in points if p.candidate.family == family])}
-    result = TuneResult(baseline, tuple(points), chosen, meets, clean_floor, out, int(images.shape[0]), by_family)
+    result = TuneResult(baseline, tuple(points), chosen, meets, clean_floor, out, int(images.shape[0]))
     write_outputs(result, settings, header)
     return result
 
@@ -437,10 +440,11 @@ def table_markdown(result: TuneResult, settings: TuneSettings) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     rows = [result.baseline, *sorted(result.points, key=lambda p: (p.candidate.family, p.candidate.t_l, p.candidate.cut))]
+    family_choices = [point for point, _ in result.by_family.values()]
     for p in rows:
         c, cfg = p.candidate, p.config
         mark = (" **(chosen)**" if p is result.chosen else
-                " (its family's choice)" if any(p is q for q, _ in result.by_family.values()) else "")
+                " (its family's choice)" if any(p is q for q in family_choices) else "")
         lines.append(
             f"| {c.name}{mark} | {c.family} | {'-' if cfg is None else f'{cfg.t_l:g}'} | {'-' if cfg is None else f'{cfg.t_s:g}'} | "
             f"{'-' if c.family != 'heterogeneous' else f'{c.cut:g}'} | {'-' if cfg is None else cfg.steps} | {p.calls} | "
