@@ -17,6 +17,7 @@ from .common import (CLASSIFIER_SPECS, CONFIG_HELP, DATA_SPECS, DIFFUSION_SPECS,
                      subset_words)
 from robustwrap.attacks.registry import describe_attacks
 from robustwrap.evaluation.config import DEFENSES, MODES, choose_defenses, defense_view
+from robustwrap.outputs import Layout
 from robustwrap.statistics import INTERVAL_NOTE
 
 FIGURE = "accuracy.png"  # beside the defenses' folders in --out
@@ -138,14 +139,15 @@ def eval_command(
         _print_results(reports, views, base, budget, subset, len(labels), out)
 
 
-def is_eval_folder(path: Path) -> bool:
-    """Whether ``path`` holds only what eval writes: one results folder per defense, and its figure."""
+def _eval_owns(folder: Path, entry: Path) -> bool:
+    """One results folder per defense, and the figure."""
     from robustwrap.evaluation import is_evaluation_folder
 
-    entries = list(path.iterdir()) if path.is_dir() else []
-    folders = [e for e in entries if e.name != FIGURE]
-    return bool(folders) and all(e.name in DEFENSES and is_evaluation_folder(e) for e in folders) and all(
-        e.is_file() and not e.is_symlink() for e in entries if e.name == FIGURE)
+    return entry.is_file() if entry.name == FIGURE else entry.name in DEFENSES and is_evaluation_folder(entry)
+
+
+EVAL_LAYOUT = Layout("eval folder", owns=_eval_owns, marker=lambda folder: any(
+    e.name in DEFENSES and _eval_owns(folder, e) for e in folder.iterdir()))
 
 
 def check_eval_folder(out: Path, chosen: Sequence[str], resume: bool, overwrite: bool) -> None:
@@ -155,7 +157,7 @@ def check_eval_folder(out: Path, chosen: Sequence[str], resume: bool, overwrite:
     from robustwrap.outputs import check_output
 
     try:
-        check_output(out, overwrite=True, ours=is_eval_folder, what="eval folder", parents=True)
+        check_output(out, overwrite=True, layout=EVAL_LAYOUT, parents=True)
         for name in chosen:
             check_results_folder(out / name, resume=resume, overwrite=overwrite)
     except (ValueError, FileExistsError) as error:

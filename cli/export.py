@@ -130,11 +130,11 @@ def export_command(
 
 def _check_targets(out: Path, triton_repo: Optional[Path], name: Optional[str], specs: dict, overwrite: bool) -> None:
     """Refuse, before any work, targets that may not be written (robustwrap.outputs' rule)."""
-    from robustwrap.export.bundle import is_bundle
+    from robustwrap.export.format import BUNDLE_LAYOUT
     from robustwrap.outputs import check_output
 
     try:
-        check_output(out, overwrite=overwrite, ours=is_bundle, what="bundle")
+        check_output(out, overwrite=overwrite, layout=BUNDLE_LAYOUT)
         if triton_repo is not None:
             from robustwrap.export.triton import check_repository, default_name
 

@@ -10,6 +10,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from robustwrap.outputs import Layout
+
 from .common import (CHANNELS_HELP, CLASSIFIER_SPECS, CONFIG_FILE_HELP, DIFFUSION_SPECS, STEPS_HELP, T_L_HELP,
                      T_S_HELP, WEIGHTS_HELP, build_wrapper, console, defense_config, fail, input_defaults,
                      require_finite)
@@ -27,16 +29,25 @@ OVERWRITE_HELP = ("replace --out when it is a folder an earlier purify wrote (it
                   "it); a folder with anything else, a file or the working directory is never replaced")
 
 
-def is_purify_folder(path: Path) -> bool:
-    """Whether ``path`` holds only what one ``robustwrap purify`` wrote: purify.json and the files it lists."""
+def _has_manifest(folder: Path) -> bool:
+    """Whether ``folder/purify.json`` reads as a purify manifest."""
+    return _listed(folder) is not None
+
+
+def _listed(folder: Path) -> set[str] | None:
+    """The files purify.json lists (itself included), or None when it is not a purify manifest."""
     import json
 
     try:
-        manifest = json.loads((path / "purify.json").read_text())
-        listed = set(manifest["files"]) | {"purify.json"} if manifest.get("format") == PURIFY_FORMAT else set()
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return False
-    return bool(listed) and all(entry.name in listed and entry.is_file() for entry in path.iterdir())
+        manifest = json.loads((folder / "purify.json").read_text())
+        files = manifest["files"] if manifest.get("format") == PURIFY_FORMAT else None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        return None
+    return {str(name) for name in files} | {"purify.json"} if isinstance(files, list) else None
+
+
+PURIFY_LAYOUT = Layout("purify folder", marker=_has_manifest, record="purify.json",
+                       owns=lambda folder, entry: entry.is_file() and entry.name in (_listed(folder) or ()))
 
 
 def unique_stems(paths: list[Path]) -> list[str]:
@@ -87,7 +98,7 @@ def purify_command(
     if missing:
         fail(f"no such image file: {', '.join(missing)}")
     try:
-        check_output(out, overwrite=overwrite, ours=is_purify_folder, what="purify folder")
+        replacing = check_output(out, overwrite=overwrite, layout=PURIFY_LAYOUT)
     except ValueError as error:
         fail(str(error))
     require_finite(t_l=t_l, t_s=t_s)
@@ -123,7 +134,7 @@ def purify_command(
                     "inputs": [str(p) for p in images], "seed": seed, "config": config.to_dict(),
                     "models": {"classifier": classifier, "diffusion": diffusion}}
         (work / "purify.json").write_text(dumps_strict(manifest, indent=2) + "\n")
-        replace_folder(work, out)
+        replace_folder(work, out, replacing=replacing, layout=PURIFY_LAYOUT)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

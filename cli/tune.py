@@ -61,11 +61,11 @@ def tune_command(
     from robustwrap.evaluation import EvalConfig
     from robustwrap.statistics import format_accuracy
     from robustwrap.outputs import check_resumable_output
-    from robustwrap.tune import TuneSettings, describe_attack, is_tune_folder, tune
+    from robustwrap.tune import TUNE_LAYOUT, TuneSettings, describe_attack, tune
 
     require_finite(eps=eps, step_size=step_size, min_clean=min_clean)
     try:
-        check_resumable_output(out, resume=resume, overwrite=overwrite, ours=is_tune_folder, what="tune folder")
+        check_resumable_output(out, resume=resume, overwrite=overwrite, layout=TUNE_LAYOUT)
     except (ValueError, FileExistsError) as error:
         fail(str(error))
     try:

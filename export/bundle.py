@@ -28,7 +28,7 @@ from robustwrap.wrapper import RobustWrapper
 
 from .engines import Engine, open_runner
 from .engines.adapters import UnrolledModel, wrapper_over_runners
-from .format import (CARD_FILE, CLASSIFIER, CONFIG_FILE, DENOISER, FORMAT, UNROLLED, BundleInfo, ComponentSpec,
+from .format import (BUNDLE_LAYOUT, CARD_FILE, CLASSIFIER, DENOISER, UNROLLED, BundleInfo, ComponentSpec,
                      PackageSet)
 from .modules import ClassifierWithStages, UnrolledDefense
 from .onnx_export import EXTERNAL_DATA_THRESHOLD, GraphFile, export_graph
@@ -47,14 +47,6 @@ class BundleExport:
     info: BundleInfo
     seconds: float
     bytes: int
-
-
-def is_bundle(path: Path) -> bool:
-    """True when ``path`` is a folder whose ``config.json`` carries the bundle format tag."""
-    try:
-        return json.loads((path / CONFIG_FILE).read_text()).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def export_bundle(
@@ -116,7 +108,7 @@ def export_bundle(
     if wrapper.channels is None:
         raise ValueError("the wrapper does not know its channels: the classifier or diffusion model must declare them")
     target = Path(out_dir)
-    check_output(target, overwrite=overwrite, ours=is_bundle, what="bundle")
+    replacing = check_output(target, overwrite=overwrite, layout=BUNDLE_LAYOUT)
 
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(0)
@@ -157,7 +149,7 @@ def export_bundle(
         (temporary / CARD_FILE).write_text(_card(info))
         BundleInfo.read(temporary)  # what is written reads back
         os.chmod(temporary, 0o755)
-        replace_folder(temporary, target)
+        replace_folder(temporary, target, replacing=replacing, layout=BUNDLE_LAYOUT)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise

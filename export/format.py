@@ -11,6 +11,11 @@ A bundle is a folder::
     DIR/<component>.plan   optional TensorRT engines (CUDA), built from the .onnx files
     DIR/<component>.<device>.pt2   optional AOTInductor packages (``engine="aoti"``), compiled from
                            the networks themselves for one device type and one torch version
+    DIR/timing.cache       optional: TensorRT's timing cache (faster rebuilds of the engines)
+    DIR/verified/          optional: verification records of the engines run from this bundle
+
+A folder is a bundle robustwrap may replace (``--overwrite``) only when it holds nothing else
+(:data:`BUNDLE_LAYOUT`): a file the user added beside these makes it theirs.
 
 ``config.json`` records, per component, its I/O contract (each tensor's name, shape with the
 batch axis named ``"N"``, dtype) next to the saved :class:`~robustwrap.PurifyConfig`, the sizes,
@@ -20,7 +25,6 @@ field is checked and every problem is a ``ValueError`` naming the bundle and the
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +33,7 @@ from typing import Any, Mapping
 import torch
 
 from robustwrap.config import PurifyConfig
-from robustwrap.outputs import dumps_strict
+from robustwrap.outputs import Layout, dumps_strict, loads_strict, only_files
 
 FORMAT = "robustwrap-bundle"
 FORMAT_VERSION = 2
@@ -42,6 +46,52 @@ COMPONENTS = (CLASSIFIER, DENOISER, UNROLLED)
 BATCH = "N"  # the name of the dynamic batch axis in every recorded shape
 TORCH_DTYPES = {"float32": torch.float32, "int64": torch.int64}  # the dtypes a bundle's tensors may have
 DTYPES = tuple(TORCH_DTYPES)
+TIMING_CACHE = "timing.cache"  # TensorRT's timing cache, kept beside the engines
+VERIFIED = "verified"  # the folder of verification records
+
+
+def _raw_config(folder: Path) -> dict | None:
+    """``folder/config.json`` parsed, when it is a JSON object carrying the bundle format tag; else None."""
+    try:
+        raw = loads_strict((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return raw if isinstance(raw, dict) and raw.get("format") == FORMAT else None
+
+
+def bundle_files(folder: Path) -> set[str]:
+    """The names of the files an export (and the engine builds) may write into the bundle ``folder``.
+
+    The fixed files, each recorded component's graph, its external data file and its TensorRT
+    engine (and the temporary file a killed engine build leaves), and each package's files.
+    """
+    raw = _raw_config(folder) or {}
+    names = {CONFIG_FILE, CARD_FILE, TIMING_CACHE}
+    components = raw.get("components") if isinstance(raw.get("components"), dict) else {}
+    for component, entry in components.items():
+        file = entry.get("file") if isinstance(entry, dict) else None
+        if isinstance(file, str):
+            names |= {file, f"{file}.data"}
+        names.add(f"{component}.plan")
+    packages = raw.get("packages") if isinstance(raw.get("packages"), dict) else {}
+    for package in packages.values():
+        files = package.get("files") if isinstance(package, dict) else None
+        names |= {str(name) for name in (files.values() if isinstance(files, dict) else ())}
+    return names
+
+
+def _bundle_owns(folder: Path, entry: Path) -> bool:
+    if entry.is_dir():
+        return entry.name == VERIFIED and only_files(entry)
+    partial_engine = entry.name.startswith(".") and entry.name.endswith(".partial") and any(
+        entry.name.startswith(f".{component}.plan.") for component in COMPONENTS)
+    return entry.is_file() and (entry.name in bundle_files(folder) or partial_engine)
+
+
+# What export_bundle writes: a folder is a bundle when its config.json carries the format tag, and
+# robustwrap may replace it only when everything in it is a file listed above.
+BUNDLE_LAYOUT = Layout("bundle", marker=lambda folder: _raw_config(folder) is not None, owns=_bundle_owns,
+                       record=CONFIG_FILE)
 
 
 @dataclass(frozen=True)
@@ -189,7 +239,7 @@ class BundleInfo:
         if not config_path.is_file():
             raise ValueError(f"{folder} is not a robustwrap bundle (no {CONFIG_FILE}): write one with export_bundle")
         try:
-            raw = json.loads(config_path.read_text(), parse_constant=_refuse_constant)
+            raw = loads_strict(config_path.read_text())
         except (ValueError, UnicodeDecodeError, RecursionError) as error:
             raise ValueError(f"{config_path} is not valid JSON: {str(error)[:200]}") from None
         return cls.from_dict(raw, folder)
@@ -267,10 +317,6 @@ class BundleInfo:
 
 _KNOWN = {"format", "format_version", "config", "channels", "image_size", "diffusion_size", "resize_mode", "packages",
           "num_classes", "num_stages", "max_batch", "components", "specs"}
-
-
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a number JSON allows")
 
 
 class _Checker:

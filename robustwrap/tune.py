@@ -37,7 +37,7 @@ from .data import draw_subset
 from .evaluation import MODES, EvalConfig, check_inputs, is_evaluation_folder, run_evaluation
 from .figures import pyplot
 from .fingerprint import header_differences, run_fingerprint
-from .outputs import (check_resumable_output, dumps_strict, make_folders, remove_empty_folders, remove_ours,
+from .outputs import (Layout, check_resumable_output, dumps_strict, make_folders, remove_empty_folders, remove_ours,
                       write_text_atomic)
 from .schedule import make_plan
 from .statistics import INTERVAL_NOTE, format_accuracy, interval_record, wilson_interval
@@ -146,6 +146,9 @@ class TuneSettings:
             problems.append("need calls >= 1 and n_attack >= 0")
         if self.n_clean is not None and self.n_clean < 1:
             problems.append(f"n_clean must be >= 1 (or None for every image), got {self.n_clean}")
+        for name in ("level_step", "cut_step"):
+            if not 0 < getattr(self, name) < 1:
+                problems.append(f"{name} must be in (0, 1), got {getattr(self, name)}")
         if not 0 < self.min_clean <= 1:
             problems.append(f"min_clean must be in (0, 1], got {self.min_clean}")
         unknown = [f for f in self.families if f not in FAMILIES]
@@ -298,7 +301,7 @@ def tune(
     out = Path(out)
     check_inputs(wrapper, images, labels, num_classes)
     settings.check_data_size(int(images.shape[0]))
-    check_resumable_output(out, resume=resume, overwrite=overwrite, ours=is_tune_folder, what="tune folder")
+    check_resumable_output(out, resume=resume, overwrite=overwrite, layout=TUNE_LAYOUT)
     header = {"tune": dataclasses.asdict(settings), "base": wrapper.config.to_dict(),
               "n_images": int(images.shape[0]), **(description or {}),
               "fingerprint": run_fingerprint(images, labels, wrapper.classifier, wrapper.eps_model)}
@@ -313,7 +316,7 @@ def tune(
             raise ValueError(f"{out} holds a sweep with other settings ({', '.join(changes[:4])}): choose another "
                              "folder, or --overwrite to replace it")
     if overwrite:
-        remove_ours(out, ours=is_tune_folder, what="tune folder")
+        remove_ours(out, layout=TUNE_LAYOUT)
     created = make_folders(out)
     fresh = not settings_file.exists()
     write_text_atomic(settings_file, dumps_strict(header, indent=2) + "\n")
@@ -327,21 +330,24 @@ def tune(
         raise
 
 
-def is_tune_folder(path: Path) -> bool:
-    """Whether ``path`` holds only what :func:`tune` writes: ``tune.json`` (a sweep's header), the
-    summary files, and one folder of evaluations (``clean``, ``robust``) per candidate."""
+def _has_tune_record(folder: Path) -> bool:
+    """Whether ``folder/tune.json`` reads as a sweep's header."""
     try:
-        if "tune" not in json.loads((path / "tune.json").read_text()):
-            return False
-    except (OSError, ValueError, TypeError):
+        record = json.loads((folder / "tune.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         return False
-    for entry in path.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            if not all(e.name in ("clean", "robust") and is_evaluation_folder(e) for e in entry.iterdir()):
-                return False
-        elif entry.name not in TUNE_FILES or not entry.is_file():
-            return False
-    return True
+    return isinstance(record, dict) and "tune" in record
+
+
+def _tune_owns(folder: Path, entry: Path) -> bool:
+    """The summary files, and one folder of evaluations (``clean``, ``robust``) per candidate."""
+    if entry.is_dir():
+        return all(e.name in ("clean", "robust") and is_evaluation_folder(e) for e in entry.iterdir())
+    return entry.is_file() and entry.name in TUNE_FILES
+
+
+TUNE_LAYOUT = Layout("tune folder", marker=_has_tune_record, owns=_tune_owns, record="tune.json")
+
 
 
 def _sweep(wrapper: RobustWrapper, images: Tensor, labels: Tensor, out: Path, settings: TuneSettings, header: dict,

@@ -70,7 +70,7 @@ def test_evaluation_overwrite_replaces_only_its_own_folder(tmp_path):
     report = run_evaluation(tiny_wrapper(), images, labels, CLEAN, out, num_classes=10, overwrite=True)
     assert report["n_samples"] == 4 and not (out / "results.jsonl").read_text().endswith("\n\n")
     (out / "notes.txt").write_text("mine")  # now it holds something of the user's: never replaced
-    with pytest.raises(ValueError, match="not a results folder"):
+    with pytest.raises(ValueError, match="holds notes.txt, which robustwrap does not write into a results folder"):
         run_evaluation(tiny_wrapper(), images, labels, CLEAN, out, num_classes=10, overwrite=True)
     assert (out / "notes.txt").read_text() == "mine"
 
@@ -233,5 +233,5 @@ def test_a_report_left_mid_write_by_a_crash_does_not_make_the_folder_foreign(tmp
     (out / ".report.json.0123abcd.tmp").write_text('{"clean')
     assert run_evaluation(tiny_wrapper(), images, labels, CLEAN, out, num_classes=10, resume=True)["n_samples"] == 4
     (out / ".hidden-notes.tmp").write_text("mine")
-    with pytest.raises(ValueError, match="not a results folder"):
+    with pytest.raises(ValueError, match="holds .hidden-notes.tmp, which robustwrap does not write"):
         run_evaluation(tiny_wrapper(), images, labels, CLEAN, out, num_classes=10, overwrite=True)

@@ -8,13 +8,13 @@ Layout written (Triton's convention), for a defense named NAME::
     REPO/NAME-denoiser/...             the same for the denoiser
     REPO/NAME/config.pbtxt, 1/model.py, 1/bundle.json, 1/serving.json    the pipeline (Python, BLS)
 
-Every model folder also holds ``robustwrap.json`` (what wrote it): a folder without it is never
-replaced, so a repository can hold several defenses and the user's own models.
+Every model folder also holds ``robustwrap.json`` (what wrote it, and every file it wrote): a
+folder without it, or with any file it does not list (the Python backend's ``__pycache__``
+aside), is never replaced, so a repository can hold several defenses and the user's own models.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
@@ -27,7 +27,7 @@ from typing import Any, Literal, Mapping
 import torch
 
 import robustwrap
-from robustwrap.outputs import check_output, dumps_strict, replace_folder, temporary_beside
+from robustwrap.outputs import Layout, check_output, dumps_strict, loads_strict, only_files, replace_folder, temporary_beside
 
 from ..engines.adapters import resolve_config
 from ..engines.tensorrt import engine_path
@@ -96,12 +96,38 @@ def check_name(name: str) -> str:
     return name
 
 
-def is_triton_model(path: Path) -> bool:
-    """True when ``path`` is a model folder this module wrote (its ``robustwrap.json`` marker)."""
+def _listed_files(folder: Path) -> set[str] | None:
+    """The files (relative paths) a model folder's marker lists, or None when it has no readable marker."""
     try:
-        return json.loads((path / MARKER).read_text()).get("format") == MARKER_FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
+        marker = loads_strict((folder / MARKER).read_text())
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT:
+        return None
+    files = marker.get("files", _EARLIER_FILES)  # markers written before the list named no files
+    return {str(name) for name in files} | {MARKER} if isinstance(files, list) else None
+
+
+def _model_owns(folder: Path, entry: Path) -> bool:
+    """A file the marker lists; in a folder, only such files and the Python backend's compiled ``__pycache__``."""
+    listed = _listed_files(folder) or set()
+    if entry.is_file():
+        return entry.name in listed
+    return only_files(entry, lambda file: file.relative_to(folder).as_posix() in listed
+                      or file.parent.name == "__pycache__" and file.suffix == ".pyc")
+
+
+# A Triton model folder this module wrote: its marker reads, and it holds only the files the marker lists.
+MODEL_LAYOUT = Layout("Triton model", marker=lambda folder: _listed_files(folder) is not None, owns=_model_owns,
+                      record=MARKER)
+REPOSITORY_LAYOUT = Layout("Triton model repository", marker=lambda _: False, owns=lambda _, __: False)
+_EARLIER_FILES = ["config.pbtxt", *(f"1/{name}" for name in ("model.onnx", "model.plan", "model.py", "bundle.json",
+                                                             "serving.json", "model.onnx.data"))]
+
+
+def is_triton_model(path: Path) -> bool:
+    """True when ``path`` is a model folder this module wrote and nothing was added to it."""
+    return MODEL_LAYOUT.holds(path)
 
 
 def model_names(name: str) -> dict[str, str]:
@@ -110,8 +136,11 @@ def model_names(name: str) -> dict[str, str]:
     return {CLASSIFIER: f"{name}-{CLASSIFIER}", DENOISER: f"{name}-{DENOISER}", "pipeline": name}
 
 
-def check_repository(repository: str | os.PathLike, name: str, overwrite: bool) -> None:
+def check_repository(repository: str | os.PathLike, name: str, overwrite: bool) -> dict[str, bool]:
     """Refuse, before any work, a repository this defense's models may not be written into.
+
+    Returns:
+        Per model folder name, whether an earlier one of ours will be replaced (none for a new repository).
 
     Raises:
         ValueError: the repository is a file or cannot be created; a model folder exists
@@ -121,10 +150,10 @@ def check_repository(repository: str | os.PathLike, name: str, overwrite: bool) 
     if root.exists() and not root.is_dir():
         raise ValueError(f"{root} is a file, not a Triton model repository folder")
     if not root.exists():
-        check_output(root, overwrite=False, ours=lambda _: False, what="Triton model repository")
-        return
-    for folder_name in model_names(name).values():
-        check_output(root / folder_name, overwrite=overwrite, ours=is_triton_model, what="Triton model")
+        check_output(root, overwrite=False, layout=REPOSITORY_LAYOUT)
+        return {folder_name: False for folder_name in model_names(name).values()}
+    return {folder_name: check_output(root / folder_name, overwrite=overwrite, layout=MODEL_LAYOUT)
+            for folder_name in model_names(name).values()}
 
 
 def _block(tensor: TensorSpec, reshape_scalar: bool) -> str:
@@ -192,7 +221,7 @@ def write_triton_bundle(
         if missing:
             raise ValueError(f"missing TensorRT engines {missing}: build them with build_bundle_engines "
                              "(robustwrap export --engine trt)")
-    check_repository(repository, name, overwrite)
+    replacing = check_repository(repository, name, overwrite)
     root = Path(repository)
     root.mkdir(exist_ok=True)
 
@@ -203,15 +232,17 @@ def write_triton_bundle(
                              options)
         _write_pipeline(work / name, names, info, options, config_overrides)
         for model in names.values():
-            replace_folder(work / model, root / model)
+            replace_folder(work / model, root / model, replacing=replacing[model], layout=MODEL_LAYOUT)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {model: root / model for model in names.values()}
 
 
 def _marker(folder: Path, role: str, info: BundleInfo, backend: str) -> None:
+    """Write the marker last, listing every file written into ``folder`` (what a later --overwrite may replace)."""
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     (folder / MARKER).write_text(dumps_strict({"format": MARKER_FORMAT, "role": role, "backend": backend,
-                                               "specs": dict(info.specs)}, indent=2) + "\n")
+                                               "specs": dict(info.specs), "files": files}, indent=2) + "\n")
 
 
 def _write_component(folder: Path, model_name: str, component: str, info: BundleInfo, source: Path, backend: str,

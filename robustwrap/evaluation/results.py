@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..fingerprint import header_differences, run_fingerprint
-from ..outputs import check_resumable_output, dumps_strict
+from ..outputs import Layout, check_resumable_output, dumps_strict
 from ..wrapper import RobustWrapper
 from .config import EvalConfig
 
@@ -31,21 +31,29 @@ RANDOMNESS = "per-image: mix_seed(seed, data-set index)"  # recorded in the head
 logger = logging.getLogger(__name__)
 
 
+def _results_file(entry: Path) -> bool:
+    """A results file (``results*.jsonl``), empty or starting with its header."""
+    if not (entry.name.startswith("results") and entry.suffix == ".jsonl" and entry.is_file()):
+        return False
+    with entry.open("rb") as file:
+        start = file.read(10)
+    return not start or start == b'{"header":'
+
+
+def _results_owns(folder: Path, entry: Path) -> bool:
+    """Results files and ``report.json`` (or the temporary file a crash left while writing it)."""
+    report = entry.name == "report.json" or entry.name.startswith(".report.json.") and entry.suffix == ".tmp"
+    return entry.is_file() and (report or _results_file(entry))
+
+
+RESULTS_LAYOUT = Layout("results folder", marker=lambda folder: any(_results_file(e) for e in folder.iterdir()),
+                        owns=_results_owns)
+
+
 def is_evaluation_folder(path: Path) -> bool:
     """Whether ``path`` holds only what :func:`run_evaluation` writes: results files (each empty or
     starting with a header) and ``report.json``; what ``overwrite=True`` may replace."""
-    entries = list(path.iterdir()) if path.is_dir() and not path.is_symlink() else []
-    results = [e for e in entries if e.name.startswith("results") and e.suffix == ".jsonl" and e.is_file()]
-    report = [e for e in entries if e.is_file() and (e.name == "report.json" or  # or one a crash left mid-write
-                                                     e.name.startswith(".report.json.") and e.suffix == ".tmp")]
-    if not results or any(e not in results and e not in report for e in entries):
-        return False
-    for result in results:
-        with result.open("rb") as file:
-            start = file.read(10)
-        if start and start != b'{"header":':
-            return False
-    return True
+    return RESULTS_LAYOUT.holds(path)
 
 
 def check_results_folder(out: str | os.PathLike, *, resume: bool, overwrite: bool) -> None:
@@ -56,7 +64,7 @@ def check_results_folder(out: str | os.PathLike, *, resume: bool, overwrite: boo
         ValueError: both are set; or ``out`` is a file, a folder with other files, the working
             directory or one of its parents.
     """
-    check_resumable_output(out, resume=resume, overwrite=overwrite, ours=is_evaluation_folder, what="results folder")
+    check_resumable_output(out, resume=resume, overwrite=overwrite, layout=RESULTS_LAYOUT)
 
 
 def versions() -> dict:

@@ -22,7 +22,7 @@ from .batch import check_inputs, evaluate_batch
 from .config import EvalConfig
 from .distributed import barrier, rank_and_world
 from .report import summarize
-from .results import ResultsFile, check_results_folder, is_evaluation_folder
+from .results import RESULTS_LAYOUT, ResultsFile, check_results_folder
 
 
 def run_evaluation(
@@ -77,7 +77,7 @@ def run_evaluation(
     header = ResultsFile.make_header(wrapper, images, labels, cfg, subset, description)
     ids = subset.get("indices") or list(range(images.shape[0]))  # each image's identity: its data-set index
     if overwrite and rank == 0:
-        remove_ours(out, ours=is_evaluation_folder, what="results folder")
+        remove_ours(out, layout=RESULTS_LAYOUT)
     if overwrite:
         barrier()  # every rank starts from the emptied folder
     created = make_folders(out)
