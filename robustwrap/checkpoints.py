@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import os
 import re
+import sys
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
@@ -69,12 +70,12 @@ def _sniff(path: Path) -> None:
         )
 
 
-def _importable(name: str) -> bool:
-    module, _, attribute = name.rpartition(".")
-    try:
-        return hasattr(importlib.import_module(module), attribute)
-    except Exception:  # noqa: BLE001 - any failure means "not a real global"
-        return False
+def _truncated_name(name: str) -> bool:
+    """Whether a pickled global is not a real name of an already imported module ("collections.Ordered", a
+    file cut inside a class name). Nothing is imported to decide: a module not loaded yet counts as real."""
+    module_name, _, attribute = name.rpartition(".")
+    module = sys.modules.get(module_name)
+    return module is not None and not hasattr(module, attribute)
 
 
 def _not_installed(name: str) -> bool:
@@ -89,12 +90,14 @@ def _not_installed(name: str) -> bool:
 def _load_error(path: Path, error: Exception) -> CheckpointError:
     """The user-facing reason ``torch.load(weights_only=True)`` failed on ``path``."""
     message = str(error)
-    unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    # torch names a refused global as "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y whose module x
+    # is blocked" (os.system, builtins.eval, ...): either way, loading would call it. Nothing named is imported here.
+    unsupported = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", message, re.IGNORECASE)
     if unsupported and _not_installed(unsupported.group(1)):
         name = unsupported.group(1)
         return CheckpointError(f"{path} was refused: loading it would execute code ({name}, from a package that is "
                                f"not installed here; the file pickles objects, not only weights).\n{CONVERT_HINT}")
-    if unsupported and _importable(unsupported.group(1)) or "Can only build Tensor" in message:
+    if unsupported and not _truncated_name(unsupported.group(1)) or "Can only build Tensor" in message:
         what = f"it pickles {unsupported.group(1)}" if unsupported else "it pickles a class"
         return CheckpointError(f"{path} was refused: loading it would execute code ({what}).\n{CONVERT_HINT}")
     if "legacy .tar format" in message or "TorchScript" in message:

@@ -12,7 +12,7 @@ from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .outputs import dumps_strict, write_text_atomic
+from .outputs import dumps_strict, loads_strict, write_text_atomic
 
 NUM_TRAIN_STEPS = 1000  # the DDPM schedule the diffusion models were trained with
 CONFIG_FORMAT = "robustwrap.PurifyConfig"  # what a config file says it is
@@ -26,6 +26,7 @@ VoteRule = Literal["hard", "soft"]
 INT_FIELDS = ("steps", "resample_steps", "votes")
 FLOAT_FIELDS = ("t_l", "t_s", "eta", "tau", "top_fraction", "p")
 BOOL_FIELDS = ("p_root", "grad_checkpoint")
+MAX_P = 8.0  # |A|^p of an activation of 1e4 is 1e32 at p = 8: still finite in float32 (max 3.4e38)
 
 
 def type_problems(values: dict[str, object], *, ints: tuple[str, ...] = (), floats: tuple[str, ...] = (),
@@ -69,12 +70,12 @@ class PurifyConfig:
     steps: int = 500                      # DDIM grid resolution over 1000 steps (stride 1000 // steps)
     resample_steps: int = 3               # U: forward single steps per stage-1 step (paper: 10)
     resampling: Resampling = "single"     # "single" (the paper), "repaint" (multi-step, costly), "none"
-    eta: float = 0.0                      # DDIM stochasticity; 0 = deterministic DDIM
+    eta: float = 0.0                      # DDIM stochasticity in [0, 1]; 0 = deterministic DDIM
     mode: Mode = "heterogeneous"          # "uniform" = all-ones mask: DiffPure-style baseline at t_l
     mask_rule: MaskRule = "threshold"     # "threshold" at tau, or keep the "top_fraction" of pixels
     tau: float = 0.9                      # threshold on the [0, 1] attention map
     top_fraction: float = 0.15            # fraction of pixels per image marked as attended
-    p: float = 2.0                        # G = sum_c |A_c|^p
+    p: float = 2.0                        # G = sum_c |A_c|^p, p in (0, 8]
     p_root: bool = False                  # take the p-th root of G (the paper's text; not the code)
     attention_norm: MaskNormalization = "minmax"  # per-image map normalisation before the union
     votes: int = 1                        # S stochastic purifications per image, run as one batch
@@ -108,14 +109,15 @@ class PurifyConfig:
             problems.append(f"resample_steps must be >= 0, got {self.resample_steps}")
         if round(self.t_l * NUM_TRAIN_STEPS) + self.resample_steps >= NUM_TRAIN_STEPS:
             problems.append("t_l * 1000 + resample_steps must stay below 1000")
-        if self.eta < 0:
-            problems.append(f"eta must be >= 0, got {self.eta}")
+        if not 0.0 <= self.eta <= 1.0:  # 1 is DDPM's ancestral step; above it the step adds more noise than it removes
+            problems.append(f"eta must be in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), got {self.eta}")
         if not 0.0 <= self.tau <= 1.0:
             problems.append(f"tau must be in [0, 1], got {self.tau}")
         if not 0.0 < self.top_fraction <= 1.0:
             problems.append(f"top_fraction must be in (0, 1], got {self.top_fraction}")
-        if self.p <= 0:
-            problems.append(f"p must be > 0, got {self.p}")
+        if not 0.0 < self.p <= MAX_P:
+            problems.append(f"p must be in (0, {MAX_P:g}] (higher powers overflow float32 on ordinary activations), "
+                            f"got {self.p}")
         if self.votes < 1:
             problems.append(f"votes must be >= 1, got {self.votes}")
         for name, allowed in (
@@ -201,7 +203,7 @@ class PurifyConfig:
             if path.suffix.lower() == ".toml":
                 data = _read_toml(text)
             else:
-                data = json.loads(text)
+                data = loads_strict(text, allow_nan=True)  # NaN fields are named by the field checks
         except ValueError as error:  # json.JSONDecodeError and tomllib.TOMLDecodeError are ValueErrors
             raise ValueError(f"{path} is not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: {error}") from error
         except RecursionError as error:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,7 @@ from .adapters import as_eps_model, diffusion_input_spec, diffusion_size_multipl
 from .config import PurifyConfig
 from .inputs import Normalize, check_images, classifier_fixed_size, infer_classifier_spec, infer_normalization
 from .mask import attention_map, binarize
+from .network_checks import CheckedDenoiser, check_logits
 from .noise import NoiseSource, check_seeds
 from .sampler import purify_latent
 from .schedule import Step, make_plan
@@ -299,7 +300,7 @@ class RobustWrapper(nn.Module):
         source = FirstDraw(self.noise_source(x, votes, generator=generator, noise=noise, seeds=seeds))
         x0, mask = self._diffusion_inputs(x, votes, None)
         states: list[tuple[Step, Tensor]] = []
-        latent = purify_latent(self.eps_model, x0, mask, self.plan, source, self.config.grad_checkpoint,
+        latent = purify_latent(self._denoiser(), x0, mask, self.plan, source, self.config.grad_checkpoint,
                                observe=lambda step, state: states.append((step, state)))
         purified = self._resize((latent + 1.0) / 2.0, x.shape[-2:]).view(votes, x.shape[0], *x.shape[1:])
         return PurificationTrace(purified, x0, mask, source.first, tuple(states))
@@ -388,6 +389,8 @@ class RobustWrapper(nn.Module):
     # --- pipeline ---------------------------------------------------------------------------
 
     def _check_eagerly(self, x: Tensor, noise: Tensor | None, votes: int | None) -> None:
+        if isinstance(x, Tensor):
+            self._check_device(x)
         check_images(x, self.channels, self.image_size)
         height, width = int(x.shape[-2]), int(x.shape[-1])
         if self.diffusion_size is None and self.diffusion_multiple > 1 and (height % self.diffusion_multiple or width % self.diffusion_multiple):
@@ -401,6 +404,17 @@ class RobustWrapper(nn.Module):
                 expected = expected[:1] + expected[2:]
             if tuple(noise.shape) != expected:
                 raise ValueError(f"explicit noise must have shape {expected}, got {tuple(noise.shape)}")
+
+    def _check_device(self, x: Tensor) -> None:
+        """ValueError when the images are not where the networks' weights are (engine-backed networks, which have
+        no weights here, move their inputs themselves) or hold no data (the meta device)."""
+        weight = next((t for net in (self.classifier, self.eps_model) for t in (*net.parameters(), *net.buffers())),
+                      None)
+        if x.device.type == "meta":
+            raise ValueError("the images are on the meta device (shapes only, no values): pass real images")
+        if weight is not None and weight.device != x.device:
+            raise ValueError(f"the images are on {x.device} but the networks' weights are on {weight.device}: move "
+                             f"the images (images.to('{weight.device}')) or the wrapper (wrapper.to('{x.device}'))")
 
     def _check_mask(self, x: Tensor, mask: Tensor | None) -> None:
         """ValueError unless ``mask`` is None or (B, 1, Hd, Wd) for the validated images ``x``."""
@@ -433,8 +447,13 @@ class RobustWrapper(nn.Module):
         return resized.clamp(0.0, 1.0)
 
     def _classify(self, x: Tensor) -> Tensor:
-        """Logits (N, K) for images in [0, 1] at the input size."""
-        return self.classifier(self.normalize(x))
+        """Logits (N, K) for images in [0, 1] at the input size (checked: robustwrap.network_checks)."""
+        logits = self.classifier(self.normalize(x))
+        return logits if _tracing() else check_logits(logits, x.shape[0])
+
+    def _denoiser(self) -> Callable[[Tensor, Tensor], Tensor]:
+        """The epsilon model the loop calls: checked in eager runs (robustwrap.network_checks), bare while tracing."""
+        return self.eps_model if _tracing() else CheckedDenoiser(self.eps_model)
 
     def _mask(self, x: Tensor) -> Tensor:
         """(B, 1, Hd, Wd) binary mask, built without gradient on validated images."""
@@ -458,5 +477,5 @@ class RobustWrapper(nn.Module):
     def _purify(self, x: Tensor, votes: int, noise: NoiseSource, mask: Tensor | None) -> Tensor:
         """(votes * B, C, Hd, Wd) purified images in [0, 1], vote-major."""
         x0, mask = self._diffusion_inputs(x, votes, mask)
-        purified = purify_latent(self.eps_model, x0, mask, self.plan, noise, self.config.grad_checkpoint)
+        purified = purify_latent(self._denoiser(), x0, mask, self.plan, noise, self.config.grad_checkpoint)
         return (purified + 1.0) / 2.0

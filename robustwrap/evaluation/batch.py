@@ -16,6 +16,7 @@ from torch import Tensor
 from ..attacks.registry import ATTACKS as REGISTRY
 from ..attacks.registry import AttackOutcome, surrogate
 from ..inputs import check_images
+from ..network_checks import check_logits
 from ..noise import check_seeds, derive_seeds, mix_seed
 from ..wrapper import RobustWrapper
 from .config import ATTACKS, EvalConfig
@@ -35,6 +36,8 @@ def check_inputs(wrapper: RobustWrapper, images: Tensor, labels: Tensor, num_cla
         check_images(images, wrapper.channels, wrapper.image_size)
     except (ValueError, TypeError) as error:
         raise ValueError(f"the data: {error}") from error
+    with torch.no_grad():  # one image through the bare classifier: its logits must cover the data's classes
+        check_logits(wrapper.classify(images[:1]), 1, classes=num_classes)
 
 
 def image_seeds(seed: int, ids: Sequence[int]) -> Tensor:

@@ -113,6 +113,8 @@ class EvalConfig:
                 problems.append(f"eps must be >= 0, got {value}")
             elif name != "eps" and value <= 0:
                 problems.append(f"{name} must be > 0, got {value}")
+            elif name in ("eps", "step_size") and self.norm == "Linf" and value > 1:  # images live in [0, 1]
+                problems.append(f"an L-inf {name} must be at most 1 (images are in [0, 1]), got {value}")
         for name in ("iters", "eot", "runs", "seed", "batch_size", "surrogate_steps", "em_samples", "em_steps"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
