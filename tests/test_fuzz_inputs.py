@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -81,6 +82,10 @@ def _make_workspace(root: Path) -> None:
         "deep.json": "[" * 50_000 + "]" * 50_000,
         "version.json": '{"format": "robustwrap.PurifyConfig", "version": "1", "config": {}}',
         "list.json": "[1, 2, 3]",
+        "eta5.json": CONFIG_HEAD + '{"eta": 5}}',
+        "p100.json": CONFIG_HEAD + '{"p": 100}}',
+        "twice.json": CONFIG_HEAD + '{"t_l": 0.2, "t_l": 0.9}}',
+        "twice.toml": 'format = "robustwrap.PurifyConfig"\nversion = 1\n[config]\nt_l = 0.2\nt_l = 0.9\n',
     }
     for name, text in configs.items():
         (root / name).write_text(text)
@@ -90,6 +95,9 @@ def _make_workspace(root: Path) -> None:
     _png_header(root / "bomb.png", 20000, 20000)
     (root / "fake.png").write_text("<html>not an image</html>")
     (root / "code.pt").write_bytes(b"\x80\x02cnot_installed_pkg\nThing\nq\x00)\x81q\x01.")
+    # A pickle whose loading would call os.system("echo pwned") (protocol 2, as torch.save writes).
+    (root / "system.pt").write_bytes(b"\x80\x02}q\x00X\x01\x00\x00\x00wq\x01cposix\nsystem\nq\x02X\n\x00\x00\x00"
+                                     b"echo pwnedq\x03\x85q\x04Rq\x05s.")
     torch.save({"w": torch.ones(1000)}, root / "whole.pt")
     (root / "cut.pt").write_bytes((root / "whole.pt").read_bytes()[:300])
     (root / "whole.pt").unlink()
@@ -101,6 +109,15 @@ def _make_workspace(root: Path) -> None:
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(app, [*EXPORT, "--out", "bundle", "--triton-repo", "serving", "--name", "small"])
     assert result.exit_code == 0, result.output
+    shutil.copytree(root / "bundle", root / "noted-bundle")  # a real bundle the user added a note to
+    (root / "noted-bundle" / "NOTES.md").write_bytes(b"what I changed\n")
+    (root / "measured").mkdir()  # the user's folder, with a bundle's config.json copied into it
+    shutil.copyfile(root / "bundle" / "config.json", root / "measured" / "config.json")
+    (root / "measured" / "results.csv").write_bytes(b"run,accuracy\n1,0.93\n")
+    shutil.copytree(root / "serving", root / "noted-serving")  # a real Triton model the user added a note to
+    (root / "noted-serving" / "small" / "my_notes.txt").write_bytes(b"deployed on monday\n")
+    (root / "torn-tune").mkdir()  # a tune folder whose record was cut short
+    (root / "torn-tune" / "tune.json").write_text('{"tune": {"calls": 2, "uniform_le')
 
 
 @pytest.fixture(scope="module")
@@ -150,10 +167,17 @@ COMMAND_ROWS = [
     ("eval-config-string-version", [*EVAL, "--config", "version.json", "--out", "r"], "version must be an integer"),
     ("eval-config-a-list", [*EVAL, "--config", "list.json", "--out", "r"], "is not a robustwrap config"),
     ("eval-eps-nan", [*EVAL, "--eps", "nan", "--out", "r"], "--eps nan: settings must be finite"),
+    ("eval-eps-above-1", [*EVAL, "--eps", "2", "--out", "r"], "an L-inf eps must be at most 1"),
+    ("eval-config-eta-5", [*EVAL, "--config", "eta5.json", "--out", "r"], "eta must be in [0, 1]"),
+    ("eval-config-p-100", [*EVAL, "--config", "p100.json", "--out", "r"], "p must be in (0, 8]"),
+    ("eval-config-key-twice", [*EVAL, "--config", "twice.json", "--out", "r"], "the key 't_l' appears twice"),
+    ("eval-config-key-twice-toml", [*EVAL, "--config", "twice.toml", "--out", "r"], "Cannot overwrite a value"),
     ("eval-t-l-inf", [*EVAL, "--t-l", "inf", "--out", "r"], "--t-l inf: settings must be finite"),
     ("eval-votes-a-billion", [*EVAL, "--votes", "1000000000", "--out", "r"], "allocate"),  # fails in batch 1
     # eval: weights and hub specs
     ("eval-weights-need-code", [*EVAL, "--classifier-weights", "code.pt", "--out", "r"], "would execute code"),
+    ("eval-weights-call-os-system", [*EVAL, "--classifier-weights", "system.pt", "--out", "r"],
+     "would execute code (it pickles posix.system)"),
     ("eval-weights-truncated", [*EVAL, "--classifier-weights", "cut.pt", "--out", "r"], "cut.pt"),
     ("hub-config-a-list", ["eval", *EVAL[1:3], "--classifier", "hf:someone/listcfg", *EVAL[5:], "--out", "r"],
      "holds a JSON list"),
@@ -168,6 +192,8 @@ COMMAND_ROWS = [
     ("tune-an-eval-folder", [*TUNE, "--out", "oldrun", "--overwrite"], "not a tune folder"),
     ("tune-config-nan-eta", [*TUNE, "--config", "nan_eta.json", "--out", "t"], "eta must be a finite number"),
     ("tune-config-deep", [*TUNE, "--config", "deep.json", "--out", "t"], "nested too deeply"),
+    ("tune-resume-torn-record", [*TUNE, "--out", "torn-tune", "--resume"], "tune.json is torn or damaged"),
+    ("tune-overwrite-torn-record", [*TUNE, "--out", "torn-tune", "--overwrite"], "remove torn-tune yourself"),
     ("tune-min-clean-nan", [*TUNE, "--min-clean", "nan", "--out", "t"], "--min-clean nan"),
     ("tune-eps-inf", [*TUNE, "--eps", "inf", "--out", "t"], "--eps inf"),
     ("tune-count-mismatch", ["tune", "--data", "tensors:counts.safetensors", *TUNE[3:], "--out", "t"],
@@ -193,6 +219,13 @@ COMMAND_ROWS = [
     ("export-working-directory", [*EXPORT, "--out", ".", "--overwrite"], "is the working directory"),
     ("export-parent-directory", [*EXPORT, "--out", "..", "--overwrite"], "holds the working directory"),
     ("export-existing-bundle", [*EXPORT, "--out", "bundle"], "exists"),
+    ("export-overwrite-bundle-with-a-note", [*EXPORT, "--out", "noted-bundle", "--overwrite"],
+     "noted-bundle holds NOTES.md, which robustwrap does not write into a bundle"),
+    ("export-overwrite-folder-with-a-copied-config", [*EXPORT, "--out", "measured", "--overwrite"],
+     "measured holds results.csv, which robustwrap does not write into a bundle"),
+    ("export-overwrite-triton-model-with-a-note", [*EXPORT, "--out", "b", "--triton-repo", "noted-serving", "--name",
+                                                   "small", "--overwrite"],
+     "small holds my_notes.txt, which robustwrap does not write into a Triton model"),
     ("export-missing-folder", [*EXPORT, "--out", "nowhere/bundle"], "does not exist"),
     ("export-config-nan-eta", [*EXPORT, "--config", "nan_eta.json", "--out", "b"], "eta must be a finite number"),
     ("export-t-l-nan", [*EXPORT, "--t-l", "nan", "--out", "b"], "--t-l nan"),
@@ -226,10 +259,13 @@ def _library_rows():
     from robustwrap.data import tensor_file
     from robustwrap.evaluation import EvalConfig, run_evaluation
     from robustwrap.images import load_picture
-    from robustwrap.outputs import check_output, dumps_strict
+    from robustwrap.outputs import Layout, check_output, dumps_strict
     from robustwrap.tune import TuneSettings, tune
 
-    from .tiny import tiny_wrapper
+    from robustwrap import RobustWrapper
+    from robustwrap.outputs import temporary_beside
+
+    from .tiny import tiny_classifier, tiny_unet, tiny_wrapper
 
     def evaluate_into(folder: str, **flags):
         images, labels = tensor_file("ok.safetensors")
@@ -245,6 +281,57 @@ def _library_rows():
 
     def export_into(folder: str, **flags):
         return export_bundle(tiny_wrapper(), folder, image_size=16, **flags)
+
+    def export_racing(folder: str):
+        """Another export into the same new folder finishes while this one runs: this one must not replace it."""
+        from unittest import mock
+
+        import robustwrap.export.bundle as bundle_module
+
+        def temporary_then_the_other_run_finishes(target):
+            work = temporary_beside(target)
+            shutil.copytree("bundle", folder)
+            return work
+
+        try:
+            with mock.patch.object(bundle_module, "temporary_beside", temporary_then_the_other_run_finishes):
+                export_into(folder)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)  # the other run's bundle (it stays, byte for byte, until here)
+
+    class NaNDiffusion(torch.nn.Module):
+        in_channels = 3
+
+        def forward(self, x_t, t):
+            return torch.full_like(x_t, math.nan)
+
+    class OneChannelDiffusion(torch.nn.Module):
+        in_channels = 3
+
+        def forward(self, x_t, t):
+            return x_t[:, :1]
+
+    class Returns(torch.nn.Module):
+        """The tiny classifier, but forward returns what ``wrap`` makes of its logits."""
+
+        in_channels = 3
+
+        def __init__(self, wrap):
+            super().__init__()
+            self.net, self.wrap = tiny_classifier(), wrap
+
+        def forward(self, x):
+            return self.wrap(self.net(x))
+
+    def predict(classifier, diffusion, images=None):
+        wrapper = RobustWrapper(classifier, diffusion, PurifyConfig(steps=10), stages=["net.layer1", "net.layer2"]
+                                if isinstance(classifier, Returns) else None)
+        return wrapper.predict(torch.rand(2, 3, 16, 16) if images is None else images)
+
+    def evaluate_3_logits():
+        images, labels = tensor_file("ok.safetensors")
+        wrapper = RobustWrapper(tiny_classifier(num_classes=3), tiny_unet(), PurifyConfig(steps=10))
+        return run_evaluation(wrapper, images, labels, EvalConfig(attack="none"), "r", num_classes=10)
 
     return [
         ("config-nan-eta", lambda: PurifyConfig(eta=math.nan), ValueError, "eta must be a finite number"),
@@ -270,7 +357,7 @@ def _library_rows():
         ("image-bomb", lambda: load_picture("bomb.png"), ValueError, "over the limit of 50000000"),
         ("pickle-needs-code", lambda: read_checkpoint("code.pt"), CheckpointError, "would execute code"),
         ("tensors-count-mismatch", lambda: tensor_file("counts.safetensors"), ValueError, "20 images but 5 labels"),
-        ("check-output-home", lambda: check_output(Path.home(), overwrite=True, ours=lambda p: True, what="x"),
+        ("check-output-home", lambda: check_output(Path.home(), overwrite=True, layout=Layout("x", lambda _: True, lambda _, __: True)),
          ValueError, "home folder"),
         ("strict-json", lambda: dumps_strict({"points": [{"robust": math.nan}]}), ValueError,
          r"points[0].robust is not a finite number"),
@@ -290,6 +377,35 @@ def _library_rows():
          "exists"),
         ("triton-not-a-bundle", lambda: write_triton_bundle("serving", "precious"), ValueError,
          "not a robustwrap bundle"),
+        # out-of-range values that used to pass
+        ("config-eta-5", lambda: PurifyConfig(eta=5), ValueError, "eta must be in [0, 1]"),
+        ("config-p-100", lambda: PurifyConfig(p=100), ValueError, "p must be in (0, 8]"),
+        ("bundle-overrides-eta-5", lambda: load_bundle("bundle", config={"eta": 5}), ValueError,
+         "the config overrides: invalid PurifyConfig: eta must be in [0, 1]"),
+        ("config-file-key-twice", lambda: PurifyConfig.load("twice.json"), ValueError, "the key 't_l' appears twice"),
+        ("eval-config-linf-eps-2", lambda: EvalConfig(eps=2), ValueError, "an L-inf eps must be at most 1"),
+        ("tune-settings-negative-step", lambda: TuneSettings(level_step=-0.1), ValueError,
+         "level_step must be in (0, 1)"),
+        # what the networks return
+        ("diffusion-returns-nan", lambda: predict(tiny_classifier(), NaNDiffusion()), ValueError,
+         "the diffusion model returned 1536 NaN or infinite values in its predicted noise"),
+        ("diffusion-returns-wrong-shape", lambda: predict(tiny_classifier(), OneChannelDiffusion()), ValueError,
+         "the diffusion model returned a float32 tensor of shape (2, 1, 16, 16) for x_t of shape (2, 3, 16, 16)"),
+        ("classifier-returns-a-tuple", lambda: predict(Returns(lambda z: (z, z)), tiny_unet()), ValueError,
+         "the classifier returned a tuple of 2 items, expected logits of shape (2, K)"),
+        ("classifier-returns-a-dict", lambda: predict(Returns(lambda z: {"logits": z}), tiny_unet()), ValueError,
+         "the classifier returned a dict with keys ['logits']"),
+        ("classifier-returns-nan", lambda: predict(Returns(lambda z: z * math.nan), tiny_unet()), ValueError,
+         "the classifier returned 20 NaN or infinite values in its logits"),
+        ("classifier-3-logits-for-10-classes", evaluate_3_logits, ValueError,
+         "the classifier returns 3 logits per image but the data has 10 classes"),
+        ("images-without-data", lambda: predict(tiny_classifier(), tiny_unet(), torch.rand(2, 3, 16, 16, device="meta")),
+         ValueError, "the images are on the meta device"),
+        # files
+        ("pickle-calls-os-system", lambda: read_checkpoint("system.pt"), CheckpointError,
+         "would execute code (it pickles posix.system)"),
+        ("export-racing-another-run", lambda: export_racing("racing"), FileExistsError,
+         "racing appeared while this command ran"),
     ]
 
 
@@ -300,7 +416,12 @@ LIBRARY_IDS = ["config-nan-eta", "config-inf-p", "config-nan-t-l", "config-fract
                "image-bomb", "pickle-needs-code", "tensors-count-mismatch", "check-output-home", "strict-json",
                "tune-settings-fractional", "eval-config-nan-eps", "bundle-users-folder", "bundle-overrides-nan",
                "bundle-overrides-string", "bundle-unknown-engine", "export-overwrite-users-folder",
-               "export-overwrite-a-file", "triton-into-a-file", "triton-over-its-models", "triton-not-a-bundle"]
+               "export-overwrite-a-file", "triton-into-a-file", "triton-over-its-models", "triton-not-a-bundle",
+               "config-eta-5", "config-p-100", "bundle-overrides-eta-5", "config-file-key-twice",
+               "eval-config-linf-eps-2", "tune-settings-negative-step", "diffusion-returns-nan",
+               "diffusion-returns-wrong-shape", "classifier-returns-a-tuple", "classifier-returns-a-dict",
+               "classifier-returns-nan", "classifier-3-logits-for-10-classes", "images-without-data",
+               "pickle-calls-os-system", "export-racing-another-run"]
 
 
 @pytest.mark.parametrize("row", LIBRARY_IDS)
@@ -312,7 +433,7 @@ def test_bad_library_calls_raise_the_named_error_and_touch_nothing(workspace, mo
         call()
     message = str(caught.value)
     assert words in message, message
-    if row != "pickle-needs-code":  # that one adds a how-to-convert hint on its own lines
+    if not row.startswith("pickle-"):  # those add a how-to-convert hint on its own lines
         assert "\n" not in message
     assert snapshot(workspace) == before
 
@@ -320,3 +441,27 @@ def test_bad_library_calls_raise_the_named_error_and_touch_nothing(workspace, mo
 def test_the_table_is_as_large_as_promised():
     assert len(COMMAND_ROWS) + len(LIBRARY_IDS) >= 60
     assert sorted(r[0] for r in _library_rows()) == sorted(LIBRARY_IDS)
+
+
+@pytest.mark.slow
+def test_a_killed_export_leaves_nothing_after_the_next_run(tmp_path):
+    """SIGKILL while the bundle is written leaves a hidden partial folder; the next export of that target removes it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-c", "from robustwrap.cli.app import main; main()", *EXPORT, "--out", "b"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".b.*.partial")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    left = list(tmp_path.glob(".b.*.partial"))
+    assert left and not (tmp_path / "b").exists(), "the export ended before the kill: nothing was tested"
+    (tmp_path / f".b.{os.getpid()}.0123abcd.partial").mkdir()  # a live process's write: not ours to remove
+    result = CliRunner().invoke(app, [*EXPORT, "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".b.{os.getpid()}.0123abcd.partial", "b"]
