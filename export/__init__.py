@@ -8,8 +8,11 @@ The pipeline, one file per step:
 - :mod:`.onnx_export` — the one ONNX exporter (stripped, checked, external data named after the file).
 - :mod:`.bundle` — :func:`export_bundle`, :func:`load_bundle` (the library's wrapper over
   engines: steps, votes, any setting change at load time), :func:`load_unrolled`.
-- :mod:`.engines` — one runner protocol; ONNX Runtime, TensorRT (:func:`build_bundle_engines`),
-  and the adapters that turn runners into the wrapper's networks.
+- :mod:`.engines` — one runner protocol and one registry (``ENGINE_SPECS``); ONNX Runtime,
+  TensorRT (:func:`build_bundle_engines`), AOTInductor, OpenVINO, and the adapters that turn
+  runners into the wrapper's networks.
+- :mod:`.verify` — :func:`verify`: does an engine at its precision still decide as the fp32
+  eager defense does (the record: :mod:`.verification`, found again by :func:`find_verification`).
 - :mod:`.triton` — :func:`write_triton_bundle` (a model repository that a real Triton server
   serves) and :class:`TritonServer` (``robustwrap serve``).
 - :mod:`.compile` — :func:`compile_networks` (``torch.compile`` the networks, not the loop),
@@ -23,9 +26,16 @@ from .compile import compile_networks, graph_breaks
 from .engines.tensorrt import EngineBuild, build_bundle_engines
 from .format import BundleInfo, ComponentSpec, TensorSpec
 from .triton import TritonServer, write_triton_bundle
+from .verification import Thresholds, VerifyReport, find_verification, write_record
+from .verify import verify
 
 __all__ = [
     "BundleExport",
+    "Thresholds",
+    "VerifyReport",
+    "find_verification",
+    "verify",
+    "write_record",
     "BundleInfo",
     "ComponentSpec",
     "TensorSpec",

@@ -26,12 +26,13 @@ from robustwrap.config import PurifyConfig
 from robustwrap.outputs import check_output, replace_folder, temporary_beside
 from robustwrap.wrapper import RobustWrapper
 
-from .engines import Engine, open_runner
+from .engines import ENGINE_SPECS, Engine, PrecisionArg, describe_precision, open_runner, resolve_precision
 from .engines.adapters import UnrolledModel, wrapper_over_runners
 from .format import (BUNDLE_LAYOUT, CARD_FILE, CLASSIFIER, DENOISER, UNROLLED, BundleInfo, ComponentSpec,
                      PackageSet)
 from .modules import ClassifierWithStages, UnrolledDefense
 from .onnx_export import EXTERNAL_DATA_THRESHOLD, GraphFile, export_graph
+from .verification import find_verification
 from .optional import require
 
 logger = logging.getLogger(__name__)
@@ -266,6 +267,7 @@ def load_bundle(
     device: str | torch.device | None = None,
     config: PurifyConfig | Mapping[str, Any] | None = None,
     *,
+    precision: PrecisionArg = None,
     providers: Sequence[Any] | None = None,
     threads: int | None = None,
 ) -> RobustWrapper:
@@ -274,13 +276,20 @@ def load_bundle(
     Args:
         path: a folder written by :func:`export_bundle`.
         engine: "onnxruntime" (the .onnx files), "tensorrt" (the .plan files written by
-            :func:`robustwrap.export.build_bundle_engines`; CUDA only) or "aoti" (the
-            AOTInductor packages of ``export_bundle(..., aoti=True)``; nothing is compiled).
+            :func:`robustwrap.export.build_bundle_engines`; CUDA only), "aoti" (the
+            AOTInductor packages of ``export_bundle(..., aoti=True)``; nothing is compiled) or
+            "openvino" (the .onnx files compiled by OpenVINO for the CPU, cached): the names of
+            :data:`robustwrap.export.engines.ENGINE_SPECS`.
         device: "cpu" or "cuda[:i]" (default: "cpu" for ONNX Runtime, "cuda" for TensorRT, the
             packages' device for AOTInductor);
             the engines run there (images on another device are moved and come back).
         config: None (the saved configuration), a :class:`PurifyConfig`, or a mapping of
             overrides such as ``{"steps": 500, "votes": 4}`` (validated like config files).
+        precision: None (the engine's default: fp32; TensorRT: as built), one of the engine's
+            precisions for both networks (OpenVINO: "fp32" or "bf16"), or one per network
+            (``{"classifier": "fp32", "denoiser": "bf16"}``). A reduced precision changes the
+            defense's function: :func:`robustwrap.export.verify` says whether it still decides as
+            the fp32 eager defense does; loading logs whether this engine and precision were verified.
         providers: ONNX Runtime execution providers (e.g. ``["TensorrtExecutionProvider",
             "CUDAExecutionProvider"]``); default CPU, or CUDA on a CUDA device.
         threads: ONNX Runtime intra-op threads (CPU).
@@ -296,12 +305,28 @@ def load_bundle(
         RuntimeError: TensorRT without a GPU or without built engines.
     """
     info = BundleInfo.read(path)
+    precisions = resolve_precision(engine, precision)
     device = device if device is not None else _default_device(info, engine)
-    runners = [open_runner(info, path, component, engine, device, providers=providers, threads=threads)
+    runners = [open_runner(info, path, component, engine, device, precision=precisions[component]
+                           if ENGINE_SPECS[engine].precisions else None, providers=providers, threads=threads)
                for component in (CLASSIFIER, DENOISER)]
     wrapper = wrapper_over_runners(info, *runners, config)
     _check_outputs(info, path, wrapper)
+    _log_verification(Path(path), engine, precisions)
     return wrapper
+
+
+def _log_verification(bundle: Path, engine: str, precisions: Mapping[str, str]) -> None:
+    """Log whether this engine at these precisions was verified against the eager defense (a warning when a
+    reduced precision was not)."""
+    record = find_verification(bundle, engine, precisions)
+    reduced = any(p not in ("fp32", "as built") for p in precisions.values())
+    if record is not None:
+        logger.info("%s: %s at %s was verified: %s", bundle, engine, describe_precision(precisions), record.verdict_line)
+    elif reduced:
+        logger.warning("%s: %s at %s was not verified against the fp32 eager defense: run `robustwrap verify %s "
+                       "--engine %s --precision ...` before deploying it", bundle, engine,
+                       describe_precision(precisions), bundle, engine)
 
 
 def _default_device(info: BundleInfo, engine: str) -> str:
