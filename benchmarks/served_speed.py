@@ -1,15 +1,18 @@
-"""The served path against eager, side by side: eager, compiled networks, ONNX Runtime and AOT packages.
+"""The served path against eager, side by side: eager, compiled networks, ONNX Runtime, AOT packages and OpenVINO.
 
     python benchmarks/served_speed.py                    # the shipped MNIST models and the real DDPM++ + WRN-28-10
     python benchmarks/served_speed.py --models shipped   # only the shipped models (a few minutes)
     python benchmarks/served_speed.py --quick            # smoke run, writes nothing
 
 For each model pair, one eager wrapper and, built from it, ``compile_networks`` (torch.compile
-of the two networks), ``load_bundle(engine="onnxruntime")`` and ``load_bundle(engine="aoti")``
-(AOTInductor packages): the same networks, the same loop code, the same per-image seeds, at
+of the two networks), ``load_bundle(engine="onnxruntime")``, ``load_bundle(engine="aoti")``
+(AOTInductor packages) and ``load_bundle(engine="openvino")`` at fp32, bf16, and bf16 for the
+denoiser only (its classifier, hence its mask, at fp32): the same networks, the same loop code, the same per-image seeds, at
 S = 1, 4 and 8 votes. Times are interleaved repeats (median, min, max) of one batch. Every engine
 gets the same number of threads (``--threads``: torch's intra-op pool for eager, compiled and AOT
-packages; ``intra_op_num_threads`` for ONNX Runtime). Cold start: in a fresh process each,
+packages; ``intra_op_num_threads`` for ONNX Runtime, ``INFERENCE_NUM_THREADS`` for OpenVINO). The
+reduced precisions change the function: their |d prob| is reported, and ``robustwrap verify``
+says whether they still decide as eager does. Cold start: in a fresh process each,
 load + first batch of the bundle's engines against ``compile_networks`` + first batch with an
 empty inductor cache. The table goes to RESULTS.md with the command and the machine.
 """
@@ -64,8 +67,10 @@ def cold_child(models: str, steps: int, batch: int, threads: int, engine: str, b
     start = time.perf_counter()
     if engine == "compiled networks":
         served = compile_networks(build(models, steps))
-    else:
-        served = load_bundle(bundle, engine=engine, threads=threads if engine == "onnxruntime" else None)
+    else:  # "openvino-bf16": an engine and its precision
+        engine, _, precision = engine.partition("-")
+        served = load_bundle(bundle, engine=engine, precision=precision or None,
+                             threads=threads if engine in ("onnxruntime", "openvino") else None)
     x = images_for(served, batch)
     with torch.no_grad():
         served(x, seeds=torch.arange(batch))
@@ -84,6 +89,10 @@ def measure(models: str, steps: int, batch: int, votes: list[int], repeats: int,
         "compiled networks": compile_networks(wrapper),
         "onnxruntime": load_bundle(bundle.path, threads=threads),
         "aoti packages": load_bundle(bundle.path, engine="aoti"),
+        "openvino fp32": load_bundle(bundle.path, engine="openvino", precision="fp32", threads=threads),
+        "openvino bf16": load_bundle(bundle.path, engine="openvino", precision="bf16", threads=threads),
+        "openvino bf16 denoiser": load_bundle(bundle.path, engine="openvino", threads=threads,
+                                              precision={"classifier": "fp32", "denoiser": "bf16"}),
     }
     x = images_for(wrapper, batch)
     seeds = torch.arange(batch)
@@ -104,10 +113,15 @@ def measure(models: str, steps: int, batch: int, votes: list[int], repeats: int,
                         f"{max(values) * 1e3:.0f}) ms | **{eager / median:.2f}x** |")
 
     cold = {}
-    for engine in ("onnxruntime", "aoti", "compiled networks"):
-        with tempfile.TemporaryDirectory() as cache:  # an empty inductor cache: a server's first start
-            cold[engine] = run_child(__file__, "--cold-child", models, str(steps), str(batch), str(threads), engine,
-                                     str(bundle.path), env={"TORCHINDUCTOR_CACHE_DIR": cache})["seconds"]
+    for engine in ("onnxruntime", "aoti", "openvino-bf16", "openvino-bf16 (warm cache)", "compiled networks"):
+        warm = engine.endswith(" (warm cache)")
+        with tempfile.TemporaryDirectory() as cache:  # empty caches (inductor's, OpenVINO's): a server's first start
+            if warm:  # a first start fills OpenVINO's cache; the second is timed
+                run_child(__file__, "--cold-child", models, str(steps), str(batch), str(threads), "openvino-bf16",
+                          str(bundle.path), env={"TORCHINDUCTOR_CACHE_DIR": cache, "ROBUSTWRAP_CACHE": cache})
+            cold[engine] = run_child(__file__, "--cold-child", models, str(steps), str(batch), str(threads),
+                                     engine.removesuffix(" (warm cache)"), str(bundle.path),
+                                     env={"TORCHINDUCTOR_CACHE_DIR": cache, "ROBUSTWRAP_CACHE": cache})["seconds"]
     calls = wrapper.plan.denoiser_calls
     return (
         f"### {MODELS[models]}\n\n"
@@ -116,8 +130,9 @@ def measure(models: str, steps: int, batch: int, votes: list[int], repeats: int,
         f"with its AOT packages: {export_seconds:.0f} s. Largest |d prob| against eager on the same seeds: "
         + ", ".join(f"{name} {gap:.1e}" for name, gap in gaps.items() if name != "eager") + ".\n\n"
         "| votes S | engine | images/s | per batch | vs eager |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
-        "Cold start, each in a fresh process with an empty inductor cache, after `import torch, robustwrap`: "
-        "building or loading the defense and answering its first batch.\n\n| engine | seconds |\n|---|---|\n"
+        "Cold start, each in a fresh process with empty inductor and OpenVINO caches (the warm row: the OpenVINO "
+        "cache a first start filled), after `import torch, robustwrap`: building or loading the defense and "
+        "answering its first batch.\n\n| engine | seconds |\n|---|---|\n"
         + "\n".join(f"| {name} | {seconds:.1f} |" for name, seconds in cold.items()) + "\n"
     )
 
