@@ -12,7 +12,7 @@ from rich.table import Table
 from robustwrap.export.engines import ENGINE_SPECS, describe_precision
 from robustwrap.export.verification import format_rate
 
-from .common import DATA_SPECS, build_wrapper, console, fail, require_finite
+from .common import DATA_SPECS, console, fail, require_finite
 
 ENGINE_HELP = "; ".join(f"{name}: {spec.help} ({', '.join(spec.precisions) or 'precision as built'})"
                         for name, spec in ENGINE_SPECS.items())
@@ -53,58 +53,43 @@ def verify_command(
     """Certify an engine and precision against the fp32 eager defense: decisions, accuracies, gaps, mask pixels."""
     import dataclasses
 
-    from robustwrap.data import draw_subset, load_dataset, resolve_eps
-    from robustwrap.export import BundleInfo, Thresholds, verify, write_record
-    from robustwrap.export.verification import VERIFY_LAYOUT, plot_record, record_name
-    from robustwrap.export.verify import VERIFY_ATTACK
-    from robustwrap.outputs import check_output, replace_folder, temporary_beside
+    from robustwrap.data import resolve_eps
+    from robustwrap.export import Thresholds
+    from robustwrap.export.verify import VERIFY_ATTACK, verify_bundle
 
     require_finite(eps=eps, min_agreement=min_agreement, max_clean_drop=max_clean_drop, max_robust_drop=max_robust_drop)
     try:
-        info = BundleInfo.read(bundle)
-        if engine not in ENGINE_SPECS:
-            raise ValueError(f"--engine must be one of {list(ENGINE_SPECS)}, got {engine!r}")
-        replacing = check_output(out, overwrite=overwrite, layout=VERIFY_LAYOUT) if out is not None else False
         thresholds = Thresholds(min_agreement, max_clean_drop, max_robust_drop)
         attack = dataclasses.replace(VERIFY_ATTACK, iters=iters, eot=eot, eps=resolve_eps(eps, data, "Linf"))
-        images, labels = load_dataset(data)
-    except (ValueError, FileNotFoundError, ImportError) as error:
+    except ValueError as error:
         fail(str(error))
-    specs = info.specs
-    if not specs.get("classifier") or not specs.get("diffusion"):
-        fail(f"{bundle} does not record how its networks were built (it was exported by the library): call "
-             "robustwrap.export.verify(eager_wrapper, bundle, ...) with the wrapper it was exported from")
-    as_path = lambda value: Path(value) if value else None  # noqa: E731
-    eager = build_wrapper(specs["classifier"], as_path(specs.get("classifier_weights")), specs["diffusion"],
-                          as_path(specs.get("diffusion_weights")), int(specs.get("num_classes") or info.num_classes),
-                          info.channels, info.image_size[0], info.config)
-    indices, subset = draw_subset(labels, n, seed, spec=data)
-    console.print(f"verifying {engine} {precision or 'default precision'} against the fp32 eager defense on "
-                  f"{subset['size']} images of {data} (stratified, seed {seed}); {min(n_attack, subset['size'])} "
-                  f"attacked by pgd-eot (L-inf {attack.radius:g}, {iters} iterations x {eot} copies)")
-    try:
-        report = verify(eager, bundle, images[indices], labels[indices], num_classes=info.num_classes, engine=engine,
-                        precision=parse_precision(precision), n_attack=n_attack, attack=attack, thresholds=thresholds,
-                        seed=seed, batch_size=batch_size, threads=threads,
-                        description={"data": data, "subset": {k: v for k, v in subset.items() if k != "indices"}})
-        if out is None:
-            name = record_name(report.engine, report.precisions)
-            written = write_record(report, bundle / "verified", name)
-            plot_record(report, written.with_suffix(".png"))
-        else:
-            work = temporary_beside(out)
-            write_record(report, work)
-            plot_record(report, work / "verify.png")
-            replace_folder(work, out, replacing=replacing, layout=VERIFY_LAYOUT)
-            written = out / "verify.json"
-    except (ValueError, ImportError, RuntimeError, OSError) as error:
-        fail(str(error))
-    _print(report, written)
+    console.print(f"verifying {engine} at {precision or 'its default precision'} against the fp32 eager defense on "
+                  f"{n} images of {data} (stratified, seed {seed}; all when fewer), {n_attack} of them attacked by "
+                  f"pgd-eot (L-inf {attack.radius:g}, {iters} iterations x {eot} copies)")
+    report, written = run_verify(verify_bundle, bundle, engine=engine, precision=parse_precision(precision), data=data,
+                                 n=n, n_attack=n_attack, attack=attack, thresholds=thresholds, seed=seed,
+                                 batch_size=batch_size, threads=threads, out=out, overwrite=overwrite)
+    print_report(report, written)
     if not report.passed:
         raise typer.Exit(1)
 
 
-def _print(report, written: Path) -> None:
+def run_verify(verify_bundle, bundle: Path, **options):
+    """verify_bundle with a progress bar; a bad bundle, spec, file or setting ends the command with one line."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("verify"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                  transient=True) as progress:
+        task = progress.add_task("images", total=None)
+        try:
+            return verify_bundle(bundle, on_progress=lambda done, total: progress.update(task, completed=done,
+                                                                                         total=total), **options)
+        except (ValueError, FileNotFoundError, ImportError, RuntimeError, OSError) as error:
+            fail(str(error))
+
+
+def print_report(report, written: Path) -> None:
+    """The figures as a table, each check's line, and where the record went."""
     figures = report.figures
     table = Table(title=f"robustwrap verify: {report.engine} at {describe_precision(report.precisions)} vs fp32 eager "
                         "(same per-image seeds; rates with Wilson 95% intervals)")

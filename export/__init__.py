@@ -27,7 +27,7 @@ from .engines.tensorrt import EngineBuild, build_bundle_engines
 from .format import BundleInfo, ComponentSpec, TensorSpec
 from .triton import TritonServer, write_triton_bundle
 from .verification import Thresholds, VerifyReport, find_verification, write_record
-from .verify import verify
+from .verify import verify, verify_bundle
 
 __all__ = [
     "BundleExport",
@@ -35,6 +35,7 @@ __all__ = [
     "VerifyReport",
     "find_verification",
     "verify",
+    "verify_bundle",
     "write_record",
     "BundleInfo",
     "ComponentSpec",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import shutil
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -30,6 +31,7 @@ from robustwrap.wrapper import RobustWrapper
 
 from .bundle import load_bundle
 from .engines import ENGINE_SPECS, PrecisionArg, describe_precision, resolve_precision
+from .format import VERIFIED, BundleInfo
 from .verification import Check, Thresholds, VerifyReport, format_rate, graph_digests, rate_record
 
 # The attack of a default verification: PGD+EOT against the eager defense, 10 iterations of 4 copies.
@@ -178,3 +180,84 @@ def _versions(engine: str) -> dict[str, str]:
 def describe(report: VerifyReport) -> str:
     """One line: 'openvino bf16: passed (3 checks)'."""
     return f"{report.engine} {describe_precision(report.precisions)}: {report.verdict_line}"
+
+
+def eager_from_specs(bundle: str | os.PathLike) -> RobustWrapper:
+    """The fp32 eager defense a bundle was exported from, rebuilt from the specs ``robustwrap export`` records.
+
+    Raises:
+        ValueError: the bundle records no specs (it was exported by the library: pass the wrapper to
+            :func:`verify` instead), or they do not build.
+    """
+    from robustwrap.specs import build_classifier, build_diffusion  # noqa: PLC0415
+
+    info = BundleInfo.read(bundle)
+    specs = info.specs
+    if not specs.get("classifier") or not specs.get("diffusion"):
+        raise ValueError(f"{bundle} does not record how its networks were built (it was exported by the library): "
+                         "call robustwrap.export.verify(eager_wrapper, bundle, ...) with the wrapper it was exported "
+                         "from")
+    classifier = build_classifier(specs["classifier"], num_classes=int(specs.get("num_classes") or info.num_classes),
+                                  channels=info.channels, weights=specs.get("classifier_weights"))
+    diffusion = build_diffusion(specs["diffusion"], channels=info.channels, image_size=info.image_size[0],
+                                weights=specs.get("diffusion_weights"))
+    return RobustWrapper(classifier, diffusion, info.config, image_size=info.image_size)
+
+
+def verify_bundle(
+    bundle: str | os.PathLike,
+    *,
+    engine: str,
+    precision: PrecisionArg = None,
+    data: str = "mnist5k:heldout",
+    n: int = 1000,
+    n_attack: int = 64,
+    attack: EvalConfig | None = None,
+    thresholds: Thresholds = Thresholds(),
+    seed: int = 0,
+    batch_size: int = 32,
+    threads: int | None = None,
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[VerifyReport, Path]:
+    """What ``robustwrap verify`` does: :func:`verify` a bundle recorded by ``robustwrap export`` on a data spec,
+    and write the record.
+
+    The eager defense is rebuilt from the bundle's specs (:func:`eager_from_specs`); the images are a
+    seeded stratified subset of ``n`` images of ``data``; the attack defaults to :data:`VERIFY_ATTACK`
+    at the data's customary radius (0.3 L-inf for MNIST). The record and its figure go to
+    ``BUNDLE/verified/<engine>-<precision>.json/.png``, or to ``out`` (``verify.json``, ``verify.png``:
+    a new or empty folder, or an earlier verify's with ``overwrite``), checked before any work.
+
+    Returns:
+        The report and the path of the JSON record written.
+    """
+    from robustwrap.data import draw_subset, load_dataset, resolve_eps  # noqa: PLC0415
+    from robustwrap.outputs import check_output, replace_folder, temporary_beside  # noqa: PLC0415
+
+    from .verification import VERIFY_LAYOUT, plot_record, record_name, write_record  # noqa: PLC0415
+
+    resolve_precision(engine, precision)
+    replacing = check_output(out, overwrite=overwrite, layout=VERIFY_LAYOUT) if out is not None else False
+    attack = attack or dataclasses.replace(VERIFY_ATTACK, eps=resolve_eps(None, data, VERIFY_ATTACK.norm))
+    eager = eager_from_specs(bundle)
+    images, labels = load_dataset(data)
+    indices, subset = draw_subset(labels, n, seed, spec=data)
+    report = verify(eager, bundle, images[indices], labels[indices], num_classes=BundleInfo.read(bundle).num_classes,
+                    engine=engine, precision=precision, n_attack=n_attack, attack=attack, thresholds=thresholds,
+                    seed=seed, batch_size=batch_size, threads=threads, on_progress=on_progress,
+                    description={"data": data, "subset": {k: v for k, v in subset.items() if k != "indices"}})
+    if out is None:
+        written = write_record(report, Path(bundle) / VERIFIED, record_name(report.engine, report.precisions))
+        plot_record(report, written.with_suffix(".png"))
+        return report, written
+    work = temporary_beside(out)
+    try:
+        write_record(report, work)
+        plot_record(report, work / "verify.png")
+        replace_folder(work, out, replacing=replacing, layout=VERIFY_LAYOUT)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return report, Path(out) / "verify.json"

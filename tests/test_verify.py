@@ -141,3 +141,24 @@ def test_the_command_certifies_writes_and_exits_1_on_failure(tmp_path, monkeypat
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["verify.json", "verify.png"]
     result = CliRunner().invoke(app, ["verify", "d", *common, "--out", "report"])
     assert result.exit_code == 2 and "exists" in result.output
+
+
+def test_export_verify_certifies_what_it_exported(tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    import functools
+    import importlib
+
+    verify_module = importlib.import_module("robustwrap.export.verify")  # the module (the package binds the function)
+
+    monkeypatch.chdir(tmp_path)
+    images = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    save_file({"images": images, "labels": torch.arange(8) % 10}, "data.safetensors")
+    small = functools.partial(verify_module.verify_bundle, data="tensors:data.safetensors", n=8, n_attack=2,
+                              attack=ATTACK)  # the command's defaults take minutes; the same call, fewer images
+    monkeypatch.setattr(verify_module, "verify_bundle", small)
+    export = ["export", *MODELS, "--image-size", "16", "--steps", "10", "--no-check", "--out", "b"]
+    result = CliRunner().invoke(app, [*export, "--engine", "openvino", "--precision", "bf16", "--verify"])
+    assert result.exit_code in (0, 1), result.output
+    record = json.loads((tmp_path / "b/verified/openvino-bf16.json").read_text())
+    assert record["precisions"] == {"classifier": "bf16", "denoiser": "bf16"} and record["settings"]["n_images"] == 8
+    assert ("verified:" if record["passed"] else "not verified:") in result.output
