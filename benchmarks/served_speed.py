@@ -6,8 +6,8 @@
 
 For each model pair, one eager wrapper and, built from it, ``compile_networks`` (torch.compile
 of the two networks), ``load_bundle(engine="onnxruntime")``, ``load_bundle(engine="aoti")``
-(AOTInductor packages) and ``load_bundle(engine="openvino")`` at fp32, bf16, and bf16 for the
-denoiser only (its classifier, hence its mask, at fp32): the same networks, the same loop code, the same per-image seeds, at
+(AOTInductor packages) and ``load_bundle(engine="openvino")`` at fp32, bf16, bf16 for the
+denoiser only (its classifier, hence its mask, at fp32) and an int8 denoiser (NNCF): the same networks, the same loop code, the same per-image seeds, at
 S = 1, 4 and 8 votes. Times are interleaved repeats (median, min, max) of one batch. Every engine
 gets the same number of threads (``--threads``: torch's intra-op pool for eager, compiled and AOT
 packages; ``intra_op_num_threads`` for ONNX Runtime, ``INFERENCE_NUM_THREADS`` for OpenVINO). The
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from robustwrap import PurifyConfig, RobustWrapper
-from robustwrap.export import compile_networks, export_bundle, load_bundle
+from robustwrap.export import compile_networks, export_bundle, load_bundle, quantize_bundle
 
 from common import interleaved_times, run_child, write_section
 
@@ -84,6 +84,8 @@ def measure(models: str, steps: int, batch: int, votes: list[int], repeats: int,
     start = time.perf_counter()
     bundle = export_bundle(wrapper, folder / models, aoti=True, max_batch=4096)
     export_seconds = time.perf_counter() - start
+    if models == "shipped":  # int8 models (NNCF), calibrated on 32 digits of mnist5k:train
+        quantize_bundle(bundle.path, wrapper)
     engines = {
         "eager": wrapper,
         "compiled networks": compile_networks(wrapper),
@@ -94,6 +96,9 @@ def measure(models: str, steps: int, batch: int, votes: list[int], repeats: int,
         "openvino bf16 denoiser": load_bundle(bundle.path, engine="openvino", threads=threads,
                                               precision={"classifier": "fp32", "denoiser": "bf16"}),
     }
+    if models == "shipped":
+        engines["openvino int8 denoiser"] = load_bundle(bundle.path, engine="openvino", threads=threads,
+                                                        precision={"classifier": "fp32", "denoiser": "int8"})
     x = images_for(wrapper, batch)
     seeds = torch.arange(batch)
     rows, gaps = [], {}

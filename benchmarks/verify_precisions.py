@@ -4,7 +4,8 @@
     python benchmarks/verify_precisions.py --quick      # 64 digits, 8 attacked, writes nothing
 
 The bundle is what `robustwrap export` writes for the shipped pair (its default defense: steps 50,
-t_l 0.2, t_s 0.1, τ 0.9, 1 vote). Each engine and precision is verified against the fp32 eager
+t_l 0.2, t_s 0.1, τ 0.9, 1 vote), with its int8 models (``quantize_bundle``: NNCF, 32 digits of
+mnist5k:train, disjoint from the verified ones). Each engine and precision is verified against the fp32 eager
 defense by :func:`robustwrap.export.verify` with its default thresholds and attack (PGD+EOT,
 L-inf 0.3, 10 iterations x 4 copies), on the same stratified subset and the same per-image seeds.
 """
@@ -22,7 +23,7 @@ import torch
 
 from robustwrap import PurifyConfig, RobustWrapper
 from robustwrap.data import draw_subset, load_dataset
-from robustwrap.export import export_bundle, verify
+from robustwrap.export import export_bundle, quantize_bundle, verify
 from robustwrap.export.verify import VERIFY_ATTACK
 from robustwrap.export.engines import describe_precision
 from robustwrap.export.verification import format_rate
@@ -30,7 +31,8 @@ from robustwrap.export.verification import format_rate
 from common import write_section
 
 CANDIDATES = [("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"),
-              ("openvino", {"classifier": "fp32", "denoiser": "bf16"})]
+              ("openvino", {"classifier": "fp32", "denoiser": "bf16"}), ("openvino", "int8"),
+              ("openvino", {"classifier": "fp32", "denoiser": "int8"})]
 
 
 def cpu_flags() -> str:
@@ -57,6 +59,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         bundle = export_bundle(eager, Path(folder) / "mnist", specs={"classifier": "mnist", "diffusion": "mnist"}).path
+        quantize_bundle(bundle, eager)  # int8 models, calibrated on 32 digits of mnist5k:train (disjoint from these)
         for engine, precision in CANDIDATES:
             start = time.perf_counter()
             report = verify(eager, bundle, images[indices], labels[indices], num_classes=10, engine=engine,
@@ -77,7 +80,8 @@ def main() -> None:
     reference = report.figures
     body = (
         f"The shipped MNIST pair as `robustwrap export` writes it (steps 50 = 10 denoiser calls, t_l 0.2, t_s 0.1, "
-        f"τ 0.9, 1 hard vote). {subset['size']} held-out digits (mnist5k:heldout, stratified, seed 0), "
+        f"τ 0.9, 1 hard vote); int8: both networks or the denoiser quantised by NNCF on 32 digits of mnist5k:train. "
+        f"{subset['size']} held-out digits (mnist5k:heldout, stratified, seed 0), "
         f"{args.n_attack} of them attacked by PGD+EOT against the fp32 eager defense (L-inf 0.3, 10 iterations x 4 "
         f"copies, CE), verdicts on held-out seeds; the same per-image seeds on both sides; {args.threads} thread(s). "
         f"The fp32 eager defense scored clean {format_rate(reference['clean']['eager'])}, robust "

@@ -23,6 +23,7 @@ Heavy dependencies (onnx, onnxruntime, tensorrt, tritonclient) are imported only
 
 from .bundle import BundleExport, export_bundle, load_bundle, load_unrolled, read_bundle
 from .compile import compile_networks, graph_breaks
+from .engines.openvino import quantize_bundle
 from .engines.tensorrt import EngineBuild, build_bundle_engines
 from .format import BundleInfo, ComponentSpec, TensorSpec
 from .triton import TritonServer, write_triton_bundle
@@ -45,6 +46,7 @@ __all__ = [
     "load_unrolled",
     "read_bundle",
     "build_bundle_engines",
+    "quantize_bundle",
     "EngineBuild",
     "write_triton_bundle",
     "TritonServer",

@@ -11,6 +11,8 @@ A bundle is a folder::
     DIR/<component>.plan   optional TensorRT engines (CUDA), built from the .onnx files
     DIR/<component>.<device>.pt2   optional AOTInductor packages (``engine="aoti"``), compiled from
                            the networks themselves for one device type and one torch version
+    DIR/<component>.int8.xml, .bin   optional OpenVINO int8 models (``engine="openvino", precision="int8"``),
+                           quantised by NNCF post-training on recorded calibration images
     DIR/timing.cache       optional: TensorRT's timing cache (faster rebuilds of the engines)
     DIR/verified/          optional: verification records of the engines run from this bundle
 
@@ -76,7 +78,8 @@ def bundle_files(folder: Path) -> set[str]:
     packages = raw.get("packages") if isinstance(raw.get("packages"), dict) else {}
     for package in packages.values():
         files = package.get("files") if isinstance(package, dict) else None
-        names |= {str(name) for name in (files.values() if isinstance(files, dict) else ())}
+        for name in (files.values() if isinstance(files, dict) else ()):
+            names |= {str(name), str(name).removesuffix(".xml") + ".bin"}  # an OpenVINO model's weights beside it
     return names
 
 
@@ -153,20 +156,28 @@ class ComponentSpec:
 
 @dataclass(frozen=True)
 class PackageSet:
-    """Ahead-of-time compiled packages of the networks (AOTInductor ``.pt2`` files).
+    """Networks built from the bundle for one engine: AOTInductor ``.pt2`` packages ("aoti"), or
+    OpenVINO models quantised to int8 by NNCF ("openvino-int8": ``<component>.int8.xml`` + ``.bin``).
 
     Attributes:
-        device: the device type they were compiled for ("cpu" or "cuda"); they run only there.
-        torch: the torch version that compiled them; they load only with the same version.
+        device: the device type they were built for ("cpu" or "cuda"); they run only there.
+        torch: the torch version that built them (AOT packages load only with the same version) or
+            that computed the calibration inputs (int8).
         files: component name -> file name inside the bundle.
+        calibration: for int8, what the quantisation was calibrated on (data spec, subset, seed,
+            fingerprints, samples per network, versions); None otherwise.
     """
 
     device: str
     torch: str
     files: Mapping[str, str]
+    calibration: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict:
-        return {"device": self.device, "torch": self.torch, "files": dict(self.files)}
+        entry = {"device": self.device, "torch": self.torch, "files": dict(self.files)}
+        if self.calibration is not None:
+            entry["calibration"] = dict(self.calibration)
+        return entry
 
 
 @dataclass(frozen=True)
@@ -383,7 +394,7 @@ def _component(check: _Checker, name: str, raw: Any, folder: Path | None) -> Com
     return ComponentSpec(file, inputs, outputs, nodes, size, noise if name == UNROLLED else None)
 
 
-PACKAGE_ENGINES = ("aoti",)
+PACKAGE_ENGINES = ("aoti", "openvino-int8")
 
 
 def _package(check: _Checker, engine: str, raw: Any, folder: Path | None) -> PackageSet:
@@ -404,4 +415,7 @@ def _package(check: _Checker, engine: str, raw: Any, folder: Path | None) -> Pac
                              f"got {file!r}")
         if folder is not None and not (folder / file).is_file():
             raise ValueError(f"{folder}: the {engine} package {file} is missing: export the bundle again")
-    return PackageSet(device, check.field(raw, "torch", str, context), dict(files))
+    calibration = raw.get("calibration")
+    if calibration is not None and not isinstance(calibration, dict):
+        raise ValueError(f"{check.where}: {context}calibration must be an object, got {calibration!r}")
+    return PackageSet(device, check.field(raw, "torch", str, context), dict(files), calibration)

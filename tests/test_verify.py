@@ -162,3 +162,27 @@ def test_export_verify_certifies_what_it_exported(tmp_path, monkeypatch):
     record = json.loads((tmp_path / "b/verified/openvino-bf16.json").read_text())
     assert record["precisions"] == {"classifier": "bf16", "denoiser": "bf16"} and record["settings"]["n_images"] == 8
     assert ("verified:" if record["passed"] else "not verified:") in result.output
+
+
+def test_int8_models_are_calibrated_recorded_owned_and_verified(exported, tmp_path):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from robustwrap.export import BundleInfo, quantize_bundle
+    from robustwrap.export.format import BUNDLE_LAYOUT
+
+    wrapper, bundle, images, labels = exported
+    copy = tmp_path / "int8"
+    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("verified"))
+    with pytest.raises(ValueError, match="has no int8 model of the classifier: quantise it"):
+        load_bundle(copy, "openvino", precision="int8")
+    calibration = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    save_file({"images": calibration, "labels": torch.arange(8) % 10}, str(tmp_path / "calibration.safetensors"))
+    package = quantize_bundle(copy, wrapper, data=f"tensors:{tmp_path / 'calibration.safetensors'}", n=8)
+    recorded = BundleInfo.read(copy).packages["openvino-int8"]
+    assert recorded == package and recorded.files["denoiser"] == "denoiser.int8.xml"
+    assert recorded.calibration["subset"]["size"] == 8 and len(recorded.calibration["fingerprint"]["images"]) == 64
+    assert recorded.calibration["samples"] == {"classifier": 2, "denoiser": 2}  # one batch: its 2 reverse steps
+    assert BUNDLE_LAYOUT.holds(copy)  # the int8 files are the bundle's own: --overwrite may replace it
+    report = verify(wrapper, copy, images, labels, num_classes=10, engine="openvino",
+                    precision={"classifier": "fp32", "denoiser": "int8"}, n_attack=0)
+    assert report.figures["purified_pixel_gap"]["mean"] > 0 and report.figures["mask_pixel_agreement"]["flipped"] == 0

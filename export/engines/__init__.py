@@ -100,8 +100,14 @@ def _open_aoti(request: OpenRequest) -> Runner:
 def _open_openvino(request: OpenRequest) -> Runner:
     from .openvino import OpenVinoRunner
 
-    return OpenVinoRunner(request.info.file(request.folder, request.component),
-                          request.info.components[request.component], request.precision, request.threads)
+    path = request.info.file(request.folder, request.component)
+    if request.precision == "int8":
+        package = request.info.packages.get("openvino-int8")
+        if package is None or request.component not in package.files:
+            raise ValueError(f"{request.folder} has no int8 model of the {request.component}: quantise it with "
+                             "robustwrap.export.quantize_bundle or `robustwrap export --engine openvino --precision int8`")
+        path = request.folder / package.files[request.component]
+    return OpenVinoRunner(path, request.info.components[request.component], request.precision, request.threads)
 
 
 ENGINE_SPECS: dict[str, EngineSpec] = {
@@ -110,8 +116,9 @@ ENGINE_SPECS: dict[str, EngineSpec] = {
     "tensorrt": EngineSpec(_open_tensorrt, (), ("cuda",), "gpu", "TensorRT engines built from the graphs (CUDA)"),
     "aoti": EngineSpec(_open_aoti, ("fp32",), ("cpu", "cuda"), "export",
                        "AOTInductor packages compiled at export for one device and torch version"),
-    "openvino": EngineSpec(_open_openvino, ("fp32", "bf16"), ("cpu",), "openvino",
-                           "OpenVINO over the bundle's .onnx graphs (CPU; bf16 on AMX / AVX-512 CPUs)"),
+    "openvino": EngineSpec(_open_openvino, ("fp32", "bf16", "int8"), ("cpu",), "openvino",
+                           "OpenVINO over the bundle's .onnx graphs (CPU; bf16 on AMX / AVX-512 CPUs; int8 models "
+                           "quantised at export)"),
 }
 ENGINES = tuple(ENGINE_SPECS)
 

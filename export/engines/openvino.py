@@ -1,7 +1,8 @@
-"""OpenVINO: a bundle's ONNX graphs compiled for the CPU, at fp32 or bf16 (AMX / AVX-512 where the CPU has them).
+"""OpenVINO: a bundle's ONNX graphs compiled for the CPU, at fp32 or bf16 (AMX / AVX-512 where the CPU has
+them), or its int8 models (:func:`quantize_bundle`: NNCF post-training quantisation).
 
 OpenVINO reads the bundle's ``.onnx`` files as they are (dynamic batch included): nothing is
-exported again. Compiled models are cached (OpenVINO's ``CACHE_DIR``), so a warm start skips
+exported again for fp32 and bf16. Compiled models are cached (OpenVINO's ``CACHE_DIR``), so a warm start skips
 compilation. The precision is OpenVINO's ``INFERENCE_PRECISION_HINT``, always set explicitly:
 on a CPU with bf16 units an unset hint means bf16, which would change the defense silently.
 """
@@ -19,7 +20,7 @@ from ..format import TORCH_DTYPES, ComponentSpec
 from ..optional import require
 from .runner import like_caller
 
-HINTS = {"fp32": "f32", "bf16": "bf16"}  # our precision names -> OpenVINO's inference precision hints
+HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # precision -> OpenVINO's hint (int8: the unquantised ops at f32)
 
 
 def default_cache_dir() -> Path:
@@ -35,9 +36,9 @@ class OpenVinoRunner:
     calls) and come back on the first input's device, floats in its dtype.
 
     Args:
-        path: the ONNX file.
+        path: the ONNX file (fp32, bf16) or the int8 model's ``.xml``.
         spec: the graph's recorded contract (names, shapes, dtypes).
-        precision: "fp32" or "bf16" (the kernels' precision; inputs and outputs stay float32).
+        precision: "fp32", "bf16" or "int8" (the kernels' precision; inputs and outputs stay float32).
         threads: inference threads; None for OpenVINO's default.
         cache_dir: the compiled-model cache; None for :func:`default_cache_dir`.
 
@@ -78,3 +79,70 @@ class OpenVinoRunner:
         results = self.request.infer(arrays)
         outputs = [torch.from_numpy(results[port].copy()) for port in self.compiled.outputs]
         return like_caller(outputs, first)
+
+
+def quantize_bundle(bundle: str | os.PathLike, eager, data: str = "mnist5k:train", n: int = 32, seed: int = 0,
+                    batch_size: int = 8):
+    """Quantise both networks of a bundle to int8 with NNCF, calibrated on what they see when defending ``data``.
+
+    The calibration inputs are the networks' real inputs: the classifier's (the images, and the
+    purified images it labels) and the denoiser's (every state and timestep of the reverse chain),
+    recorded by running the fp32 eager defense on a seeded stratified subset of ``n`` images of
+    ``data``. Keep them apart from the images a verification uses (the default is MNIST's train
+    split; ``robustwrap verify`` uses the held-out one). Writes ``<component>.int8.xml`` / ``.bin``
+    and records them, with the calibration set, as ``packages["openvino-int8"]`` in config.json.
+
+    Args:
+        bundle: the bundle folder (its ONNX graphs are read, nothing else changes).
+        eager: the fp32 eager defense the bundle was exported from.
+        data, n, seed: the calibration images (a data spec of :mod:`robustwrap.data`).
+        batch_size: images per recorded purification.
+
+    Returns:
+        The :class:`~robustwrap.export.format.PackageSet` recorded.
+
+    Raises:
+        ImportError: the ``openvino`` extra (openvino, nncf) is missing.
+        ValueError: the data does not fit the defense.
+    """
+    import dataclasses
+
+    ov = require("openvino", "openvino")
+    nncf = require("nncf", "openvino")
+    from robustwrap.data import draw_subset, load_dataset
+    from robustwrap.evaluation import check_inputs, image_seeds
+    from robustwrap.fingerprint import tensor_digest
+    from robustwrap.outputs import dumps_strict, write_text_atomic
+
+    from ..format import CLASSIFIER, CONFIG_FILE, DENOISER, BundleInfo, PackageSet
+
+    folder = Path(bundle)
+    info = BundleInfo.read(folder)
+    images, labels = load_dataset(data)
+    indices, subset = draw_subset(labels, n, seed, spec=data)
+    images, labels = images[indices], labels[indices]
+    check_inputs(eager, images, labels, info.num_classes)
+    samples: dict[str, list[dict]] = {CLASSIFIER: [], DENOISER: []}
+    seeds = image_seeds(seed, indices.tolist())
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            x = images[start:start + batch_size]
+            trace = eager.purify_trace(x, seeds=seeds[start:start + batch_size])
+            for image_batch in (x, trace.purified.flatten(0, 1)):
+                samples[CLASSIFIER].append({"images": image_batch.numpy()})
+            for step, state in trace.states:
+                timesteps = torch.full((state.shape[0],), float(step.t_model))
+                samples[DENOISER].append({"x_t": state.contiguous().numpy(), "t": timesteps.numpy()})
+    files = {component: f"{component}.int8.xml" for component in (CLASSIFIER, DENOISER)}
+    for component, items in samples.items():
+        model = ov.Core().read_model(str(info.file(folder, component)))
+        quantised = nncf.quantize(model, nncf.Dataset(items), subset_size=len(items))
+        ov.save_model(quantised, str(folder / files[component]), compress_to_fp16=False)
+    calibration = {"data": data, "subset": {k: v for k, v in subset.items() if k != "indices"}, "seed": seed,
+                   "fingerprint": {"images": tensor_digest(images), "labels": tensor_digest(labels)},
+                   "samples": {component: len(items) for component, items in samples.items()},
+                   "openvino": ov.__version__, "nncf": nncf.__version__}
+    package = PackageSet("cpu", torch.__version__, files, calibration)
+    updated = dataclasses.replace(info, packages={**info.packages, "openvino-int8": package})
+    write_text_atomic(folder / CONFIG_FILE, dumps_strict(updated.to_dict(), indent=2) + "\n")
+    return package
