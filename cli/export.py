@@ -137,8 +137,9 @@ def export_command(
             backend = triton_backend.value if triton_backend else ("tensorrt" if built else "onnxruntime")
             options = ServingOptions(max_batch_size=triton_max_batch, component_max_batch=max_batch,
                                      instances=instances, component_instances=component_instances)
+            served_by = {"engine": "openvino", "precision": precision.value} if engine is Engine.openvino else {}
             folders = write_triton_bundle(triton_repo, out, component_backend=backend, name=name, options=options,
-                                          overwrite=overwrite)
+                                          overwrite=overwrite, **served_by)
             summary.add_row(f"triton models ({backend} components)", ", ".join(str(f) for f in folders.values()))
     except (ValueError, ImportError, OSError, RuntimeError) as error:
         fail(str(error))

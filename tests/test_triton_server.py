@@ -6,6 +6,7 @@ talks to it over HTTP. Every wait and loop is bounded; the server is stopped by 
 id and the test checks that no process of it (server or Python backend stub) is left.
 """
 
+import importlib.util
 import json
 import os
 import signal
@@ -37,10 +38,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _export(bundle: Path, repo: Path, name: str, votes: int) -> None:
+def _export(bundle: Path, repo: Path, name: str, votes: int, *options: str) -> None:
     command = [*ROBUSTWRAP, "export", "--out", str(bundle), "--steps", "10", "--votes", str(votes), "--no-check",
                "--triton-repo", str(repo), "--triton-backend", "python", "--name", name, "--triton-max-batch", "8",
-               "--max-batch", "16"]
+               "--max-batch", "16", *options]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -64,6 +65,9 @@ def served(tmp_path_factory):
     repo = folder / "serving"
     _export(folder / "bundle-a", repo, "digits", votes=2)
     _export(folder / "bundle-b", repo, "digits3", votes=3)
+    openvino = importlib.util.find_spec("openvino") is not None
+    if openvino:  # its components run by OpenVINO at bf16 inside the Python backend
+        _export(folder / "bundle-c", repo, "digits-bf16", 1, "--engine", "openvino", "--precision", "bf16")
     port, grpc = _free_port(), _free_port()
     log = open(folder / "serve.log", "w")
     server = subprocess.Popen([*ROBUSTWRAP, "serve", str(repo), "--http-port", str(port), "--grpc-port", str(grpc),
@@ -82,8 +86,8 @@ def served(tmp_path_factory):
         time.sleep(1)
     try:
         assert ready, (folder / "serve.log").read_text()[-3000:]
-        yield {"url": url, "repo": repo, "bundles": (folder / "bundle-a", folder / "bundle-b"), "process": server,
-               "log": folder / "serve.log"}
+        yield {"url": url, "repo": repo, "bundles": (folder / "bundle-a", folder / "bundle-b", folder / "bundle-c"),
+               "process": server, "log": folder / "serve.log", "openvino": openvino}
     finally:
         if server.poll() is None:
             server.send_signal(signal.SIGTERM)
@@ -122,6 +126,20 @@ def test_served_probabilities_equal_load_bundle_on_the_same_seeds(served):
     np.testing.assert_array_equal(labels[:, 0], expected_labels.numpy())
     one, _ = _infer(served["url"], "digits", images[1:2], seeds[1:2])  # a seed means the same in any batch
     np.testing.assert_allclose(one, probabilities[1:2], rtol=0, atol=1e-6)
+
+
+def test_openvino_bf16_components_serve_what_load_bundle_computes(served):
+    if not served["openvino"]:
+        pytest.skip("openvino is not installed")
+    images, seeds = _images(3, seed=4), np.array([[1], [2], [3]], dtype=np.int64)
+    probabilities, labels = _infer(served["url"], "digits-bf16", images, seeds)
+    local = load_bundle(served["bundles"][2], "openvino", precision="bf16")
+    with torch.no_grad():
+        expected = local(torch.from_numpy(images), seeds=torch.from_numpy(seeds[:, 0]))
+    config = (served["repo"] / "digits-bf16-denoiser" / "config.pbtxt").read_text()
+    assert 'string_value: "openvino"' in config and 'string_value: "bf16"' in config
+    np.testing.assert_allclose(probabilities, expected.numpy(), rtol=0, atol=1e-3)  # bf16 kernels, other threads
+    np.testing.assert_array_equal(labels[:, 0], expected.argmax(1).numpy())
 
 
 def test_without_a_seed_each_request_gets_fresh_noise(served):
@@ -181,8 +199,8 @@ def test_client_mistakes_are_400_with_a_message(served, case, images, seeds, mes
 def test_every_model_is_ready_and_nothing_is_left_after_sigterm(served):
     client = http.InferenceServerClient(served["url"])
     index = {m["name"]: m.get("state") for m in client.get_model_repository_index()}
-    assert index == {name: "READY" for name in ("digits", "digits-classifier", "digits-denoiser", "digits3",
-                                                 "digits3-classifier", "digits3-denoiser")}
+    defenses = ("digits", "digits3", *(("digits-bf16",) if served["openvino"] else ()))
+    assert index == {f"{name}{part}": "READY" for name in defenses for part in ("", "-classifier", "-denoiser")}
     repo = str(served["repo"])
     assert len(_processes_mentioning(repo)) >= 2  # the server and its stubs mention the repository
     served["process"].send_signal(signal.SIGTERM)

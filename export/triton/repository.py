@@ -29,7 +29,9 @@ import torch
 import robustwrap
 from robustwrap.outputs import Layout, check_output, dumps_strict, loads_strict, only_files, replace_folder, temporary_beside
 
+from ..engines import PrecisionArg, resolve_precision
 from ..engines.adapters import resolve_config
+from ..engines.openvino import HINTS as OPENVINO_HINTS
 from ..engines.tensorrt import engine_path
 from ..format import CLASSIFIER, DENOISER, BundleInfo, TensorSpec
 from ..onnx_export import graph_files
@@ -187,6 +189,8 @@ def write_triton_bundle(
     options: ServingOptions | None = None,
     config_overrides: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    engine: Literal["onnxruntime", "openvino"] = "onnxruntime",
+    precision: PrecisionArg = None,
 ) -> dict[str, Path]:
     """Write the three Triton models serving a bundle; return each model's folder by name.
 
@@ -203,6 +207,10 @@ def write_triton_bundle(
         options: batch sizes, instances, threads (:class:`ServingOptions`).
         config_overrides: PurifyConfig fields the served model uses instead of the saved ones.
         overwrite: replace this defense's model folders written earlier (never anything else).
+        engine, precision: with ``component_backend="python"``, what runs each network inside the
+            Python backend: ONNX Runtime (fp32), or OpenVINO at ``precision`` ("fp32", "bf16",
+            "int8" — the bundle's int8 models — for both networks or per network, as in
+            ``load_bundle``). Verify a reduced precision first (``robustwrap verify``).
 
     Raises:
         ValueError: a bad backend or name, not a bundle, missing engines, bad overrides, a
@@ -216,6 +224,12 @@ def write_triton_bundle(
     resolve_config(info, config_overrides)  # bad overrides fail here, not in the server
     name = check_name(name) if name is not None else default_name(info.specs)
     names = model_names(name)
+    if engine not in ("onnxruntime", "openvino") or (engine != "onnxruntime" and component_backend != "python"):
+        raise ValueError(f"engine {engine!r} runs inside the python component backend only (onnxruntime or openvino)")
+    precisions = resolve_precision(engine, precision)
+    if "int8" in precisions.values() and "openvino-int8" not in info.packages:
+        raise ValueError(f"{source} has no int8 models: quantise them first (robustwrap.export.quantize_bundle or "
+                         "`robustwrap export --engine openvino --precision int8`)")
     if component_backend == "tensorrt":
         missing = [str(engine_path(source, c)) for c in (CLASSIFIER, DENOISER) if not engine_path(source, c).is_file()]
         if missing:
@@ -229,7 +243,7 @@ def write_triton_bundle(
     try:
         for component in (CLASSIFIER, DENOISER):
             _write_component(work / names[component], names[component], component, info, source, component_backend,
-                             options)
+                             options, engine, precisions[component])
         _write_pipeline(work / name, names, info, options, config_overrides)
         for model in names.values():
             replace_folder(work / model, root / model, replacing=replacing[model], layout=MODEL_LAYOUT)
@@ -246,11 +260,15 @@ def _marker(folder: Path, role: str, info: BundleInfo, backend: str) -> None:
 
 
 def _write_component(folder: Path, model_name: str, component: str, info: BundleInfo, source: Path, backend: str,
-                     options: ServingOptions) -> None:
+                     options: ServingOptions, engine: str, precision: str) -> None:
     version = folder / "1"
     version.mkdir(parents=True)
     if backend == "tensorrt":
         shutil.copyfile(engine_path(source, component), version / "model.plan")
+    elif precision == "int8":  # the OpenVINO int8 model and its weights
+        model = source / info.packages["openvino-int8"].files[component]
+        shutil.copyfile(model, version / "model.xml")
+        shutil.copyfile(model.with_suffix(".bin"), version / "model.bin")
     else:
         graph, *data = graph_files(info.file(source, component))
         shutil.copyfile(graph, version / "model.onnx")
@@ -260,7 +278,9 @@ def _write_component(folder: Path, model_name: str, component: str, info: Bundle
         (version / "model.py").write_text(resources.files(__package__).joinpath("component_model.py").read_text())
     spec = info.components[component]
     reshape = backend != "python"
-    parameters = {"intra_op_threads": options.ort_threads} if backend == "python" and options.ort_threads else None
+    parameters = {"intra_op_threads": options.ort_threads} if backend == "python" and options.ort_threads else {}
+    if engine == "openvino":  # the component model compiles with exactly this hint (never OpenVINO's default)
+        parameters.update({"engine": "openvino", "precision": precision, "openvino_hint": OPENVINO_HINTS[precision]})
     text = _model_config(model_name, backend, ",\n".join(_block(t, reshape) for t in spec.inputs),
                          ",\n".join(_block(t, reshape) for t in spec.outputs), options.component_max_batch,
                          options.component_instances, options.instance_kind, options.max_queue_delay_us, parameters)
