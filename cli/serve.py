@@ -26,6 +26,7 @@ def serve_command(
     """Serve a model repository with Triton until Ctrl-C or SIGTERM (needs the `serve` extra)."""
     try:
         from robustwrap.export.triton import TritonServer
+        from robustwrap.export.triton.repository import served_by
 
         server = TritonServer(repository, host=host, http_port=http_port, grpc_port=grpc_port, log_file=log_file)
     except (ImportError, ValueError) as error:
@@ -38,7 +39,9 @@ def serve_command(
             server.start(timeout=timeout)
         console.print(f"serving {repository} at [bold]{server.url}[/bold] (gRPC {server.host}:{server.grpc_port})")
         for model in server.models():
-            console.print(f"  {model.get('name')} v{model.get('version', '?')}: {model.get('state', '?')}")
+            served = served_by(repository / str(model.get("name")))
+            console.print(f"  {model.get('name')} v{model.get('version', '?')}: {model.get('state', '?')}"
+                          + (f" ({served})" if served else ""), soft_wrap=True)
         console.print("Ctrl-C or SIGTERM stops the server and its models")
         while not stop.wait(0.5):
             if server.process is None or server.process.poll() is not None:

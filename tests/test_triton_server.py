@@ -201,6 +201,9 @@ def test_every_model_is_ready_and_nothing_is_left_after_sigterm(served):
     index = {m["name"]: m.get("state") for m in client.get_model_repository_index()}
     defenses = ("digits", "digits3", *(("digits-bf16",) if served["openvino"] else ()))
     assert index == {f"{name}{part}": "READY" for name in defenses for part in ("", "-classifier", "-denoiser")}
+    said = served["log"].read_text()  # robustwrap serve says how each pipeline runs and whether that was verified
+    assert "digits v1: READY (onnxruntime fp32: NOT verified: robustwrap verify BUNDLE" in said
+    assert not served["openvino"] or "digits-bf16 v1: READY (openvino bf16: NOT verified (a reduced precision!)" in said
     repo = str(served["repo"])
     assert len(_processes_mentioning(repo)) >= 2  # the server and its stubs mention the repository
     served["process"].send_signal(signal.SIGTERM)

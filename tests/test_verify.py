@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import shutil
@@ -186,3 +187,23 @@ def test_int8_models_are_calibrated_recorded_owned_and_verified(exported, tmp_pa
     report = verify(wrapper, copy, images, labels, num_classes=10, engine="openvino",
                     precision={"classifier": "fp32", "denoiser": "int8"}, n_attack=0)
     assert report.figures["purified_pixel_gap"]["mean"] > 0 and report.figures["mask_pixel_agreement"]["flipped"] == 0
+
+
+def test_a_triton_repository_says_whether_what_it_serves_was_verified(exported, tmp_path):
+    from robustwrap.export import write_triton_bundle
+    from robustwrap.export.triton.repository import served_by
+
+    wrapper, bundle, images, labels = exported
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("verified"))
+    report = verify(wrapper, copy, images[:4], labels[:4], num_classes=10, engine="onnxruntime", n_attack=0)
+    write_record(report, copy / "verified", record_name(report.engine, report.precisions))
+    write_triton_bundle(tmp_path / "repo", copy, component_backend="python", name="checked")
+    assert served_by(tmp_path / "repo" / "checked") == "onnxruntime fp32: verified, passed (2 checks)"
+    assert served_by(tmp_path / "repo" / "checked-denoiser") is None  # a component, not a pipeline
+    if importlib.util.find_spec("openvino") is not None:
+        write_triton_bundle(tmp_path / "repo", copy, component_backend="python", name="fast", engine="openvino",
+                            precision="bf16")
+        assert served_by(tmp_path / "repo" / "fast").startswith("openvino bf16: NOT verified (a reduced precision!)")
+    with pytest.raises(ValueError, match="runs inside the python component backend only"):
+        write_triton_bundle(tmp_path / "repo", copy, name="wrong", engine="openvino")

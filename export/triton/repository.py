@@ -29,12 +29,13 @@ import torch
 import robustwrap
 from robustwrap.outputs import Layout, check_output, dumps_strict, loads_strict, only_files, replace_folder, temporary_beside
 
-from ..engines import PrecisionArg, resolve_precision
+from ..engines import PrecisionArg, describe_precision, resolve_precision
 from ..engines.adapters import resolve_config
 from ..engines.openvino import HINTS as OPENVINO_HINTS
 from ..engines.tensorrt import engine_path
 from ..format import CLASSIFIER, DENOISER, BundleInfo, TensorSpec
 from ..onnx_export import graph_files
+from ..verification import find_verification
 from .environment import NUMPY_REQUIREMENT
 
 ComponentBackend = Literal["onnxruntime", "tensorrt", "python"]
@@ -244,7 +245,9 @@ def write_triton_bundle(
         for component in (CLASSIFIER, DENOISER):
             _write_component(work / names[component], names[component], component, info, source, component_backend,
                              options, engine, precisions[component])
-        _write_pipeline(work / name, names, info, options, config_overrides)
+        served_by = {"engine": engine if component_backend == "python" else component_backend,
+                     "precisions": precisions, "verified": _verification(source, engine, precisions, component_backend)}
+        _write_pipeline(work / name, names, info, options, config_overrides, served_by)
         for model in names.values():
             replace_folder(work / model, root / model, replacing=replacing[model], layout=MODEL_LAYOUT)
     finally:
@@ -288,8 +291,32 @@ def _write_component(folder: Path, model_name: str, component: str, info: Bundle
     _marker(folder, component, info, backend)
 
 
+def _verification(bundle: Path, engine: str, precisions: Mapping[str, str], backend: str) -> str | None:
+    """The verdict of the bundle's verification of what the components run (python backend), or None."""
+    if backend != "python":
+        return None  # Triton's own onnxruntime / tensorrt backends: not what a record of ours measured
+    record = find_verification(bundle, engine, precisions)
+    return None if record is None else record.verdict_line
+
+
+def served_by(model_folder: str | os.PathLike) -> str | None:
+    """How a pipeline model's networks run and whether that was verified, in words ("openvino bf16: verified,
+    passed (3 checks)"; "... NOT verified: run robustwrap verify"); None for a folder that is not a pipeline."""
+    try:
+        serving = loads_strict((Path(model_folder) / "1" / "serving.json").read_text())
+        engine, precisions, verified = serving["engine"], serving["precisions"], serving["verified"]
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
+        return None
+    words = f"{engine} {describe_precision(precisions)}"
+    if verified is not None:
+        return f"{words}: verified, {verified}"
+    reduced = any(value not in ("fp32", "as built") for value in precisions.values())
+    return f"{words}: NOT verified{' (a reduced precision!)' if reduced else ''}: robustwrap verify BUNDLE " \
+           f"--engine {engine} checks it"
+
+
 def _write_pipeline(folder: Path, names: Mapping[str, str], info: BundleInfo, options: ServingOptions,
-                    config_overrides: Mapping[str, Any] | None) -> None:
+                    config_overrides: Mapping[str, Any] | None, served: Mapping[str, Any]) -> None:
     version = folder / "1"
     version.mkdir(parents=True)
     (version / "model.py").write_text(resources.files(__package__).joinpath("pipeline_model.py").read_text())
@@ -300,6 +327,7 @@ def _write_pipeline(folder: Path, names: Mapping[str, str], info: BundleInfo, op
         "component_max_batch": options.component_max_batch,
         "config_overrides": dict(config_overrides) if config_overrides else None,
         "torch_threads": options.torch_threads,
+        **served,  # engine, precisions, verified: the verdict of the bundle's record of them, or None
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "robustwrap": robustwrap.__version__, "numpy": NUMPY_REQUIREMENT},
     }
