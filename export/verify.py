@@ -72,6 +72,7 @@ def verify(
     threads: int | None = None,
     description: Mapping | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    adversarial: Tensor | None = None,
 ) -> VerifyReport:
     """The robustness-parity certificate of ``engine`` at ``precision`` against the fp32 eager defense.
 
@@ -90,6 +91,9 @@ def verify(
         threads: the engine's threads.
         description: JSON-able facts recorded in the settings (the data spec, the subset).
         on_progress: called with (images done, images in all).
+        adversarial: the first ``n_attack`` images' adversarial examples, already crafted against
+            ``eager`` (:func:`craft_adversarial`, to verify several engines against one attack); None
+            to craft them here.
 
     Returns:
         A :class:`~robustwrap.export.verification.VerifyReport` (write it with
@@ -99,6 +103,10 @@ def verify(
         ValueError: bad data, a config that differs from the bundle's, an unknown engine or precision.
     """
     precisions = resolve_precision(engine, precision)
+    if adversarial is not None and (n_attack is None or tuple(adversarial.shape) != (min(n_attack, len(images)),
+                                                                                       *images.shape[1:])):
+        raise ValueError(f"adversarial must hold the first n_attack images' examples, shape "
+                         f"{(min(n_attack or 0, len(images)), *images.shape[1:])}, got {tuple(adversarial.shape)}")
     deployed = load_bundle(bundle, engine, precision=precision if ENGINE_SPECS[engine].precisions else None,
                            threads=threads)
     if deployed.config != eager.config:
@@ -132,7 +140,8 @@ def verify(
         mask_same, mask_total = mask_same + int((masks[0] == masks[1]).sum()), mask_total + masks[0].numel()
         hit = max(0, min(attacked - start, x.shape[0]))
         if hit:
-            x_adv = attack_images(eager, x[:hit], y[:hit], attack, seeds=derive_seeds(base[:hit], 0))
+            x_adv = (adversarial[start:start + hit] if adversarial is not None
+                     else craft_adversarial(eager, x[:hit], y[:hit], attack, base[:hit]))
             with torch.no_grad():
                 judged = [wrapper.predict(x_adv, seeds=derive_seeds(base[:hit], 2)) for wrapper in (eager, deployed)]
             robust_eager += (judged[0] == y[:hit]).tolist()
@@ -158,12 +167,23 @@ def verify(
         figures["robust"]["decision_agreement"] = rate_record(sum(robust_agree), attacked)
         checks.append(check)
     settings = {"n_images": n, "n_attack": attacked, "seed": seed, "randomness": "per-image: mix_seed(seed, index)",
-                "attack": attack.resolved() if attacked else None, "thresholds": dataclasses.asdict(thresholds),
+                "attack": attack.resolved() if attacked else None,
+                "adversarial_examples": None if not attacked else "crafted by this verify" if adversarial is None
+                else "given (crafted against the eager defense beforehand)", "thresholds": dataclasses.asdict(thresholds),
                 "config": eager.config.to_dict(), "bundle": str(Path(bundle)),
                 "data_fingerprint": {"images": tensor_digest(images), "labels": tensor_digest(labels)},
                 **dict(description or {})}
     return VerifyReport(engine, precisions, figures, tuple(checks), settings, graph_digests(bundle),
                         _versions(engine))
+
+
+def craft_adversarial(eager: RobustWrapper, images: Tensor, labels: Tensor, attack: EvalConfig = VERIFY_ATTACK,
+                      seeds: Tensor | None = None) -> Tensor:
+    """The adversarial examples :func:`verify` judges: ``attack`` against the eager defense, image i's randomness
+    from ``derive_seeds(seeds, 0)`` (``seeds``: :func:`robustwrap.evaluation.image_seeds` of the images' positions
+    by default, as :func:`verify` uses with seed 0)."""
+    seeds = image_seeds(0, range(images.shape[0])) if seeds is None else seeds
+    return attack_images(eager, images, labels, attack, seeds=derive_seeds(seeds, 0))
 
 
 def _versions(engine: str) -> dict[str, str]:

@@ -121,7 +121,7 @@ def test_openvino_fp32_equals_eager_and_bf16_is_verified_per_network(exported, t
     report = verify(wrapper, bundle, images, labels, num_classes=10, engine="openvino", precision=mixed, n_attack=0)
     assert report.precisions == mixed and record_name("openvino", mixed) == "openvino-classifier-fp32-denoiser-bf16.json"
     assert 0 < report.figures["purified_pixel_gap"]["mean"] < 0.05  # bf16 changes the function, a little
-    with pytest.raises(ValueError, match=r"openvino runs at \['fp32', 'bf16'\]"):
+    with pytest.raises(ValueError, match=r"openvino runs at \['fp32', 'bf16', 'int8'\]"):
         load_bundle(bundle, "openvino", precision="int4")
 
 
@@ -207,3 +207,18 @@ def test_a_triton_repository_says_whether_what_it_serves_was_verified(exported, 
         assert served_by(tmp_path / "repo" / "fast").startswith("openvino bf16: NOT verified (a reduced precision!)")
     with pytest.raises(ValueError, match="runs inside the python component backend only"):
         write_triton_bundle(tmp_path / "repo", copy, name="wrong", engine="openvino")
+
+
+def test_examples_crafted_once_judge_like_those_verify_crafts(exported):
+    from robustwrap.export.verify import craft_adversarial
+
+    wrapper, bundle, images, labels = exported
+    crafted = verify(wrapper, bundle, images, labels, num_classes=10, engine="onnxruntime", n_attack=4, attack=ATTACK)
+    adversarial = craft_adversarial(wrapper, images[:4], labels[:4], ATTACK)
+    given = verify(wrapper, bundle, images, labels, num_classes=10, engine="onnxruntime", n_attack=4, attack=ATTACK,
+                   adversarial=adversarial)
+    assert given.figures["robust"] == crafted.figures["robust"]
+    assert given.settings["adversarial_examples"].startswith("given")
+    with pytest.raises(ValueError, match="adversarial must hold the first n_attack images' examples"):
+        verify(wrapper, bundle, images, labels, num_classes=10, engine="onnxruntime", n_attack=3,
+               adversarial=adversarial)
