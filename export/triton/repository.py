@@ -245,8 +245,10 @@ def write_triton_bundle(
         for component in (CLASSIFIER, DENOISER):
             _write_component(work / names[component], names[component], component, info, source, component_backend,
                              options, engine, precisions[component])
-        served_by = {"engine": engine if component_backend == "python" else component_backend,
-                     "precisions": precisions, "verified": _verification(source, engine, precisions, component_backend)}
+        backend_engine = engine if component_backend == "python" else component_backend
+        served_by = {"engine": backend_engine, "precisions": resolve_precision(backend_engine, None)
+                     if component_backend == "tensorrt" else precisions,  # TensorRT's: as its engines were built
+                     "verified": _verification(source, engine, precisions, component_backend)}
         _write_pipeline(work / name, names, info, options, config_overrides, served_by)
         for model in names.values():
             replace_folder(work / model, root / model, replacing=replacing[model], layout=MODEL_LAYOUT)
