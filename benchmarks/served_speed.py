@@ -164,8 +164,9 @@ def main() -> None:
             steps, batch, votes = plans[models]
             sections.append(measure(models, steps, batch, votes, args.repeats, args.threads, Path(folder), args.quick))
             print(sections[-1], flush=True)
-    if not args.quick:
-        write_section("served_speed.py", "\n".join(sections))
+    if not args.quick:  # a run of one pair keeps its own section: the other pair's numbers stay as they were
+        write_section("served_speed.py" if args.models == "both" else f"served_speed.py --models {args.models}",
+                      "\n".join(sections))
 
 
 if __name__ == "__main__":
