@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from robustwrap.export.engines import ENGINE_SPECS, describe_precision
+from robustwrap.export.engines import ENGINE_SPECS, describe_precision, resolve_precision
 from robustwrap.export.verification import format_rate
 
 from .common import DATA_SPECS, console, fail, require_finite
@@ -59,6 +59,7 @@ def verify_command(
 
     require_finite(eps=eps, min_agreement=min_agreement, max_clean_drop=max_clean_drop, max_robust_drop=max_robust_drop)
     try:
+        resolve_precision(engine, parse_precision(precision))
         thresholds = Thresholds(min_agreement, max_clean_drop, max_robust_drop)
         attack = dataclasses.replace(VERIFY_ATTACK, iters=iters, eot=eot, eps=resolve_eps(eps, data, "Linf"))
     except ValueError as error:

@@ -148,7 +148,8 @@ def resolve_precision(engine: str, precision: PrecisionArg) -> dict[str, str]:
                          "build_bundle_engines(precision=...) (`robustwrap export --engine trt --precision ...`)")
     bad = {name: value for name, value in chosen.items() if value not in allowed}
     if bad:
-        raise ValueError(f"{engine} runs at {list(allowed)}, got precision {bad}")
+        got = repr(precision) if isinstance(precision, str) else str(bad)
+        raise ValueError(f"{engine} runs at {list(allowed)}, got precision {got}")
     return chosen
 
 
