@@ -208,7 +208,10 @@ def _sanity(views: dict, images, labels, base, num_classes: int, budget: str, su
     for name, view in views.items():
         cfg = dataclasses.replace(base, defended=name != "none")
         with console.status(f"{name}: running sanity checks (each attacks the batch anew)..."):
-            checks = sanity_checks(view, images, labels, cfg)
+            try:
+                checks = sanity_checks(view, images, labels, cfg)
+            except ValueError as error:  # e.g. a network's bad output (robustwrap.network_checks)
+                fail(str(error))
         table = Table(title=f"sanity checks, defense {name}: {sanity_attack(cfg)} ({budget})",
                       caption=f"on {subset_words(subset)}; {INTERVAL_NOTE}")
         for column in ("check", "result", "measured"):

@@ -135,6 +135,9 @@ def purify_command(
                     "models": {"classifier": classifier, "diffusion": diffusion}}
         (work / "purify.json").write_text(dumps_strict(manifest, indent=2) + "\n")
         replace_folder(work, out, replacing=replacing, layout=PURIFY_LAYOUT)
+    except (ValueError, FileExistsError) as error:  # a network's bad output, a target that appeared meanwhile
+        shutil.rmtree(work, ignore_errors=True)
+        fail(str(error))
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

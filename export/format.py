@@ -28,6 +28,7 @@ field is checked and every problem is a ``ValueError`` naming the bundle and the
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -35,7 +36,7 @@ from typing import Any, Mapping
 import torch
 
 from robustwrap.config import PurifyConfig
-from robustwrap.outputs import Layout, dumps_strict, loads_strict, only_files
+from robustwrap.outputs import Layout, dumps_strict, is_atomic_temporary, loads_strict
 
 FORMAT = "robustwrap-bundle"
 FORMAT_VERSION = 2
@@ -74,7 +75,7 @@ def bundle_files(folder: Path) -> set[str]:
         file = entry.get("file") if isinstance(entry, dict) else None
         if isinstance(file, str):
             names |= {file, f"{file}.data"}
-        names.add(f"{component}.plan")
+        names |= {f"{component}.plan", f"{component}.int8.xml", f"{component}.int8.bin"}  # engines, int8 models
     packages = raw.get("packages") if isinstance(raw.get("packages"), dict) else {}
     for package in packages.values():
         files = package.get("files") if isinstance(package, dict) else None
@@ -83,12 +84,22 @@ def bundle_files(folder: Path) -> set[str]:
     return names
 
 
+def _verification_file(entry: Path) -> bool:
+    """A record robustwrap verify writes into verified/ (or the temporary file of one cut short)."""
+    record = re.compile(r"[a-z0-9]+-[a-z0-9-]+\.(json|png)")
+    if entry.is_symlink() or not entry.is_file():
+        return False
+    inner = entry.name[1:].rsplit(".", 2)[0] if entry.name.startswith(".") else ""
+    return bool(record.fullmatch(entry.name)) or bool(record.fullmatch(inner)) and is_atomic_temporary(entry, {inner})
+
+
 def _bundle_owns(folder: Path, entry: Path) -> bool:
-    if entry.is_dir():
-        return entry.name == VERIFIED and only_files(entry)
+    if entry.is_dir():  # verified/: the verification records (<engine>-<precision>.json and .png) and nothing else
+        return entry.name == VERIFIED and all(_verification_file(e) for e in entry.iterdir())
     partial_engine = entry.name.startswith(".") and entry.name.endswith(".partial") and any(
         entry.name.startswith(f".{component}.plan.") for component in COMPONENTS)
-    return entry.is_file() and (entry.name in bundle_files(folder) or partial_engine)
+    return entry.is_file() and (entry.name in bundle_files(folder) or partial_engine
+                                or is_atomic_temporary(entry, {CONFIG_FILE}))
 
 
 # What export_bundle writes: a folder is a bundle when its config.json carries the format tag, and

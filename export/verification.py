@@ -113,7 +113,14 @@ class VerifyReport:
             raise ValueError(f"{source} is not a robustwrap verification record ({error})") from None
 
 
-VERIFY_LAYOUT = Layout("verify folder", marker=lambda folder: (folder / "verify.json").is_file(),
+def _has_record(folder: Path) -> bool:
+    try:
+        return loads_strict((folder / "verify.json").read_text()).get("format") == RECORD_FORMAT
+    except (OSError, ValueError, AttributeError, UnicodeDecodeError, RecursionError):
+        return False
+
+
+VERIFY_LAYOUT = Layout("verify folder", marker=_has_record,
                        owns=lambda folder, entry: entry.is_file() and entry.name in ("verify.json", "verify.png"),
                        record="verify.json")  # what `robustwrap verify --out` writes
 

@@ -37,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -44,9 +45,10 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 OVERWRITE_HINT = "choose another path or pass --overwrite"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,20 +70,38 @@ class Layout:
     record: str | None = None
 
     def foreign(self, folder: Path) -> Path | None:
-        """The first entry of ``folder`` (by name) this writer would not write, or None. Symlinks are foreign."""
+        """The first entry of ``folder`` (by name) this writer would not write, or None. Symlinks, and entries
+        that cannot be read, are foreign."""
         for entry in sorted(folder.iterdir()):
-            if entry.is_symlink() or not self.owns(folder, entry):
+            try:
+                if entry.is_symlink() or not self.owns(folder, entry):
+                    return entry
+            except OSError:
                 return entry
         return None
 
     def torn(self, folder: Path) -> bool:
-        """Whether ``folder`` holds the record file but it does not read as the writer's record."""
-        return self.record is not None and (folder / self.record).is_file() and not self.marker(folder)
+        """Whether ``folder`` holds the record file cut short: it is not valid JSON (a readable JSON file that
+        is not the writer's record is some other program's file, not a torn one)."""
+        if self.record is None or not (folder / self.record).is_file() or self.marker(folder):
+            return False
+        try:
+            json.loads((folder / self.record).read_text())
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+            return True
+        return False
 
     def holds(self, folder: Path) -> bool:
         """Whether ``folder`` is a real folder with the writer's record and nothing the writer would not write."""
         return (folder.is_dir() and not folder.is_symlink() and self.marker(folder)
                 and self.foreign(folder) is None)
+
+
+def is_atomic_temporary(entry: Path, names: Collection[str]) -> bool:
+    """Whether ``entry`` is the temporary file :func:`write_text_atomic` leaves when killed while writing one of
+    ``names`` (``.NAME.0123abcd.tmp``): part of the writer's own output."""
+    found = re.fullmatch(r"\.(.+)\.[0-9a-f]{8}\.tmp", entry.name)
+    return bool(found) and found[1] in names and entry.is_file()
 
 
 def only_files(folder: Path, allowed: Callable[[Path], bool] = lambda _: True) -> bool:
@@ -134,9 +154,9 @@ def refusal(path: str | os.PathLike, layout: Layout) -> str | None:
     if not path.is_dir():
         return f"{path} is a file, not {what} written by robustwrap: refusing to replace it"
     if layout.torn(path):
-        return (f"{path / layout.record} is torn or damaged (it does not read as {what}'s record), so robustwrap "
-                f"cannot tell this folder is its own and will neither continue nor replace it: remove {path} "
-                "yourself to start again, or choose another folder")
+        return (f"{path / layout.record} is torn or damaged (not valid JSON), so robustwrap cannot tell this folder "
+                f"is {what} of its own and will neither continue nor replace it: choose another folder (if it is "
+                "an earlier robustwrap output you no longer need, remove it yourself first)")
     if not layout.marker(path):
         return f"{path} is a folder with other files, not {what} written by robustwrap: refusing to replace it"
     foreign = layout.foreign(path)
@@ -247,14 +267,21 @@ def tidy_leftovers(target: str | os.PathLike) -> list[Path]:
     target = Path(target)
     pattern = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.[0-9a-f]{{8}}\.(partial|old)")
     handled = []
-    for entry in sorted(target.absolute().parent.iterdir()):
+    try:
+        entries = sorted(target.absolute().parent.iterdir())
+    except OSError:
+        return handled
+    for entry in entries:
         found = pattern.fullmatch(entry.name)
         if not found or entry.is_symlink() or not entry.is_dir() or _alive(int(found[1])):
             continue
-        if found[2] == "old" and not (target.exists() or target.is_symlink()):
-            os.rename(entry, target)
-        else:
-            shutil.rmtree(entry, ignore_errors=True)
+        try:
+            if found[2] == "old" and not (target.exists() or target.is_symlink()):
+                os.rename(entry, target)
+            else:
+                shutil.rmtree(entry)
+        except OSError:  # another run tidies it at the same moment, or it cannot be removed: leave it
+            continue
         handled.append(entry)
     return handled
 
@@ -319,6 +346,11 @@ def replace_folder(temporary: str | os.PathLike, target: str | os.PathLike, *, r
     except OSError:
         os.rename(aside, target)
         raise
+    if refusal(aside, layout):  # something was added in the instant between the check and the swap: keep it
+        kept = target.absolute().parent / f"{target.name}.kept-{uuid.uuid4().hex[:8]}"
+        os.rename(aside, kept)
+        logger.warning("%s changed during the swap: the previous folder is kept as %s", target, kept)
+        return
     shutil.rmtree(aside, ignore_errors=True)
 
 

@@ -37,7 +37,7 @@ from .data import draw_subset
 from .evaluation import MODES, EvalConfig, check_inputs, is_evaluation_folder, run_evaluation
 from .figures import pyplot
 from .fingerprint import header_differences, run_fingerprint
-from .outputs import (Layout, check_resumable_output, dumps_strict, make_folders, remove_empty_folders, remove_ours,
+from .outputs import (Layout, check_resumable_output, is_atomic_temporary, dumps_strict, make_folders, remove_empty_folders, remove_ours,
                       write_text_atomic)
 from .schedule import make_plan
 from .statistics import INTERVAL_NOTE, format_accuracy, interval_record, wilson_interval
@@ -343,7 +343,7 @@ def _tune_owns(folder: Path, entry: Path) -> bool:
     """The summary files, and one folder of evaluations (``clean``, ``robust``) per candidate."""
     if entry.is_dir():
         return all(e.name in ("clean", "robust") and is_evaluation_folder(e) for e in entry.iterdir())
-    return entry.is_file() and entry.name in TUNE_FILES
+    return entry.is_file() and (entry.name in TUNE_FILES or is_atomic_temporary(entry, TUNE_FILES))
 
 
 TUNE_LAYOUT = Layout("tune folder", marker=_has_tune_record, owns=_tune_owns, record="tune.json")

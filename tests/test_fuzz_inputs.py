@@ -193,7 +193,7 @@ COMMAND_ROWS = [
     ("tune-config-nan-eta", [*TUNE, "--config", "nan_eta.json", "--out", "t"], "eta must be a finite number"),
     ("tune-config-deep", [*TUNE, "--config", "deep.json", "--out", "t"], "nested too deeply"),
     ("tune-resume-torn-record", [*TUNE, "--out", "torn-tune", "--resume"], "tune.json is torn or damaged"),
-    ("tune-overwrite-torn-record", [*TUNE, "--out", "torn-tune", "--overwrite"], "remove torn-tune yourself"),
+    ("tune-overwrite-torn-record", [*TUNE, "--out", "torn-tune", "--overwrite"], "choose another folder"),
     ("tune-min-clean-nan", [*TUNE, "--min-clean", "nan", "--out", "t"], "--min-clean nan"),
     ("tune-eps-inf", [*TUNE, "--eps", "inf", "--out", "t"], "--eps inf"),
     ("tune-count-mismatch", ["tune", "--data", "tensors:counts.safetensors", *TUNE[3:], "--out", "t"],

@@ -203,9 +203,12 @@ def test_a_torn_record_is_named_with_what_to_do(tmp_path):
     torn = Layout("thing", marker=lambda f: (f / "marker.json").read_text() == "{}", owns=THING.owns,
                   record="marker.json")
     for flags in ({"resume": True, "overwrite": False}, {"resume": False, "overwrite": True}):
-        with pytest.raises(ValueError, match="marker.json is torn or damaged .* remove .* yourself to start again"):
+        with pytest.raises(ValueError, match="marker.json is torn or damaged .* choose another folder"):
             check_resumable_output(target, layout=torn, **flags)
     assert (target / "marker.json").read_text() == '{"cut'
+    (target / "marker.json").write_text('{"another": "program"}')  # valid JSON, not ours: someone else's file
+    with pytest.raises(ValueError, match="is a folder with other files, not a thing written by robustwrap"):
+        check_resumable_output(target, layout=torn, resume=True, overwrite=False)
 
 
 def test_the_swap_never_replaces_a_target_that_appeared_meanwhile(tmp_path):
@@ -272,3 +275,52 @@ def test_loads_strict_refuses_a_repeated_key_and_non_finite_constants():
     with pytest.raises(ValueError, match="NaN is not a number JSON allows"):
         loads_strict('{"a": NaN}')
     assert math.isnan(loads_strict('{"a": NaN}', allow_nan=True)["a"])
+
+
+def test_a_file_added_during_the_swap_is_kept_not_deleted(tmp_path, monkeypatch):
+    import robustwrap.outputs as outputs
+
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "marker.json").write_text("old")
+    replacing = check_output(target, overwrite=True, layout=THING)
+    work = temporary_beside(target)
+    (work / "marker.json").write_text("new")
+    checked = outputs.refusal
+
+    def add_after_the_check(path, layout):  # the user adds a file right after the last check
+        reason = checked(path, layout)
+        if path == target:
+            (target / "added.txt").write_bytes(b"mine")
+        return reason
+
+    monkeypatch.setattr(outputs, "refusal", add_after_the_check)
+    replace_folder(work, target, replacing=replacing, layout=THING)
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("out.kept-")]
+    assert snapshot(target) == {"marker.json": b"new"} and len(kept) == 1
+    assert snapshot(kept[0]) == {"marker.json": b"old", "added.txt": b"mine"}
+
+
+def test_a_killed_atomic_write_does_not_make_a_folder_foreign(tmp_path):
+    from robustwrap.outputs import is_atomic_temporary
+
+    (tmp_path / ".best.json.0123abcd.tmp").write_text("{")
+    (tmp_path / ".notes.txt.0123abcd.tmp").write_text("{")
+    assert is_atomic_temporary(tmp_path / ".best.json.0123abcd.tmp", {"best.json"})
+    assert not is_atomic_temporary(tmp_path / ".notes.txt.0123abcd.tmp", {"best.json"})
+
+
+def test_the_bundle_layout_owns_what_export_quantize_and_verify_write_and_nothing_else(tmp_path):
+    from robustwrap.export.format import BUNDLE_LAYOUT, FORMAT
+
+    bundle = tmp_path / "b"
+    (bundle / "verified").mkdir(parents=True)
+    (bundle / "config.json").write_text(json.dumps({"format": FORMAT, "components": {
+        "denoiser": {"file": "denoiser.onnx"}, "classifier": {"file": "classifier.onnx"}}}))
+    for name in ("denoiser.onnx", "denoiser.onnx.data", "classifier.onnx", "denoiser.int8.xml", "denoiser.int8.bin",
+                 ".config.json.0123abcd.tmp", "timing.cache", "verified/openvino-bf16.json",
+                 "verified/openvino-classifier-fp32-denoiser-int8.png", "verified/.onnxruntime-fp32.json.0123abcd.tmp"):
+        (bundle / name).write_text("x")
+    assert BUNDLE_LAYOUT.holds(bundle)  # a killed quantisation or record write leaves it ours
+    (bundle / "verified" / "my notes.txt").write_text("mine")
+    assert BUNDLE_LAYOUT.foreign(bundle) == bundle / "verified"

@@ -27,7 +27,8 @@ from typing import Any, Literal, Mapping
 import torch
 
 import robustwrap
-from robustwrap.outputs import Layout, check_output, dumps_strict, loads_strict, only_files, replace_folder, temporary_beside
+from robustwrap.outputs import (Layout, check_output, dumps_strict, loads_strict, only_files, replace_folder,
+                                temporary_beside, tidy_leftovers)
 
 from ..engines import PrecisionArg, describe_precision, resolve_precision
 from ..engines.adapters import resolve_config
@@ -125,7 +126,8 @@ MODEL_LAYOUT = Layout("Triton model", marker=lambda folder: _listed_files(folder
                       record=MARKER)
 REPOSITORY_LAYOUT = Layout("Triton model repository", marker=lambda _: False, owns=lambda _, __: False)
 _EARLIER_FILES = ["config.pbtxt", *(f"1/{name}" for name in ("model.onnx", "model.plan", "model.py", "bundle.json",
-                                                             "serving.json", "model.onnx.data"))]
+                                                             "serving.json", "classifier.onnx.data",
+                                                             "denoiser.onnx.data"))]
 
 
 def is_triton_model(path: Path) -> bool:
@@ -155,6 +157,7 @@ def check_repository(repository: str | os.PathLike, name: str, overwrite: bool) 
     if not root.exists():
         check_output(root, overwrite=False, layout=REPOSITORY_LAYOUT)
         return {folder_name: False for folder_name in model_names(name).values()}
+    tidy_leftovers(root)  # a killed write's copies beside the repository
     return {folder_name: check_output(root / folder_name, overwrite=overwrite, layout=MODEL_LAYOUT)
             for folder_name in model_names(name).values()}
 

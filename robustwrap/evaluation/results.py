@@ -35,8 +35,11 @@ def _results_file(entry: Path) -> bool:
     """A results file (``results*.jsonl``), empty or starting with its header."""
     if not (entry.name.startswith("results") and entry.suffix == ".jsonl" and entry.is_file()):
         return False
-    with entry.open("rb") as file:
-        start = file.read(10)
+    try:
+        with entry.open("rb") as file:
+            start = file.read(10)
+    except OSError:
+        return False
     return not start or start == b'{"header":'
 
 
