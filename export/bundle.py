@@ -26,7 +26,8 @@ from robustwrap.config import PurifyConfig
 from robustwrap.outputs import check_output, replace_folder, temporary_beside
 from robustwrap.wrapper import RobustWrapper
 
-from .engines import ENGINE_SPECS, Engine, PrecisionArg, describe_precision, open_runner, resolve_precision
+from .engines import (ENGINE_SPECS, Engine, PrecisionArg, describe_precision, is_reduced, open_runner,
+                      resolve_precision)
 from .engines.adapters import UnrolledModel, wrapper_over_runners
 from .format import (BUNDLE_LAYOUT, CARD_FILE, CLASSIFIER, DENOISER, UNROLLED, BundleInfo, ComponentSpec,
                      PackageSet)
@@ -320,10 +321,9 @@ def _log_verification(bundle: Path, engine: str, precisions: Mapping[str, str]) 
     """Log whether this engine at these precisions was verified against the eager defense (a warning when a
     reduced precision was not)."""
     record = find_verification(bundle, engine, precisions)
-    reduced = any(p not in ("fp32", "as built") for p in precisions.values())
     if record is not None:
         logger.info("%s: %s at %s was verified: %s", bundle, engine, describe_precision(precisions), record.verdict_line)
-    elif reduced:
+    elif is_reduced(precisions):
         logger.warning("%s: %s at %s was not verified against the fp32 eager defense: run `robustwrap verify %s "
                        "--engine %s --precision ...` before deploying it", bundle, engine,
                        describe_precision(precisions), bundle, engine)

@@ -90,11 +90,11 @@ def interval_record(p: float, n: int) -> list[float]:
     return [round(low, 6), round(high, 6)]
 
 
-def format_accuracy(p: float, n: int, *, percent_sign: bool = True) -> str:
-    """'62.5% [52.1, 71.8]': a percentage with its Wilson 95% interval (in percent)."""
+def format_accuracy(p: float, n: int, *, percent_sign: bool = True, decimals: int = 1) -> str:
+    """'62.5% [52.1, 71.8]': a percentage with its Wilson 95% interval (in percent), to ``decimals`` places."""
     low, high = wilson_interval(p, n)
     sign = "%" if percent_sign else ""
-    return f"{100 * p:.1f}{sign} [{100 * low:.1f}, {100 * high:.1f}]"
+    return f"{100 * p:.{decimals}f}{sign} [{100 * low:.{decimals}f}, {100 * high:.{decimals}f}]"
 
 
 INTERVAL_NOTE = "in brackets: the Wilson 95% interval over the images"

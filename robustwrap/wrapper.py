@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import warnings
 from dataclasses import dataclass
@@ -408,8 +409,8 @@ class RobustWrapper(nn.Module):
     def _check_device(self, x: Tensor) -> None:
         """ValueError when the images are not where the networks' weights are (engine-backed networks, which have
         no weights here, move their inputs themselves) or hold no data (the meta device)."""
-        weight = next((t for net in (self.classifier, self.eps_model) for t in (*net.parameters(), *net.buffers())),
-                      None)
+        weight = next(itertools.chain(self.classifier.parameters(), self.classifier.buffers(),
+                                      self.eps_model.parameters(), self.eps_model.buffers()), None)
         if x.device.type == "meta":
             raise ValueError("the images are on the meta device (shapes only, no values): pass real images")
         if weight is not None and weight.device != x.device:

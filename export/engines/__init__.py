@@ -30,7 +30,7 @@ from ..format import CLASSIFIER, DENOISER, BundleInfo
 from .runner import Runner, like_caller
 
 __all__ = ["ENGINES", "ENGINE_SPECS", "Engine", "EngineSpec", "PrecisionArg", "Runner", "describe_precision",
-           "like_caller", "open_runner", "resolve_precision"]
+           "is_reduced", "like_caller", "open_runner", "resolve_precision"]
 
 Engine = Literal["onnxruntime", "tensorrt", "aoti", "openvino"]
 PrecisionArg = str | Mapping[str, str] | None
@@ -151,6 +151,11 @@ def resolve_precision(engine: str, precision: PrecisionArg) -> dict[str, str]:
         got = repr(precision) if isinstance(precision, str) else str(bad)
         raise ValueError(f"{engine} runs at {list(allowed)}, got precision {got}")
     return chosen
+
+
+def is_reduced(precisions: Mapping[str, str]) -> bool:
+    """Whether a network runs below fp32 (TensorRT's "as built" counts as not known to be reduced)."""
+    return any(value not in ("fp32", "as built") for value in precisions.values())
 
 
 def describe_precision(precisions: Mapping[str, str]) -> str:

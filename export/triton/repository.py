@@ -30,7 +30,7 @@ import robustwrap
 from robustwrap.outputs import (Layout, check_output, dumps_strict, loads_strict, only_files, replace_folder,
                                 temporary_beside, tidy_leftovers)
 
-from ..engines import PrecisionArg, describe_precision, resolve_precision
+from ..engines import PrecisionArg, describe_precision, is_reduced, resolve_precision
 from ..engines.adapters import resolve_config
 from ..engines.openvino import HINTS as OPENVINO_HINTS
 from ..engines.tensorrt import engine_path
@@ -315,9 +315,8 @@ def served_by(model_folder: str | os.PathLike) -> str | None:
     words = f"{engine} {describe_precision(precisions)}"
     if verified is not None:
         return f"{words}: verified, {verified}"
-    reduced = any(value not in ("fp32", "as built") for value in precisions.values())
-    return f"{words}: NOT verified{' (a reduced precision!)' if reduced else ''}: robustwrap verify BUNDLE " \
-           f"--engine {engine} checks it"
+    warning = " (a reduced precision!)" if is_reduced(precisions) else ""
+    return f"{words}: NOT verified{warning}: robustwrap verify BUNDLE --engine {engine} checks it"
 
 
 def _write_pipeline(folder: Path, names: Mapping[str, str], info: BundleInfo, options: ServingOptions,
