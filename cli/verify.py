@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from robustwrap.export.engines import ENGINE_SPECS, describe_precision, resolve_precision
-from robustwrap.export.verification import format_rate
+from robustwrap.export.verification import describe_settings, format_rate
 
 from .common import DATA_SPECS, console, fail, require_finite
 
@@ -93,7 +93,8 @@ def print_report(report, written: Path) -> None:
     """The figures as a table, each check's line, and where the record went."""
     figures = report.figures
     table = Table(title=f"robustwrap verify: {report.engine} at {describe_precision(report.precisions)} vs fp32 eager "
-                        "(same per-image seeds; rates with Wilson 95% intervals)")
+                        "(same per-image seeds; rates with Wilson 95% intervals)",
+                  caption=describe_settings(report.settings))
     table.add_column("figure")
     table.add_column("value")
     agreement = figures["decision_agreement"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from robustwrap.outputs import Layout, dumps_strict, loads_strict, write_text_atomic
-from robustwrap.statistics import wilson_interval
+from robustwrap.statistics import format_accuracy, interval_record
 
 from .engines import describe_precision
 from .format import CLASSIFIER, DENOISER, VERIFIED, BundleInfo
@@ -128,14 +128,26 @@ VERIFY_LAYOUT = Layout("verify folder", marker=_has_record,
 def rate_record(hits: int, n: int) -> dict:
     """A rate as a report keeps it: value, counts and Wilson 95% interval (rounded to 6 digits)."""
     p = hits / n if n else 0.0
-    low, high = wilson_interval(p, n)
-    return {"value": round(p, 6), "hits": hits, "n": n, "interval": [round(low, 6), round(high, 6)]}
+    return {"value": round(p, 6), "hits": hits, "n": n, "interval": interval_record(p, n)}
 
 
 def format_rate(rate: Mapping) -> str:
     """'99.60% [98.98, 99.84] (996/1000)': a rate of :func:`rate_record` with two decimals (agreement needs them)."""
-    low, high = rate["interval"]
-    return f"{100 * rate['value']:.2f}% [{100 * low:.2f}, {100 * high:.2f}] ({rate['hits']}/{rate['n']})"
+    return f"{format_accuracy(rate['value'], rate['n'], decimals=2)} ({rate['hits']}/{rate['n']})"
+
+
+def describe_settings(settings: Mapping[str, Any]) -> str:
+    """What a report's figures rest on, in words: the images, and the attack with its budget."""
+    data = settings.get("data", "the given images")
+    subset = settings.get("subset") or {}
+    images = (f"{settings['n_images']} images of {data}" + (f" (stratified, seed {subset['seed']})"
+                                                            if subset.get("seed") is not None else ""))
+    attack = settings.get("attack")
+    if not attack:
+        return f"{images}; no attack; same per-image seeds on both sides"
+    return (f"{images}; robust: the first {settings['n_attack']} under {attack['attack']} against fp32 eager "
+            f"({attack['norm']} eps {attack['eps']:.3g}, {attack['iters']} iterations x {attack['eot']} copies), "
+            "judged on held-out seeds")
 
 
 def record_name(engine: str, precisions: Mapping[str, str]) -> str:
@@ -212,6 +224,7 @@ def plot_record(report: VerifyReport, path: str | os.PathLike) -> None:
     axes.set_title(f"{'passed' if report.passed else 'FAILED'}: decisions agree on {100 * agreement:.2f}%, "
                    f"{mask['flipped']} of {mask['pixels']:,} mask pixels flip", fontsize=8)
     axes.legend(fontsize=7, loc="lower right")
+    axes.set_xlabel(describe_settings(settings), fontsize=6, wrap=True)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

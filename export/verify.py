@@ -152,8 +152,8 @@ def verify(
 
     agreement = rate_record(sum(decisions), n)
     figures = {"decision_agreement": agreement,
-               "probability_gap": {"max": round(prob_max, 6), "mean": round(prob_sum / prob_total, 8)},
-               "purified_pixel_gap": {"max": round(pixel_max, 6), "mean": round(pixel_sum / pixel_total, 8)},
+               "probability_gap": {"max": _significant(prob_max), "mean": _significant(prob_sum / prob_total)},
+               "purified_pixel_gap": {"max": _significant(pixel_max), "mean": _significant(pixel_sum / pixel_total)},
                "mask_pixel_agreement": {"value": round(mask_same / mask_total, 8), "same": mask_same,
                                         "pixels": mask_total, "flipped": mask_total - mask_same}}
     checks = [Check("decision_agreement", agreement["value"] >= thresholds.min_agreement,
@@ -184,6 +184,11 @@ def craft_adversarial(eager: RobustWrapper, images: Tensor, labels: Tensor, atta
     by default, as :func:`verify` uses with seed 0)."""
     seeds = image_seeds(0, range(images.shape[0])) if seeds is None else seeds
     return attack_images(eager, images, labels, attack, seeds=derive_seeds(seeds, 0))
+
+
+def _significant(value: float) -> float:
+    """``value`` to 4 significant digits (a tiny gap stays tiny instead of rounding to a fixed decimal)."""
+    return float(f"{value:.4g}")
 
 
 def _versions(engine: str) -> dict[str, str]:
