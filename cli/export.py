@@ -24,6 +24,8 @@ class Engine(str, Enum):
 
 
 VERIFIED_ENGINE = {"onnx": "onnxruntime", "trt": "tensorrt", "aoti": "aoti", "openvino": "openvino"}  # --verify
+PRECISIONS = {"onnx": ("fp32",), "trt": ("fp32", "fp16", "bf16"), "aoti": ("fp32", "bf16"),
+              "openvino": ("fp32", "bf16", "int8"), "compile": ("fp32", "bf16")}  # what --precision each engine takes
 
 
 class NoiseMode(str, Enum):
@@ -48,7 +50,8 @@ def export_command(
     engine: Engine = typer.Option(Engine.onnx, help="onnx: the bundle (ONNX graphs, run by ONNX Runtime); trt: the "
                                   "bundle plus TensorRT engines (needs a GPU); aoti: the bundle plus AOTInductor "
                                   "packages of both networks for this machine's device (minutes to compile, nothing "
-                                  "compiled at load time); openvino: the bundle, run by OpenVINO at --precision fp32 "
+                                  "compiled at load time; --precision bf16: under bf16 autocast); openvino: the "
+                                  "bundle, run by OpenVINO at --precision fp32 "
                                   "or bf16 (nothing more to build); compile: torch.compile the networks and compare "
                                   "with eager (writes nothing)"),
     out: Path = typer.Option(Path("robustwrap-bundle"), help="the bundle folder to write"),
@@ -72,6 +75,7 @@ def export_command(
     max_batch: int = typer.Option(64, min=1, help="rows per network call for TensorRT profiles and the Triton "
                                   "component models (the denoiser sees images x votes rows)"),
     precision: Precision = typer.Option(Precision.fp32, help="TensorRT kernels: fp32, fp16 or bf16 (TensorRT 10); "
+                                        "AOT packages and compile: fp32 or bf16 (autocast); "
                                         "OpenVINO: fp32 or bf16 (what --verify checks), or int8 (both networks "
                                         "quantised by NNCF, calibrated on 32 digits of mnist5k:train)"),
     fp16: bool = typer.Option(False, help="TensorRT: same as --precision fp16"),
@@ -97,6 +101,9 @@ def export_command(
     import torch
 
     require_finite(t_l=t_l, t_s=t_s)
+    chosen = "fp16" if fp16 else precision.value
+    if chosen not in PRECISIONS[engine.value] or (fp16 and engine is not Engine.trt):
+        fail(f"--engine {engine.value} takes --precision {' or '.join(PRECISIONS[engine.value])}, got {chosen}")
     channels, size = input_defaults(classifier, channels, image_size)
     specs = model_specs(classifier, classifier_weights, diffusion, diffusion_weights, num_classes=num_classes)
     if engine is not Engine.compile:
@@ -116,14 +123,13 @@ def export_command(
     x = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0))
     fixed = torch.randn(wrapper.noise_shape(x), generator=torch.Generator().manual_seed(1))
     if engine is Engine.compile:
-        _compile_check(wrapper, x, fixed, summary)
+        _compile_check(wrapper, x, fixed, summary, chosen)
         console.print(summary)
         return
     try:
-        _write_bundle(wrapper, out, size, specs, overwrite, unrolled, noise, engine is Engine.aoti, check, x, fixed,
-                      summary)
-        built = _build_engines(wrapper, out, engine, "fp16" if fp16 else precision.value, max_batch, check, x, fixed,
-                               summary)
+        _write_bundle(wrapper, out, size, specs, overwrite, unrolled, noise, (chosen,) if engine is Engine.aoti else (),
+                      check, x, fixed, summary)
+        built = _build_engines(wrapper, out, engine, chosen, max_batch, check, x, fixed, summary)
         if engine is Engine.openvino and precision is Precision.int8:
             from robustwrap.export import quantize_bundle
 
@@ -145,7 +151,7 @@ def export_command(
         fail(str(error))
     console.print(summary)
     if verify:
-        _verify(out, VERIFIED_ENGINE[engine.value], "fp16" if fp16 else precision.value)
+        _verify(out, VERIFIED_ENGINE[engine.value], chosen)
 
 
 def _verify(out: Path, engine: str, precision: str) -> None:
@@ -176,8 +182,8 @@ def _check_targets(out: Path, triton_repo: Optional[Path], name: Optional[str], 
         fail(str(error))
 
 
-def _compile_check(wrapper, x, fixed, summary: Table) -> None:
-    """torch.compile the two networks, run once and compare with eager (same fixed noise)."""
+def _compile_check(wrapper, x, fixed, summary: Table, precision: str) -> None:
+    """torch.compile the two networks (at ``precision``), run once and compare with eager (same fixed noise)."""
     import time
 
     import torch
@@ -186,19 +192,21 @@ def _compile_check(wrapper, x, fixed, summary: Table) -> None:
 
     with console.status("compiling the two networks (cold compiles take a while on a CPU)..."):
         start = time.perf_counter()
-        compiled = compile_networks(wrapper)
+        compiled = compile_networks(wrapper, precision=precision)
         with torch.no_grad():
             got = compiled(x, noise=fixed)
         seconds = time.perf_counter() - start
         with torch.no_grad():
             want = wrapper(x, noise=fixed)
     summary.add_row("compile + first call (networks, not the loop)", f"{seconds:.1f} s")
-    summary.add_row("parity vs eager (max |d prob|, fixed noise)", f"{float((got - want).abs().max()):.2e}")
+    what = "parity" if precision == "fp32" else f"{precision} (a changed function: verify its bundle)"
+    summary.add_row(f"{what} vs eager (max |d prob|, fixed noise)", f"{float((got - want).abs().max()):.2e}")
 
 
 def _write_bundle(wrapper, out: Path, size: int, specs: dict, overwrite: bool, unrolled: bool, noise: NoiseMode,
-                  aoti: bool, check: bool, x, fixed, summary: Table) -> None:
-    """The bundle (the two graphs, optionally the unrolled loop and AOTInductor packages), checked against eager."""
+                  aoti: tuple[str, ...], check: bool, x, fixed, summary: Table) -> None:
+    """The bundle (the two graphs, optionally the unrolled loop and AOTInductor packages at the precisions
+    ``aoti`` names), checked against eager."""
     import torch
 
     from robustwrap.export import export_bundle, load_bundle, load_unrolled
@@ -208,7 +216,7 @@ def _write_bundle(wrapper, out: Path, size: int, specs: dict, overwrite: bool, u
     what += " (and compiling their AOTInductor packages: minutes)" if aoti else ""
     with console.status(f"exporting {what}..."):
         result = export_bundle(wrapper, out, image_size=size, specs=specs, overwrite=overwrite, unrolled=unrolled,
-                               unrolled_noise=mode, aoti=aoti)
+                               unrolled_noise=mode, aoti=aoti or False)
     parts = result.info.components
     summary.add_row("bundle", f"{result.path} ({result.bytes / 1e6:.1f} MB)")
     summary.add_row("nodes", ", ".join(f"{name} {spec.nodes}" for name, spec in parts.items()))
@@ -219,11 +227,13 @@ def _write_bundle(wrapper, out: Path, size: int, specs: dict, overwrite: bool, u
     with torch.no_grad():
         gap = float((loaded(x, noise=fixed) - wrapper(x, noise=fixed)).abs().max())
     summary.add_row("ONNX Runtime vs eager: max |d prob|", f"{gap:.2e}")
-    for engine, package in result.info.packages.items():
-        packaged = load_bundle(out, engine=engine)
+    for key, package in result.info.packages.items():  # "aoti", "aoti-bf16"
+        engine, _, precision = key.partition("-")
+        packaged = load_bundle(out, engine=engine, precision=precision or None)
         with torch.no_grad():
             gap = float((packaged(x, noise=fixed) - wrapper(x, noise=fixed)).abs().max())
-        summary.add_row(f"{engine} packages ({package.device}) vs eager: max |d prob|", f"{gap:.2e}")
+        summary.add_row(f"{engine} {precision or 'fp32'} packages ({package.device}) vs eager: max |d prob|",
+                        f"{gap:.2e}")
     if unrolled and mode == "explicit":
         graph = load_unrolled(out)
         with torch.no_grad():

@@ -30,8 +30,8 @@ from .engines import (ENGINE_SPECS, Engine, PrecisionArg, describe_precision, is
                       resolve_precision)
 from .engines.adapters import UnrolledModel, wrapper_over_runners
 from .format import (BUNDLE_LAYOUT, CARD_FILE, CLASSIFIER, DENOISER, UNROLLED, BundleInfo, ComponentSpec,
-                     PackageSet)
-from .modules import ClassifierWithStages, UnrolledDefense
+                     PackageSet, package_key)
+from .modules import AtPrecision, ClassifierWithStages, UnrolledDefense
 from .onnx_export import EXTERNAL_DATA_THRESHOLD, GraphFile, export_graph
 from .verification import find_verification
 from .optional import require
@@ -63,7 +63,7 @@ def export_bundle(
     overwrite: bool = False,
     unrolled: bool = False,
     unrolled_noise: NoiseMode = "in_graph",
-    aoti: bool = False,
+    aoti: bool | Sequence[str] = False,
 ) -> BundleExport:
     """Export the wrapper's networks and its configuration as a bundle folder.
 
@@ -88,7 +88,10 @@ def export_bundle(
             (a ``noise`` input (B, D, S, C, Hd, Wd): deterministic, comparable with eager).
         aoti: also compile both networks ahead of time with AOTInductor into
             ``<component>.<device>.pt2`` packages for the wrapper's device type (minutes of
-            compiling here, none at load time): ``load_bundle(..., engine="aoti")``.
+            compiling here, none at load time): ``load_bundle(..., engine="aoti")``. True compiles
+            them at fp32; a sequence names the precisions to compile (``("fp32", "bf16")``: the
+            bf16 packages run the networks under bf16 autocast, ``load_bundle(..., engine="aoti",
+            precision="bf16")``; verify them with :func:`robustwrap.export.verify_bundle`).
 
     Returns:
         :class:`BundleExport`.
@@ -104,6 +107,7 @@ def export_bundle(
         raise ValueError(f"the dynamo exporter writes opsets 18 to 23, got {opset}")
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 2:
         raise ValueError(f"max_batch must be an integer >= 2, got {max_batch!r}")
+    aoti_precisions = _aoti_precisions(aoti)
     if unrolled_noise not in ("in_graph", "explicit"):
         raise ValueError(f"unrolled_noise must be 'in_graph' or 'explicit', got {unrolled_noise!r}")
     size = _image_size(wrapper, image_size)
@@ -135,7 +139,7 @@ def export_bundle(
                                               component=CLASSIFIER, **options)
             if unrolled:
                 graphs[UNROLLED] = _export_unrolled(wrapper, images, unrolled_noise, temporary, options)
-            packages = _compile_packages(wrapper, classifier, images, x_t, t, temporary, max_batch) if aoti else {}
+            packages = _compile_packages(wrapper, classifier, images, x_t, t, temporary, max_batch, aoti_precisions)
         components = {name: ComponentSpec(g.path.name, g.inputs, g.outputs, g.nodes, g.bytes,
                                           unrolled_noise if name == UNROLLED else None) for name, g in graphs.items()}
         info = BundleInfo(
@@ -185,16 +189,34 @@ def _export_unrolled(wrapper: RobustWrapper, images: torch.Tensor, noise: NoiseM
                         component=UNROLLED, **options)
 
 
+def _aoti_precisions(aoti: bool | Sequence[str]) -> tuple[str, ...]:
+    """The precisions ``export_bundle(aoti=)`` compiles packages at (none for False)."""
+    if isinstance(aoti, bool):
+        return ("fp32",) if aoti else ()
+    chosen = (aoti,) if isinstance(aoti, str) else tuple(aoti)
+    allowed = ENGINE_SPECS["aoti"].precisions
+    if not chosen or any(p not in allowed for p in chosen) or len(set(chosen)) != len(chosen):
+        raise ValueError(f"aoti must be a bool or distinct precisions of {list(allowed)}, got {aoti!r}")
+    return chosen
+
+
 def _compile_packages(wrapper: RobustWrapper, classifier: ClassifierWithStages, images: torch.Tensor,
-                      x_t: torch.Tensor, t: torch.Tensor, folder: Path, max_batch: int) -> dict[str, PackageSet]:
-    """AOTInductor packages of both networks for the device the example inputs are on."""
+                      x_t: torch.Tensor, t: torch.Tensor, folder: Path, max_batch: int,
+                      precisions: Sequence[str]) -> dict[str, PackageSet]:
+    """AOTInductor packages of both networks, one set per precision, for the device the example inputs are on."""
     from .engines.aoti import compile_package, package_file
 
     device = images.device.type
-    files = {CLASSIFIER: package_file(CLASSIFIER, device), DENOISER: package_file(DENOISER, device)}
-    compile_package(wrapper.eps_model, (x_t, t), folder / files[DENOISER], max_batch=max_batch)
-    compile_package(classifier, (images,), folder / files[CLASSIFIER], max_batch=max_batch)
-    return {"aoti": PackageSet(device, torch.__version__, files)}
+    packages = {}
+    for precision in precisions:
+        networks = {DENOISER: wrapper.eps_model, CLASSIFIER: classifier}
+        if precision != "fp32":
+            networks = {name: AtPrecision(network, precision) for name, network in networks.items()}
+        files = {name: package_file(name, device, precision) for name in (CLASSIFIER, DENOISER)}
+        compile_package(networks[DENOISER], (x_t, t), folder / files[DENOISER], max_batch=max_batch)
+        compile_package(networks[CLASSIFIER], (images,), folder / files[CLASSIFIER], max_batch=max_batch)
+        packages[package_key("aoti", precision)] = PackageSet(device, torch.__version__, files)
+    return packages
 
 
 def _normalization(wrapper: RobustWrapper) -> dict | None:
@@ -331,8 +353,9 @@ def _log_verification(bundle: Path, engine: str, precisions: Mapping[str, str]) 
 
 def _default_device(info: BundleInfo, engine: str) -> str:
     """CUDA for TensorRT, the packages' device for AOTInductor, else the CPU."""
-    if engine == "aoti" and "aoti" in info.packages:
-        return info.packages["aoti"].device
+    aoti = [package for key, package in info.packages.items() if key.split("-")[0] == "aoti"]
+    if engine == "aoti" and aoti:
+        return aoti[0].device
     return "cuda" if engine == "tensorrt" else "cpu"
 
 

@@ -11,6 +11,7 @@ A bundle is a folder::
     DIR/<component>.plan   optional TensorRT engines (CUDA), built from the .onnx files
     DIR/<component>.<device>.pt2   optional AOTInductor packages (``engine="aoti"``), compiled from
                            the networks themselves for one device type and one torch version
+    DIR/<component>.<device>.bf16.pt2   the same at bf16 (``engine="aoti", precision="bf16"``)
     DIR/<component>.int8.xml, .bin   optional OpenVINO int8 models (``engine="openvino", precision="int8"``),
                            quantised by NNCF post-training on recorded calibration images
     DIR/timing.cache       optional: TensorRT's timing cache (faster rebuilds of the engines)
@@ -167,7 +168,7 @@ class ComponentSpec:
 
 @dataclass(frozen=True)
 class PackageSet:
-    """Networks built from the bundle for one engine: AOTInductor ``.pt2`` packages ("aoti"), or
+    """Networks built from the bundle for one engine: AOTInductor ``.pt2`` packages ("aoti", "aoti-bf16"), or
     OpenVINO models quantised to int8 by NNCF ("openvino-int8": ``<component>.int8.xml`` + ``.bin``).
 
     Attributes:
@@ -405,7 +406,12 @@ def _component(check: _Checker, name: str, raw: Any, folder: Path | None) -> Com
     return ComponentSpec(file, inputs, outputs, nodes, size, noise if name == UNROLLED else None)
 
 
-PACKAGE_ENGINES = ("aoti", "openvino-int8")
+PACKAGE_ENGINES = ("aoti", "aoti-bf16", "openvino-int8")
+
+
+def package_key(engine: str, precision: str) -> str:
+    """Where config.json records an engine's packages at a precision: "aoti", "aoti-bf16", "openvino-int8"."""
+    return engine if precision == "fp32" else f"{engine}-{precision}"
 
 
 def _package(check: _Checker, engine: str, raw: Any, folder: Path | None) -> PackageSet:

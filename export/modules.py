@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from robustwrap.vote import vote_labels
@@ -28,6 +29,38 @@ class ClassifierWithStages(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         logits, maps = self.stages.logits_and_maps(self.classifier, self.normalize(images))
         return (logits, *maps)
+
+
+REDUCED_DTYPES = {"bf16": torch.bfloat16}  # the reduced precisions the torch paths run (CPU AVX-512 bf16 / AMX, GPUs)
+
+
+class AtPrecision(nn.Module):
+    """``module(*inputs)`` under torch autocast at a reduced precision; floating outputs back in float32.
+
+    Convolutions and matrix products run in ``precision``; what autocast keeps in float32 stays
+    there (the timestep embedding's sin / cos, normalisations, softmax), and the inputs the caller
+    passes (images, timesteps) enter in float32. The weights are shared, not copied. Used by
+    ``compile_networks(precision=)`` and the bundle's reduced-precision AOTInductor packages, so both
+    run one definition of "bf16".
+
+    Args:
+        module: the network; its inputs and outputs are tensors (or a tuple of tensors).
+        precision: a name of :data:`REDUCED_DTYPES` ("bf16").
+    """
+
+    def __init__(self, module: nn.Module, precision: str) -> None:
+        super().__init__()
+        if precision not in REDUCED_DTYPES:
+            raise ValueError(f"precision must be one of {list(REDUCED_DTYPES)}, got {precision!r}")
+        self.module = module
+        self.precision = precision
+
+    def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
+        with torch.autocast(inputs[0].device.type, dtype=REDUCED_DTYPES[self.precision]):
+            outputs = self.module(*inputs)
+        if isinstance(outputs, Tensor):
+            return outputs.float() if outputs.is_floating_point() else outputs
+        return tuple(o.float() if o.is_floating_point() else o for o in outputs)
 
 
 class UnrolledDefense(nn.Module):

@@ -407,7 +407,7 @@ def test_a_repository_keeps_other_models_and_refuses_to_replace_them(bundle, tmp
 @pytest.fixture(scope="module")
 def aoti_bundle(tmp_path_factory):
     wrapper = _wrapper()
-    return wrapper, export_bundle(wrapper, tmp_path_factory.mktemp("aoti") / "bundle", aoti=True)
+    return wrapper, export_bundle(wrapper, tmp_path_factory.mktemp("aoti") / "bundle", aoti=("fp32", "bf16"))
 
 
 @pytest.mark.slow
@@ -430,6 +430,28 @@ def test_aoti_packages_match_eager_and_load_without_compiling(aoti_bundle, monke
             torch.testing.assert_close(loaded(x, noise=noise), wrapper(x, noise=noise), rtol=0, atol=1e-5)
             torch.testing.assert_close(loaded(x, seeds=torch.arange(batch)), wrapper(x, seeds=torch.arange(batch)),
                                        rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_bf16_packages_and_compiled_networks_run_one_bf16_function(aoti_bundle):
+    from robustwrap.export import compile_networks
+
+    wrapper, result = aoti_bundle
+    assert result.info.packages["aoti-bf16"].files == {"classifier": "classifier.cpu.bf16.pt2",
+                                                       "denoiser": "denoiser.cpu.bf16.pt2"}
+    packaged = load_bundle(result.path, engine="aoti", precision="bf16")
+    compiled = compile_networks(wrapper, precision="bf16")
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(7))
+    seeds = torch.arange(3)
+    with torch.no_grad():
+        eager = wrapper.purify(x, seeds=seeds)
+        from_package = packaged.purify(x, seeds=seeds)
+        torch.testing.assert_close(from_package, compiled.purify(x, seeds=seeds), rtol=0, atol=2e-3)
+        assert float((from_package - eager).abs().max()) > 1e-3  # bf16 really ran: not fp32's function
+        assert from_package.dtype == torch.float32
+        mixed = load_bundle(result.path, engine="aoti", precision={"classifier": "fp32", "denoiser": "bf16"})
+        torch.testing.assert_close(mixed.mask(x), wrapper.mask(x), rtol=0, atol=0)  # the fp32 classifier's mask
+        assert float((mixed.purify(x, seeds=seeds) - eager).abs().max()) > 1e-3
 
 
 @pytest.mark.slow

@@ -234,6 +234,10 @@ COMMAND_ROWS = [
     ("export-triton-model-exists", [*EXPORT, "--out", "b", "--triton-repo", "serving", "--name", "small"], "exists"),
     ("export-triton-bad-name", [*EXPORT, "--out", "b", "--triton-repo", "serving", "--name", "../up"],
      "model name must be"),
+    ("export-onnx-at-bf16", [*EXPORT, "--out", "b", "--precision", "bf16"], "--engine onnx takes --precision fp32"),
+    ("export-aoti-at-int8", [*EXPORT, "--out", "b", "--engine", "aoti", "--precision", "int8"],
+     "--engine aoti takes --precision fp32 or bf16, got int8"),
+    ("export-fp16-not-trt", [*EXPORT, "--out", "b", "--engine", "openvino", "--fp16"], "--engine openvino takes"),
     ("serve-missing-repository", ["serve", "nowhere"], "is not a folder"),
     ("serve-a-file", ["serve", "notes.txt"], "is not a folder"),
 ]
@@ -277,7 +281,7 @@ def _library_rows():
         return tune(tiny_wrapper(), images, labels, folder, TuneSettings(calls=2, n_attack=2), num_classes=10)
 
     from robustwrap.checkpoints import CheckpointError, read_checkpoint
-    from robustwrap.export import export_bundle, load_bundle, write_triton_bundle
+    from robustwrap.export import compile_networks, export_bundle, load_bundle, write_triton_bundle
 
     def export_into(folder: str, **flags):
         return export_bundle(tiny_wrapper(), folder, image_size=16, **flags)
@@ -406,6 +410,13 @@ def _library_rows():
          "would execute code (it pickles posix.system)"),
         ("export-racing-another-run", lambda: export_racing("racing"), FileExistsError,
          "racing appeared while this command ran"),
+        # precisions
+        ("bundle-aoti-bf16-not-exported", lambda: load_bundle("bundle", engine="aoti", precision="bf16"), ValueError,
+         "has no AOTInductor package for the classifier at bf16"),
+        ("export-aoti-int8", lambda: export_into("b", aoti=("int8",)), ValueError,
+         "aoti must be a bool or distinct precisions of ['fp32', 'bf16'], got ('int8',)"),
+        ("compile-at-fp16", lambda: compile_networks(RobustWrapper(tiny_classifier(), tiny_unet()), precision="fp16"),
+         ValueError, "compile_networks runs at ['fp32', 'bf16'], got precision 'fp16'"),
     ]
 
 
@@ -421,7 +432,8 @@ LIBRARY_IDS = ["config-nan-eta", "config-inf-p", "config-nan-t-l", "config-fract
                "eval-config-linf-eps-2", "tune-settings-negative-step", "diffusion-returns-nan",
                "diffusion-returns-wrong-shape", "classifier-returns-a-tuple", "classifier-returns-a-dict",
                "classifier-returns-nan", "classifier-3-logits-for-10-classes", "images-without-data",
-               "pickle-calls-os-system", "export-racing-another-run"]
+               "pickle-calls-os-system", "export-racing-another-run", "bundle-aoti-bf16-not-exported",
+               "export-aoti-int8", "compile-at-fp16"]
 
 
 @pytest.mark.parametrize("row", LIBRARY_IDS)

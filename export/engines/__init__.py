@@ -8,7 +8,7 @@ recorded order::
 
 - :mod:`.onnxruntime` — :class:`OrtRunner`, an ONNX Runtime session (CPU, or CUDA with I/O binding).
 - :mod:`.tensorrt` — :class:`TrtEngine`, a serialised TensorRT engine (CUDA), and the builder.
-- :mod:`.aoti` — :class:`AotiRunner`, an AOTInductor ``.pt2`` package (CPU or CUDA), and its compiler.
+- :mod:`.aoti` — :class:`AotiRunner`, an AOTInductor ``.pt2`` package (CPU or CUDA; fp32 or bf16), and its compiler.
 - :mod:`.openvino` — :class:`OpenVinoRunner`, the ONNX graphs compiled by OpenVINO (CPU, fp32 / bf16).
 - :mod:`.adapters` — the networks the library's wrapper runs over a runner.
 
@@ -26,11 +26,11 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
 
-from ..format import CLASSIFIER, DENOISER, BundleInfo
+from ..format import CLASSIFIER, DENOISER, BundleInfo, package_key
 from .runner import Runner, like_caller
 
 __all__ = ["ENGINES", "ENGINE_SPECS", "Engine", "EngineSpec", "PrecisionArg", "Runner", "describe_precision",
-           "is_reduced", "like_caller", "open_runner", "resolve_precision"]
+           "is_reduced", "like_caller", "open_runner", "per_network", "resolve_precision"]
 
 Engine = Literal["onnxruntime", "tensorrt", "aoti", "openvino"]
 PrecisionArg = str | Mapping[str, str] | None
@@ -89,10 +89,12 @@ def _open_tensorrt(request: OpenRequest) -> Runner:
 def _open_aoti(request: OpenRequest) -> Runner:
     from .aoti import AotiRunner
 
-    package = request.info.packages.get("aoti")
+    package = request.info.packages.get(package_key("aoti", request.precision))
     if package is None or request.component not in package.files:
-        raise ValueError(f"{request.folder} has no AOTInductor package for the {request.component}: export it with "
-                         "export_bundle(..., aoti=True) or `robustwrap export --engine aoti`")
+        at = "" if request.precision == "fp32" else f" at {request.precision}"
+        raise ValueError(f"{request.folder} has no AOTInductor package for the {request.component}{at}: export it "
+                         f"with export_bundle(..., aoti=({request.precision!r},)) or `robustwrap export --engine aoti "
+                         f"--precision {request.precision}`")
     return AotiRunner(request.folder / package.files[request.component], request.info.components[request.component],
                       package, request.device)
 
@@ -102,7 +104,7 @@ def _open_openvino(request: OpenRequest) -> Runner:
 
     path = request.info.file(request.folder, request.component)
     if request.precision == "int8":
-        package = request.info.packages.get("openvino-int8")
+        package = request.info.packages.get(package_key("openvino", "int8"))
         if package is None or request.component not in package.files:
             raise ValueError(f"{request.folder} has no int8 model of the {request.component}: quantise it with "
                              "robustwrap.export.quantize_bundle or `robustwrap export --engine openvino --precision int8`")
@@ -114,8 +116,9 @@ ENGINE_SPECS: dict[str, EngineSpec] = {
     "onnxruntime": EngineSpec(_open_onnxruntime, ("fp32",), ("cpu", "cuda"), "export",
                               "ONNX Runtime over the bundle's .onnx graphs"),
     "tensorrt": EngineSpec(_open_tensorrt, (), ("cuda",), "gpu", "TensorRT engines built from the graphs (CUDA)"),
-    "aoti": EngineSpec(_open_aoti, ("fp32",), ("cpu", "cuda"), "export",
-                       "AOTInductor packages compiled at export for one device and torch version"),
+    "aoti": EngineSpec(_open_aoti, ("fp32", "bf16"), ("cpu", "cuda"), "export",
+                       "AOTInductor packages compiled at export for one device and torch version (bf16: under "
+                       "autocast, packages compiled with --precision bf16)"),
     "openvino": EngineSpec(_open_openvino, ("fp32", "bf16", "int8"), ("cpu",), "openvino",
                            "OpenVINO over the bundle's .onnx graphs (CPU; bf16 on AMX / AVX-512 CPUs; int8 models "
                            "quantised at export)"),
@@ -139,17 +142,37 @@ def resolve_precision(engine: str, precision: PrecisionArg) -> dict[str, str]:
     allowed = ENGINE_SPECS[engine].precisions
     if precision is None:
         return {component: allowed[0] if allowed else "as built" for component in (CLASSIFIER, DENOISER)}
+    if not allowed:
+        _split(precision)  # a malformed mapping is named first
+        raise ValueError(f"{engine} engines run at the precision they were built with: pass it to "
+                         "build_bundle_engines(precision=...) (`robustwrap export --engine trt --precision ...`)")
+    return per_network(precision, allowed, engine)
+
+
+def per_network(precision: str | Mapping[str, str], allowed: Sequence[str], what: str) -> dict[str, str]:
+    """``precision`` for both networks, or one per network, checked against ``allowed``.
+
+    Args:
+        precision: one precision ("bf16") or ``{"classifier": ..., "denoiser": ...}``.
+        allowed: the precisions ``what`` runs.
+        what: named in errors ("openvino", "compile_networks").
+
+    Raises:
+        ValueError: a mapping that does not name exactly the two networks, or a precision not allowed.
+    """
+    chosen = _split(precision)
+    bad = {name: value for name, value in chosen.items() if value not in allowed}
+    if bad:
+        got = repr(precision) if isinstance(precision, str) else str(bad)
+        raise ValueError(f"{what} runs at {list(allowed)}, got precision {got}")
+    return chosen
+
+
+def _split(precision: str | Mapping[str, str]) -> dict[str, str]:
     chosen = dict(precision) if isinstance(precision, Mapping) else {CLASSIFIER: precision, DENOISER: precision}
     unknown = sorted(set(chosen) - {CLASSIFIER, DENOISER})
     if unknown or len(chosen) != 2:
         raise ValueError(f"precision per network names exactly {[CLASSIFIER, DENOISER]}, got {sorted(chosen)}")
-    if not allowed:
-        raise ValueError(f"{engine} engines run at the precision they were built with: pass it to "
-                         "build_bundle_engines(precision=...) (`robustwrap export --engine trt --precision ...`)")
-    bad = {name: value for name, value in chosen.items() if value not in allowed}
-    if bad:
-        got = repr(precision) if isinstance(precision, str) else str(bad)
-        raise ValueError(f"{engine} runs at {list(allowed)}, got precision {got}")
     return chosen
 
 

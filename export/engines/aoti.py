@@ -10,6 +10,7 @@ checked before loading.
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Mapping
@@ -21,9 +22,9 @@ from ..format import TORCH_DTYPES, ComponentSpec, PackageSet
 from .runner import like_caller
 
 
-def package_file(component: str, device: str) -> str:
-    """The file name of a component's package for a device type: ``denoiser.cpu.pt2``."""
-    return f"{component}.{device}.pt2"
+def package_file(component: str, device: str, precision: str = "fp32") -> str:
+    """The file name of a component's package for a device type: ``denoiser.cpu.pt2``, ``denoiser.cpu.bf16.pt2``."""
+    return f"{component}.{device}.pt2" if precision == "fp32" else f"{component}.{device}.{precision}.pt2"
 
 
 def compile_package(module: nn.Module, args: tuple[Tensor, ...], path: Path, *, max_batch: int) -> None:
@@ -39,9 +40,12 @@ def compile_package(module: nn.Module, args: tuple[Tensor, ...], path: Path, *, 
         RuntimeError: the module does not export or compile (the first line of the message).
     """
     batch = torch.export.Dim("batch", min=1, max=max_batch)
+    shapes: tuple = tuple({0: batch} for _ in args)
+    if any(p.kind is p.VAR_POSITIONAL for p in inspect.signature(module.forward).parameters.values()):
+        shapes = (shapes,)  # forward(*inputs) (AtPrecision): the inputs are one argument to torch.export
     try:
         with torch.no_grad():
-            program = torch.export.export(module, args, dynamic_shapes=tuple({0: batch} for _ in args))
+            program = torch.export.export(module, args, dynamic_shapes=shapes)
             torch._inductor.aoti_compile_and_package(program, package_path=str(path))
     except Exception as error:  # torch.export / inductor: many error types, one meaning
         text = str(error).strip()

@@ -114,7 +114,7 @@ def quantize_bundle(bundle: str | os.PathLike, eager, data: str = "mnist5k:train
     from robustwrap.fingerprint import tensor_digest
     from robustwrap.outputs import dumps_strict, write_text_atomic
 
-    from ..format import CLASSIFIER, CONFIG_FILE, DENOISER, BundleInfo, PackageSet
+    from ..format import CLASSIFIER, CONFIG_FILE, DENOISER, BundleInfo, PackageSet, package_key
 
     folder = Path(bundle)
     info = BundleInfo.read(folder)
@@ -143,6 +143,6 @@ def quantize_bundle(bundle: str | os.PathLike, eager, data: str = "mnist5k:train
                    "samples": {component: len(items) for component, items in samples.items()},
                    "openvino": ov.__version__, "nncf": nncf.__version__}
     package = PackageSet("cpu", torch.__version__, files, calibration)
-    updated = dataclasses.replace(info, packages={**info.packages, "openvino-int8": package})
+    updated = dataclasses.replace(info, packages={**info.packages, package_key("openvino", "int8"): package})
     write_text_atomic(folder / CONFIG_FILE, dumps_strict(updated.to_dict(), indent=2) + "\n")
     return package
