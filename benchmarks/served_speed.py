@@ -1,4 +1,5 @@
-"""The served path against eager, side by side: eager, compiled networks, ONNX Runtime, AOT packages and OpenVINO.
+"""The served path against eager, side by side: eager, compiled networks, ONNX Runtime, AOT packages and OpenVINO,
+at fp32 and the reduced precisions.
 
     python benchmarks/served_speed.py                    # the shipped MNIST models and the real DDPM++ + WRN-28-10
     python benchmarks/served_speed.py --models shipped   # only the shipped models (a few minutes)
@@ -6,7 +7,8 @@
 
 For each model pair, one eager wrapper and, built from it, ``compile_networks`` (torch.compile
 of the two networks), ``load_bundle(engine="onnxruntime")``, ``load_bundle(engine="aoti")``
-(AOTInductor packages) and ``load_bundle(engine="openvino")`` at fp32, bf16, bf16 for the
+(AOTInductor packages, fp32 and bf16), ``compile_networks(precision="bf16")`` (bf16 autocast, as the bf16
+packages) and ``load_bundle(engine="openvino")`` at fp32, bf16, bf16 for the
 denoiser only (its classifier, hence its mask, at fp32) and an int8 denoiser (NNCF): the same networks, the same loop code, the same per-image seeds, at
 S = 1, 4 and 8 votes. Times are interleaved repeats (median, min, max) of one batch. Every engine
 gets the same number of threads (``--threads``: torch's intra-op pool for eager, compiled and AOT
@@ -65,9 +67,9 @@ def cold_child(models: str, steps: int, batch: int, threads: int, engine: str, b
     """In a fresh process: the seconds from nothing to the first answered batch on one engine."""
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    if engine == "compiled networks":
-        served = compile_networks(build(models, steps))
-    else:  # "openvino-bf16": an engine and its precision
+    if engine.startswith("compiled networks"):
+        served = compile_networks(build(models, steps), precision="bf16" if engine.endswith("bf16") else None)
+    else:  # "openvino-bf16", "aoti-bf16": an engine and its precision
         engine, _, precision = engine.partition("-")
         served = load_bundle(bundle, engine=engine, precision=precision or None,
                              threads=threads if engine in ("onnxruntime", "openvino") else None)
@@ -82,7 +84,7 @@ def measure(models: str, steps: int, batch: int, votes: list[int], repeats: int,
     torch.set_num_threads(threads)
     wrapper = build(models, steps)
     start = time.perf_counter()
-    bundle = export_bundle(wrapper, folder / models, aoti=True, max_batch=4096)
+    bundle = export_bundle(wrapper, folder / models, aoti=("fp32", "bf16"), max_batch=4096)
     export_seconds = time.perf_counter() - start
     if models == "shipped":  # int8 models (NNCF), calibrated on 32 digits of mnist5k:train
         quantize_bundle(bundle.path, wrapper)
@@ -91,6 +93,8 @@ def measure(models: str, steps: int, batch: int, votes: list[int], repeats: int,
         "compiled networks": compile_networks(wrapper),
         "onnxruntime": load_bundle(bundle.path, threads=threads),
         "aoti packages": load_bundle(bundle.path, engine="aoti"),
+        "compiled networks bf16": compile_networks(wrapper, precision="bf16"),
+        "aoti packages bf16": load_bundle(bundle.path, engine="aoti", precision="bf16"),
         "openvino fp32": load_bundle(bundle.path, engine="openvino", precision="fp32", threads=threads),
         "openvino bf16": load_bundle(bundle.path, engine="openvino", precision="bf16", threads=threads),
         "openvino bf16 denoiser": load_bundle(bundle.path, engine="openvino", threads=threads,
@@ -118,7 +122,8 @@ def measure(models: str, steps: int, batch: int, votes: list[int], repeats: int,
                         f"{max(values) * 1e3:.0f}) ms | **{eager / median:.2f}x** |")
 
     cold = {}
-    for engine in ("onnxruntime", "aoti", "openvino-bf16", "openvino-bf16 (warm cache)", "compiled networks"):
+    for engine in ("onnxruntime", "aoti", "aoti-bf16", "openvino-bf16", "openvino-bf16 (warm cache)",
+                   "compiled networks", "compiled networks bf16"):
         warm = engine.endswith(" (warm cache)")
         with tempfile.TemporaryDirectory() as cache:  # empty caches (inductor's, OpenVINO's): a server's first start
             if warm:  # a first start fills OpenVINO's cache; the second is timed
@@ -132,7 +137,7 @@ def measure(models: str, steps: int, batch: int, votes: list[int], repeats: int,
         f"### {MODELS[models]}\n\n"
         f"Batch {batch}, {calls} denoiser calls (steps {steps}, t_l 0.2), per-image seeds, {threads} thread(s) for every "
         f"engine; {repeats} interleaved repeats after one warm-up: median (min–max) per batch. Export of the bundle "
-        f"with its AOT packages: {export_seconds:.0f} s. Largest |d prob| against eager on the same seeds: "
+        f"with its AOT packages (fp32 and bf16): {export_seconds:.0f} s. Largest |d prob| against eager on the same seeds: "
         + ", ".join(f"{name} {gap:.1e}" for name, gap in gaps.items() if name != "eager") + ".\n\n"
         "| votes S | engine | images/s | per batch | vs eager |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
         "Cold start, each in a fresh process with empty inductor and OpenVINO caches (the warm row: the OpenVINO "

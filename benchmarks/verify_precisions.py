@@ -5,7 +5,7 @@
 
 The bundle holds the shipped pair at the heterogeneous defense `robustwrap tune` calibrated to it
 (models/mnist/calibrated/heterogeneous.json: t_l 0.4, t_s 0.2, τ 1.0, steps 25 = 10 denoiser calls,
-1 vote; what `robustwrap eval` runs for this pair), with its int8 models (``quantize_bundle``: NNCF, 32 digits of
+1 vote; what `robustwrap eval` runs for this pair), with its bf16 AOTInductor packages and its int8 models (``quantize_bundle``: NNCF, 32 digits of
 mnist5k:train, disjoint from the verified ones). Each engine and precision is verified against the fp32 eager
 defense by :func:`robustwrap.export.verify` with its default thresholds and attack (PGD+EOT,
 L-inf 0.3, 10 iterations x 4 copies), on the same stratified subset and the same per-image seeds.
@@ -34,7 +34,8 @@ from common import write_section
 
 CANDIDATES = [("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"),
               ("openvino", {"classifier": "fp32", "denoiser": "bf16"}), ("openvino", "int8"),
-              ("openvino", {"classifier": "fp32", "denoiser": "int8"})]
+              ("openvino", {"classifier": "fp32", "denoiser": "int8"}), ("aoti", "bf16"),
+              ("aoti", {"classifier": "fp32", "denoiser": "bf16"})]
 
 
 def cpu_flags() -> str:
@@ -63,7 +64,8 @@ def main() -> None:
     indices, subset = draw_subset(labels, args.n, 0, spec="mnist5k:heldout")
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        bundle = export_bundle(eager, Path(folder) / "mnist", specs={"classifier": "mnist", "diffusion": "mnist"}).path
+        bundle = export_bundle(eager, Path(folder) / "mnist", specs={"classifier": "mnist", "diffusion": "mnist"},
+                               aoti=("bf16",)).path  # the bf16 AOTInductor packages (bf16 autocast)
         quantize_bundle(bundle, eager)  # int8 models, calibrated on 32 digits of mnist5k:train (disjoint from these)
         attack = dataclasses.replace(VERIFY_ATTACK, eps=0.3)  # MNIST's L-inf radius
         start = time.perf_counter()  # one attack against the eager defense, judged on every engine
@@ -88,7 +90,7 @@ def main() -> None:
             print(rows[-1], flush=True)
     reference = report.figures
     body = (
-        f"The shipped MNIST pair at its calibrated heterogeneous defense ({describe_defense(config)}); int8: both networks or the denoiser quantised by NNCF on 32 digits of mnist5k:train. "
+        f"The shipped MNIST pair at its calibrated heterogeneous defense ({describe_defense(config)}); aoti bf16: the AOTInductor packages compiled under bf16 autocast (as compile_networks(precision=\"bf16\")); int8: both networks or the denoiser quantised by NNCF on 32 digits of mnist5k:train. "
         f"{subset['size']} held-out digits (mnist5k:heldout, stratified, seed 0), "
         f"{args.n_attack} of them attacked by PGD+EOT against the fp32 eager defense (L-inf 0.3, 10 iterations x 4 "
         f"copies, CE; crafted once, {attack_seconds:.0f} s, and judged on every engine), verdicts on held-out seeds; the same per-image seeds on both sides; {args.threads} thread(s). "

@@ -44,6 +44,7 @@ class TritonBackend(str, Enum):
     onnxruntime = "onnxruntime"
     tensorrt = "tensorrt"
     python = "python"
+    openvino = "openvino"
 
 
 def export_command(
@@ -83,7 +84,8 @@ def export_command(
                                                "repository (other models in it stay)"),
     triton_backend: Optional[TritonBackend] = typer.Option(
         None, help="how Triton runs the two networks: onnxruntime (NVIDIA's containers), tensorrt (the engines; the "
-        "default with --engine trt) or python (ONNX Runtime in the Python backend: PyTriton's server, "
+        "default with --engine trt), openvino (Triton's openvino backend, --engine openvino --precision bf16 only) "
+        "or python (ONNX Runtime, or OpenVINO with --engine openvino, in the Python backend: PyTriton's server, "
         "`robustwrap serve`)"),
     name: Optional[str] = typer.Option(None, help="the Triton model name (components NAME-classifier, "
                                        "NAME-denoiser); default from the specs, e.g. mnist-mnist"),
@@ -104,6 +106,9 @@ def export_command(
     chosen = "fp16" if fp16 else precision.value
     if chosen not in PRECISIONS[engine.value] or (fp16 and engine is not Engine.trt):
         fail(f"--engine {engine.value} takes --precision {' or '.join(PRECISIONS[engine.value])}, got {chosen}")
+    if triton_backend is TritonBackend.openvino and (engine is not Engine.openvino or chosen != "bf16"):
+        fail("--triton-backend openvino serves bf16 only (Triton's openvino backend cannot pin fp32): add --engine "
+             "openvino --precision bf16, or use --triton-backend python --engine openvino for fp32 and int8")
     channels, size = input_defaults(classifier, channels, image_size)
     specs = model_specs(classifier, classifier_weights, diffusion, diffusion_weights, num_classes=num_classes)
     if engine is not Engine.compile:

@@ -369,6 +369,37 @@ def test_triton_repository_configs_parse_and_carry_the_data_files(external_bundl
         write_triton_bundle(tmp_path / "bad", result.path, name="../x")
 
 
+def test_triton_openvino_backend_configs_parse_and_pin_bf16(bundle, tmp_path):
+    """NVIDIA's openvino backend is not in PyTriton's server: its configs are parsed, and its model compiled by
+    OpenVINO with the properties the backend maps the parameters to (HINT_BF16 -> inference_precision bf16)."""
+    ov = pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    from robustwrap.export.engines.openvino import OpenVinoRunner
+
+    _, result = bundle
+    with pytest.raises(ValueError, match="serves bf16 only"):
+        write_triton_bundle(tmp_path / "fp32", result.path, component_backend="openvino")
+    with pytest.raises(ValueError, match="serves bf16 only"):
+        write_triton_bundle(tmp_path / "mixed", result.path, component_backend="openvino",
+                            precision={"classifier": "fp32", "denoiser": "bf16"})
+    folders = write_triton_bundle(tmp_path / "repo", result.path, component_backend="openvino", precision="bf16")
+    denoiser = _parse_pbtxt(folders["tiny-denoiser"] / "config.pbtxt")
+    assert denoiser.backend == "openvino" and denoiser.default_model_filename == "model.onnx"
+    assert {key: value.string_value for key, value in denoiser.parameters.items()} == {
+        "HINT_BF16": "YES", "PERFORMANCE_HINT": "LATENCY"}
+    assert list(denoiser.input[1].reshape.shape) == []  # t travels as (N, 1), the graph takes (N,)
+    serving = json.loads((folders["tiny"] / "1" / "serving.json").read_text())
+    assert (serving["engine"], serving["precisions"], serving["verified"]) == (
+        "openvino", {"classifier": "bf16", "denoiser": "bf16"}, None)
+    model = folders["tiny-denoiser"] / "1" / "model.onnx"
+    compiled = ov.Core().compile_model(str(model), "CPU", {"INFERENCE_PRECISION_HINT": "bf16",
+                                                          "PERFORMANCE_HINT": "LATENCY"})
+    x_t = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([10.0, 200.0, 500.0, 900.0])
+    served = compiled({"x_t": x_t.numpy(), "t": t.numpy()})[compiled.outputs[0]]
+    ours = OpenVinoRunner(result.info.file(result.path, "denoiser"), result.info.components["denoiser"], "bf16")
+    torch.testing.assert_close(torch.from_numpy(served.copy()), ours({"x_t": x_t, "t": t})[0], rtol=0, atol=0)
+
+
 def test_triton_python_models_ship_as_package_files(bundle, tmp_path):
     from importlib import resources
 

@@ -238,6 +238,8 @@ COMMAND_ROWS = [
     ("export-aoti-at-int8", [*EXPORT, "--out", "b", "--engine", "aoti", "--precision", "int8"],
      "--engine aoti takes --precision fp32 or bf16, got int8"),
     ("export-fp16-not-trt", [*EXPORT, "--out", "b", "--engine", "openvino", "--fp16"], "--engine openvino takes"),
+    ("export-triton-openvino-fp32", [*EXPORT, "--out", "b", "--engine", "openvino", "--triton-repo", "t",
+                                     "--triton-backend", "openvino"], "--triton-backend openvino serves bf16 only"),
     ("serve-missing-repository", ["serve", "nowhere"], "is not a folder"),
     ("serve-a-file", ["serve", "notes.txt"], "is not a folder"),
 ]

@@ -4,7 +4,8 @@ Layout written (Triton's convention), for a defense named NAME::
 
     REPO/NAME-classifier/config.pbtxt, 1/model.onnx        (onnxruntime backend)
                                        1/model.plan        (tensorrt_plan)
-                                       1/model.onnx + 1/model.py   (python backend + ONNX Runtime)
+                                       1/model.onnx + 1/model.py   (python backend + ONNX Runtime or OpenVINO)
+                                       1/model.onnx        (openvino backend, bf16: NVIDIA's CPU containers)
     REPO/NAME-denoiser/...             the same for the denoiser
     REPO/NAME/config.pbtxt, 1/model.py, 1/bundle.json, 1/serving.json    the pipeline (Python, BLS)
 
@@ -39,8 +40,11 @@ from ..onnx_export import graph_files
 from ..verification import find_verification
 from .environment import NUMPY_REQUIREMENT
 
-ComponentBackend = Literal["onnxruntime", "tensorrt", "python"]
-COMPONENT_BACKENDS = ("onnxruntime", "tensorrt", "python")
+ComponentBackend = Literal["onnxruntime", "tensorrt", "python", "openvino"]
+COMPONENT_BACKENDS = ("onnxruntime", "tensorrt", "python", "openvino")
+# Triton's openvino backend takes the precision hint only as HINT_BF16 = YES: it cannot pin fp32 (on AMX CPUs
+# OpenVINO's default is bf16), so it serves bf16 only; the python backend pins any precision.
+OPENVINO_BACKEND_PARAMETERS = {"HINT_BF16": "YES", "PERFORMANCE_HINT": "LATENCY"}
 MARKER = "robustwrap.json"
 MARKER_FORMAT = "robustwrap-triton-model"
 _TRITON_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64"}
@@ -174,7 +178,8 @@ def _block(tensor: TensorSpec, reshape_scalar: bool) -> str:
 def _model_config(name: str, backend: str, inputs: str, outputs: str, max_batch: int, instances: int, kind: str,
                   delay_us: int, parameters: Mapping[str, Any] | None = None) -> str:
     platform_line = {"onnxruntime": 'backend: "onnxruntime"', "tensorrt": 'platform: "tensorrt_plan"',
-                     "python": 'backend: "python"'}[backend]
+                     "python": 'backend: "python"',
+                     "openvino": 'backend: "openvino"\ndefault_model_filename: "model.onnx"'}[backend]
     text = (f'name: "{name}"\n{platform_line}\nmax_batch_size: {max_batch}\n'
             f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\n"
             f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]\n"
@@ -204,8 +209,10 @@ def write_triton_bundle(
             TensorRT engines for ``component_backend="tensorrt"``).
         component_backend: how Triton runs the two networks: "onnxruntime" (Triton's onnxruntime
             backend), "tensorrt" (tensorrt_plan: the bundle's ``.plan`` engines) or "python"
-            (ONNX Runtime inside the Python backend: for Triton builds without the onnxruntime
-            backend, such as PyTriton's server on a CPU host).
+            (ONNX Runtime or OpenVINO inside the Python backend: for Triton builds without the onnxruntime
+            backend, such as PyTriton's server on a CPU host) or "openvino" (Triton's openvino
+            backend, in NVIDIA's containers, at ``precision="bf16"`` only: its one precision
+            parameter, ``HINT_BF16``, cannot pin fp32, which on AMX CPUs OpenVINO's default is not).
         name: the defense's model name (components are NAME-classifier, NAME-denoiser); default
             from the bundle's specs (:func:`default_name`).
         options: batch sizes, instances, threads (:class:`ServingOptions`).
@@ -228,9 +235,15 @@ def write_triton_bundle(
     resolve_config(info, config_overrides)  # bad overrides fail here, not in the server
     name = check_name(name) if name is not None else default_name(info.specs)
     names = model_names(name)
-    if engine not in ("onnxruntime", "openvino") or (engine != "onnxruntime" and component_backend != "python"):
+    if engine not in ("onnxruntime", "openvino") or (engine != "onnxruntime"
+                                                     and component_backend not in ("python", "openvino")):
         raise ValueError(f"engine {engine!r} runs inside the python component backend only (onnxruntime or openvino)")
+    engine = "openvino" if component_backend == "openvino" else engine
     precisions = resolve_precision(engine, precision)
+    if component_backend == "openvino" and set(precisions.values()) != {"bf16"}:
+        raise ValueError(f"Triton's openvino backend serves bf16 only (its HINT_BF16 parameter; it cannot pin fp32), "
+                         f"got precision {describe_precision(precisions)}: pass precision='bf16', or serve fp32 and "
+                         "int8 with component_backend='python', engine='openvino'")
     if "int8" in precisions.values() and "openvino-int8" not in info.packages:
         raise ValueError(f"{source} has no int8 models: quantise them first (robustwrap.export.quantize_bundle or "
                          "`robustwrap export --engine openvino --precision int8`)")
@@ -248,7 +261,7 @@ def write_triton_bundle(
         for component in (CLASSIFIER, DENOISER):
             _write_component(work / names[component], names[component], component, info, source, component_backend,
                              options, engine, precisions[component])
-        backend_engine = engine if component_backend == "python" else component_backend
+        backend_engine = engine if component_backend in ("python", "openvino") else component_backend
         served_by = {"engine": backend_engine, "precisions": resolve_precision(backend_engine, None)
                      if component_backend == "tensorrt" else precisions,  # TensorRT's: as its engines were built
                      "verified": _verification(source, engine, precisions, component_backend)}
@@ -287,7 +300,9 @@ def _write_component(folder: Path, model_name: str, component: str, info: Bundle
     spec = info.components[component]
     reshape = backend != "python"
     parameters = {"intra_op_threads": options.ort_threads} if backend == "python" and options.ort_threads else {}
-    if engine == "openvino":  # the component model compiles with exactly this hint (never OpenVINO's default)
+    if backend == "openvino":  # Triton's openvino backend: its documented parameters
+        parameters = dict(OPENVINO_BACKEND_PARAMETERS)
+    elif engine == "openvino":  # the component model compiles with exactly this hint (never OpenVINO's default)
         parameters.update({"engine": "openvino", "precision": precision, "openvino_hint": OPENVINO_HINTS[precision]})
     text = _model_config(model_name, backend, ",\n".join(_block(t, reshape) for t in spec.inputs),
                          ",\n".join(_block(t, reshape) for t in spec.outputs), options.component_max_batch,
@@ -299,7 +314,7 @@ def _write_component(folder: Path, model_name: str, component: str, info: Bundle
 def _verification(bundle: Path, engine: str, precisions: Mapping[str, str], backend: str) -> str | None:
     """The verdict of the bundle's verification of what the components run (python backend), or None."""
     if backend != "python":
-        return None  # Triton's own onnxruntime / tensorrt backends: not what a record of ours measured
+        return None  # Triton's own onnxruntime / tensorrt / openvino backends: not what a record of ours measured
     record = find_verification(bundle, engine, precisions)
     return None if record is None else record.verdict_line
 
