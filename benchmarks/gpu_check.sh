@@ -6,7 +6,9 @@
 #   3. build TensorRT engines for both components, fp32 and fp16,
 #   4. compare TensorRT fp32 / fp16 and ONNX Runtime CUDA (I/O binding) with eager CUDA on the
 #      same explicit noise at the paper's setting (steps 500, t_l 0.2: 100 denoiser calls),
-#   5. print images/s at 100 calls, batch 8, for each.
+#   5. print images/s at 100 calls, batch 8, for each,
+#   6. `robustwrap verify` TensorRT fp16 and bf16 engines of the shipped MNIST pair at its calibrated
+#      defense against the fp32 eager defense (1,000 held-out digits, 16 attacked; up to 4 minutes).
 # Prints, never asserts (a benchmark). Usage: bash benchmarks/gpu_check.sh [workdir]
 # Not run in the session that wrote it (no GPU was lent): unverified as a whole.
 set -euo pipefail
@@ -121,4 +123,32 @@ print(f"\nbatch {batch}, {wrapper.plan.denoiser_calls} denoiser calls, explicit 
 print(f"{'engine':34s} {'max |d prob| vs eager':>22s} {'images/s':>10s}")
 for name, gap, rate in rows:
     print(f"{name:34s} {gap:22.2e} {rate:10.2f}")
+PYTHON
+
+# 6. The reduced-precision certificate of TensorRT engines (the shipped pair: real held-out digits ship with
+#    the package). Engines run on the GPU; the fp32 eager defense and the attack on the CPU.
+timeout 240 "$PY" - "$WORK" <<'PYTHON' || echo "verify of the TensorRT engines: stopped (timeout or error above)"
+import sys
+from pathlib import Path
+
+from robustwrap import PurifyConfig, RobustWrapper
+from robustwrap.export import build_bundle_engines, export_bundle, verify_bundle
+from robustwrap.specs import build_classifier, build_diffusion
+from robustwrap.store import calibrated_configs
+
+work = Path(sys.argv[1])
+config = PurifyConfig.load(calibrated_configs("mnist", "mnist")["heterogeneous"])
+eager = RobustWrapper(build_classifier("mnist", num_classes=10, channels=1),
+                      build_diffusion("mnist", channels=1, image_size=28), config, image_size=28)
+for precision in ("fp16", "bf16"):
+    folder = work / f"mnist-trt-{precision}"
+    export_bundle(eager, folder, specs={"classifier": "mnist", "diffusion": "mnist"}, overwrite=True)
+    try:
+        build_bundle_engines(folder, precision=precision, opt_batch=32, max_batch=64)
+        report, written = verify_bundle(folder, engine="tensorrt", n=1000, n_attack=16)
+        print(f"TensorRT {precision}: {report.verdict_line}; record {written}")
+        for check in report.checks:
+            print(f"  {'ok  ' if check.passed else 'FAIL'} {check.line}")
+    except Exception as error:  # a benchmark reports what failed and goes on
+        print(f"TensorRT {precision} verify: skipped ({type(error).__name__}: {error})")
 PYTHON
