@@ -89,7 +89,13 @@ def export_command(
         "`robustwrap serve`)"),
     name: Optional[str] = typer.Option(None, help="the Triton model name (components NAME-classifier, "
                                        "NAME-denoiser); default from the specs, e.g. mnist-mnist"),
-    triton_max_batch: int = typer.Option(8, min=1, help="images per batch of the Triton pipeline model"),
+    triton_max_batch: int = typer.Option(8, min=1, help="images the Triton pipeline runs at once (requests are "
+                                         "batched up to it; larger requests run in chunks of it)"),
+    max_request_batch: int = typer.Option(256, min=1, help="the most images one request to the pipeline may hold"),
+    max_queue_size: int = typer.Option(64, min=1, help="requests the pipeline queues; more are refused at once "
+                                       "(UNAVAILABLE, HTTP 503)"),
+    queue_timeout_ms: int = typer.Option(30_000, min=1, help="ms a request may wait in the queue before it is "
+                                         "refused (UNAVAILABLE)"),
     instances: int = typer.Option(1, min=1, help="Triton pipeline model instances (stub processes)"),
     component_instances: int = typer.Option(1, min=1, help="instances of each Triton component model"),
     overwrite: bool = typer.Option(False, help="replace a bundle (and Triton models) an earlier export wrote; "
@@ -147,7 +153,9 @@ def export_command(
 
             backend = triton_backend.value if triton_backend else ("tensorrt" if built else "onnxruntime")
             options = ServingOptions(max_batch_size=triton_max_batch, component_max_batch=max_batch,
-                                     instances=instances, component_instances=component_instances)
+                                     instances=instances, component_instances=component_instances,
+                                     max_request_batch=max(max_request_batch, triton_max_batch),
+                                     max_queue_size=max_queue_size, queue_timeout_ms=queue_timeout_ms)
             served_by = {"engine": "openvino", "precision": precision.value} if engine is Engine.openvino else {}
             folders = write_triton_bundle(triton_repo, out, component_backend=backend, name=name, options=options,
                                           overwrite=overwrite, **served_by)

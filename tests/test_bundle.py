@@ -352,7 +352,12 @@ def test_triton_repository_configs_parse_and_carry_the_data_files(external_bundl
     classifier = _parse_pbtxt(folders["tiny-classifier"] / "config.pbtxt")
     assert [o.name for o in classifier.output] == ["logits", "stage_0", "stage_1", "stage_2"]
     pipeline = _parse_pbtxt(folders["tiny"] / "config.pbtxt")
-    assert pipeline.backend == "python" and pipeline.max_batch_size == 4 and pipeline.input[1].optional
+    assert pipeline.backend == "python" and pipeline.max_batch_size == 256 and pipeline.input[1].optional
+    assert list(pipeline.dynamic_batching.preferred_batch_size) == [4]  # executions of 4, requests up to 256
+    policy = pipeline.dynamic_batching.default_queue_policy
+    assert (policy.max_queue_size, policy.default_timeout_microseconds, policy.allow_timeout_override) == (
+        64, 30_000_000, True)
+    assert policy.timeout_action == policy.REJECT
     assert list(pipeline.input[1].dims) == [1] and list(pipeline.output[0].dims) == [10]
     assert pipeline.instance_group[0].count == 2 and pipeline.HasField("dynamic_batching")
     for component in ("denoiser", "classifier"):

@@ -116,6 +116,7 @@ def _make_workspace(root: Path) -> None:
     (root / "measured" / "results.csv").write_bytes(b"run,accuracy\n1,0.93\n")
     shutil.copytree(root / "serving", root / "noted-serving")  # a real Triton model the user added a note to
     (root / "noted-serving" / "small" / "my_notes.txt").write_bytes(b"deployed on monday\n")
+    (root / "empty").mkdir()  # an empty folder (`robustwrap serve` refuses it)
     (root / "torn-tune").mkdir()  # a tune folder whose record was cut short
     (root / "torn-tune" / "tune.json").write_text('{"tune": {"calls": 2, "uniform_le')
 
@@ -242,6 +243,9 @@ COMMAND_ROWS = [
                                      "--triton-backend", "openvino"], "--triton-backend openvino serves bf16 only"),
     ("serve-missing-repository", ["serve", "nowhere"], "is not a folder"),
     ("serve-a-file", ["serve", "notes.txt"], "is not a folder"),
+    ("serve-a-bundle", ["serve", "bundle"], "is a bundle, not a Triton model repository: write one from it"),
+    ("serve-users-folder", ["serve", "precious"], "holds no model robustwrap wrote"),
+    ("serve-empty-folder", ["serve", "empty"], "empty is empty: write a defense into it"),
 ]
 
 

@@ -9,11 +9,13 @@ id and the test checks that no process of it (server or Python backend stub) is 
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -64,14 +66,14 @@ def served(tmp_path_factory):
     folder = tmp_path_factory.mktemp("triton")
     repo = folder / "serving"
     _export(folder / "bundle-a", repo, "digits", votes=2)
-    _export(folder / "bundle-b", repo, "digits3", votes=3)
+    _export(folder / "bundle-b", repo, "digits3", 3, "--max-queue-size", "2")  # a short queue, to fill
     openvino = importlib.util.find_spec("openvino") is not None
     if openvino:  # its components run by OpenVINO at bf16 inside the Python backend
         _export(folder / "bundle-c", repo, "digits-bf16", 1, "--engine", "openvino", "--precision", "bf16")
-    port, grpc = _free_port(), _free_port()
+    port, grpc, metrics = _free_port(), _free_port(), _free_port()
     log = open(folder / "serve.log", "w")
     server = subprocess.Popen([*ROBUSTWRAP, "serve", str(repo), "--http-port", str(port), "--grpc-port", str(grpc),
-                               "--timeout", "240"], stdout=log, stderr=subprocess.STDOUT)
+                               "--metrics-port", str(metrics), "--timeout", "240"], stdout=log, stderr=subprocess.STDOUT)
     url = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     ready = False
@@ -87,7 +89,8 @@ def served(tmp_path_factory):
     try:
         assert ready, (folder / "serve.log").read_text()[-3000:]
         yield {"url": url, "repo": repo, "bundles": (folder / "bundle-a", folder / "bundle-b", folder / "bundle-c"),
-               "process": server, "log": folder / "serve.log", "openvino": openvino}
+               "process": server, "log": folder / "serve.log", "openvino": openvino, "metrics": metrics,
+               "folder": folder}
     finally:
         if server.poll() is None:
             server.send_signal(signal.SIGTERM)
@@ -159,6 +162,107 @@ def test_concurrent_requests_equal_sequential_ones(served):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
+def _stats(url: str, model: str) -> dict:
+    with urllib.request.urlopen(f"http://{url}/v2/models/{model}/stats", timeout=10) as response:
+        stats = json.loads(response.read())["model_stats"][0]
+    return {"executions": stats["execution_count"], "inferences": stats["inference_count"]}
+
+
+def _local(served, index=0):
+    return load_bundle(served["bundles"][index])
+
+
+def test_concurrent_requests_run_as_one_batch_and_each_answer_is_its_seeds(served):
+    before = {model: _stats(served["url"], model) for model in ("digits", "digits-denoiser")}
+    requests = [(_images(1, seed=40 + i), np.array([[400 + i]], dtype=np.int64)) for i in range(12)]
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda r: _infer(served["url"], "digits", *r)[0], requests))
+    after = {model: _stats(served["url"], model) for model in ("digits", "digits-denoiser")}
+    pipeline = {key: after["digits"][key] - before["digits"][key] for key in ("executions", "inferences")}
+    assert pipeline["inferences"] == 12 and pipeline["executions"] < 12, pipeline  # requests batched together
+    denoiser_calls = after["digits-denoiser"]["executions"] - before["digits-denoiser"]["executions"]
+    assert denoiser_calls < 12 * _local(served).plan.denoiser_calls, denoiser_calls
+    local = _local(served)
+    with torch.no_grad():
+        for (images, seeds), got in zip(requests, answers):
+            want = local(torch.from_numpy(images), seeds=torch.from_numpy(seeds[:, 0])).numpy()
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def test_a_request_larger_than_the_pipeline_batch_runs_in_chunks(served):
+    images, seeds = _images(19, seed=8), np.arange(19, dtype=np.int64).reshape(-1, 1) + 50  # --triton-max-batch 8
+    probabilities, labels = _infer(served["url"], "digits", images, seeds)
+    with torch.no_grad():
+        want = _local(served)(torch.from_numpy(images), seeds=torch.from_numpy(seeds[:, 0])).numpy()
+    assert probabilities.shape == (19, 10) and labels.shape == (19, 1)
+    np.testing.assert_allclose(probabilities, want, rtol=0, atol=1e-6)
+
+
+def test_a_request_without_images_is_400_naming_the_input(served):
+    client = http.InferenceServerClient(served["url"], network_timeout=60.0)
+    seed = http.InferInput("seed", [1, 1], "INT64")
+    seed.set_data_from_numpy(np.array([[3]], dtype=np.int64))
+    with pytest.raises(InferenceServerException) as raised:
+        client.infer("digits", [seed])
+    assert raised.value.status() == "400" and "images" in raised.value.message(), raised.value.message()
+
+
+def test_a_full_queue_refuses_at_once(served):
+    """digits3 queues at most 2 requests: of 24 sent at once, some are refused (503) and the rest answered."""
+    def attempt(i):
+        try:
+            _infer(served["url"], "digits3", _images(2, seed=i), np.array([[i], [i + 1]], dtype=np.int64))
+            return "ok"
+        except InferenceServerException as error:
+            return f"{error.status()} {error.message()}"
+
+    with ThreadPoolExecutor(24) as pool:
+        outcomes = list(pool.map(attempt, range(24)))
+    refused = [o for o in outcomes if o != "ok"]
+    assert refused and "ok" in outcomes, outcomes
+    assert all(o.startswith("503") and "queue" in o for o in refused), refused
+
+
+def test_metrics_show_queue_time_and_executions(served):
+    with urllib.request.urlopen(f"http://127.0.0.1:{served['metrics']}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    assert 'nv_inference_queue_duration_us{model="digits",version="1"}' in text
+    assert 'nv_inference_exec_count{model="digits",version="1"}' in text
+    assert 'nv_inference_request_failure{model="digits3",reason="REJECTED",version="1"}' in text or \
+        'nv_inference_request_failure{model="digits3"' in text
+
+
+def test_a_killed_stub_is_reloaded_and_not_ready_meanwhile(served):
+    url = served["url"]
+    stub = _processes_mentioning(f"{served['repo']}/digits/1/model.py")
+    assert len(stub) == 1, stub
+    os.kill(stub[0], signal.SIGKILL)
+    start = time.monotonic()
+    states, deadline = [], start + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=2) as response:
+                state = response.status
+        except urllib.error.HTTPError as error:
+            state = error.code
+        except OSError:
+            state = "down"
+        if not states or states[-1] != state:
+            states.append(state)
+        if state == 200 and len(states) > 2:
+            break
+        time.sleep(0.1)
+    recovery = time.monotonic() - start
+    assert states[-1] == 200 and (400 in states or 503 in states), states  # not ready while broken, ready after
+    assert recovery < 60, recovery
+    images, seeds = _images(2, seed=9), np.array([[9], [10]], dtype=np.int64)
+    got, _ = _infer(url, "digits", images, seeds)
+    with torch.no_grad():
+        want = _local(served)(torch.from_numpy(images), seeds=torch.from_numpy(seeds[:, 0])).numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    assert "digits: a stub died; reloaded in" in served["log"].read_text()
+
+
 def test_two_defenses_in_one_repository_both_answer(served):
     images, seeds = _images(2, seed=3), np.array([[1], [2]], dtype=np.int64)
     two, _ = _infer(served["url"], "digits", images, seeds)
@@ -213,3 +317,36 @@ def test_every_model_is_ready_and_nothing_is_left_after_sigterm(served):
         time.sleep(0.5)
     assert _processes_mentioning(repo) == [], json.dumps(_processes_mentioning(repo))
     assert "stopped" in served["log"].read_text()
+
+
+def test_a_busy_port_is_one_line_naming_it(served):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run([*ROBUSTWRAP, "serve", str(served["repo"]), "--http-port", str(port), "--grpc-port", "0"],
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "Traceback" not in done.stderr + done.stdout
+    assert f"port {port} on 127.0.0.1 is in use" in done.stderr + done.stdout, done.stderr + done.stdout
+
+
+def test_no_process_outlives_a_sigkilled_serve(served, tmp_path):
+    repo = tmp_path / "one"
+    repo.mkdir()
+    for model in ("digits", "digits-classifier", "digits-denoiser"):
+        shutil.copytree(served["repo"] / model, repo / model)
+    port = _free_port()
+    with open(tmp_path / "serve.log", "w") as log:
+        server = subprocess.Popen([*ROBUSTWRAP, "serve", str(repo), "--http-port", str(port), "--grpc-port", "0",
+                                   "--timeout", "240"], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and "Ctrl-C" not in (tmp_path / "serve.log").read_text():
+        assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+        time.sleep(0.5)
+    assert len(_processes_mentioning(str(repo))) >= 4  # the server and its three stubs
+    server.kill()
+    server.wait(10)
+    deadline = time.monotonic() + 30
+    while _processes_mentioning(str(repo)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _processes_mentioning(str(repo)) == [], "left running after SIGKILL of robustwrap serve"

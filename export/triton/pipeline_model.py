@@ -16,9 +16,12 @@ Outputs:
     probabilities: (B, K) float32, mean over the votes.
     labels: (B, 1) int64, by the configured vote rule.
 
-A client mistake (values outside [0, 1], NaN, an empty batch, a bad seed) is answered with an
-``INVALID_ARG`` error (HTTP 400) naming it; anything else with an ``INTERNAL`` error (HTTP 500)
-naming the exception; the stub never dies on a request.
+The requests of one execution (Triton's dynamic batcher groups them) run as one batch, in chunks of
+``execution_batch`` images, and are split back: each image's answer is its seed's, whatever else
+was batched with it. A client mistake (no ``images``, values outside [0, 1], NaN, an empty batch, a
+bad seed) is answered with an ``INVALID_ARG`` error (HTTP 400) naming it, that request alone;
+anything else with an ``INTERNAL`` error (HTTP 500) naming the exception; the stub never dies on a
+request.
 """
 
 import json
@@ -102,25 +105,70 @@ class TritonPythonModel:
         denoiser = BlsRunner(serving["denoiser_model"], components["denoiser"].input_names,
                              components["denoiser"].output_names, serving["component_max_batch"])
         self.wrapper = wrapper_over_runners(info, classifier, denoiser, serving.get("config_overrides"))
+        self.execution_batch = int(serving.get("execution_batch") or 8)
 
     def execute(self, requests):
-        return [self.answer(request) for request in requests]
+        """Answer one execution's requests as one batch (exact: every image's noise is its own seed's).
 
-    def answer(self, request):
-        """One request's response; errors become INVALID_ARG (client mistakes) or INTERNAL."""
-        try:
-            images = torch.from_numpy(pb_utils.get_input_tensor_by_name(request, "images").as_numpy().copy())
-            self.wrapper.validate(images)
-            seeds = read_seeds(request, images.shape[0])
-            with torch.no_grad():
-                probs = self.wrapper.vote_probabilities(images, seeds=seeds)
-            labels = vote_labels(probs, self.wrapper.config.vote).reshape(-1, 1)
-            outputs = [pb_utils.Tensor("probabilities", probs.mean(0).float().numpy()),
-                       pb_utils.Tensor("labels", labels.numpy().astype("int64"))]
-            return pb_utils.InferenceResponse(output_tensors=outputs)
-        except (ValueError, TypeError) as error:
-            return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
-                str(error), pb_utils.TritonError.INVALID_ARG))
-        except Exception as error:  # never a dead stub: report it and keep serving
-            return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
-                f"robustwrap pipeline failed: {type(error).__name__}: {error}", pb_utils.TritonError.INTERNAL))
+        Each request is read and checked alone (a client mistake is that request's 400); the valid
+        ones are concatenated, run in chunks of ``execution_batch`` images, and split back. A
+        request whose client has gone (Triton's cancellation) is not computed.
+        """
+        responses = [None] * len(requests)
+        accepted = []  # (position, images, seeds)
+        for position, request in enumerate(requests):
+            if cancelled(request):
+                responses[position] = error_response("the request was cancelled", "CANCELLED")
+                continue
+            try:
+                images = read_images(request)
+                self.wrapper.validate(images)
+                accepted.append((position, images, read_seeds(request, images.shape[0])))
+            except (ValueError, TypeError) as error:
+                responses[position] = error_response(str(error), "INVALID_ARG")
+        if accepted:
+            try:
+                probs = self.vote_probabilities(torch.cat([images for _, images, _ in accepted]),
+                                                torch.cat([seeds for _, _, seeds in accepted]))
+                labels = vote_labels(probs, self.wrapper.config.vote).reshape(-1, 1)
+                mean = probs.mean(0).float()
+                start = 0
+                for position, images, _ in accepted:
+                    stop = start + images.shape[0]
+                    outputs = [pb_utils.Tensor("probabilities", mean[start:stop].numpy()),
+                               pb_utils.Tensor("labels", labels[start:stop].numpy().astype("int64"))]
+                    responses[position] = pb_utils.InferenceResponse(output_tensors=outputs)
+                    start = stop
+            except Exception as error:  # never a dead stub: report it and keep serving
+                message = f"robustwrap pipeline failed: {type(error).__name__}: {error}"
+                for position, _, _ in accepted:
+                    responses[position] = error_response(message, "INTERNAL")
+        return responses
+
+    def vote_probabilities(self, images, seeds):
+        """(S, B, K) for B images, ``execution_batch`` images at a time (per-image seeds: the split is exact)."""
+        with torch.no_grad():
+            parts = [self.wrapper.vote_probabilities(images[i:i + self.execution_batch],
+                                                     seeds=seeds[i:i + self.execution_batch])
+                     for i in range(0, images.shape[0], self.execution_batch)]
+        return torch.cat(parts, dim=1)
+
+
+def read_images(request):
+    """The request's (B, C, H, W) images; ValueError naming the missing input."""
+    images = pb_utils.get_input_tensor_by_name(request, "images")
+    if images is None:
+        raise ValueError("the request has no 'images' input: send images (B, C, H, W) float32 in [0, 1]")
+    return torch.from_numpy(images.as_numpy().copy())
+
+
+def cancelled(request):
+    """Whether Triton knows the request's client has gone (Python backend 23.10 and later)."""
+    check = getattr(request, "is_cancelled", None)
+    return bool(check()) if check is not None else False
+
+
+def error_response(message, code):
+    """An error response: INVALID_ARG (HTTP 400), CANCELLED or INTERNAL (HTTP 500)."""
+    kind = getattr(pb_utils.TritonError, code, pb_utils.TritonError.INTERNAL)
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, kind))

@@ -35,7 +35,7 @@ from ..engines import PrecisionArg, describe_precision, is_reduced, resolve_prec
 from ..engines.adapters import resolve_config
 from ..engines.openvino import HINTS as OPENVINO_HINTS
 from ..engines.tensorrt import engine_path
-from ..format import CLASSIFIER, DENOISER, BundleInfo, TensorSpec
+from ..format import BUNDLE_LAYOUT, CLASSIFIER, DENOISER, BundleInfo, TensorSpec
 from ..onnx_export import graph_files
 from ..verification import find_verification
 from .environment import NUMPY_REQUIREMENT
@@ -55,7 +55,13 @@ class ServingOptions:
     """How the repository serves (every field has a default a CPU host can start with).
 
     Attributes:
-        max_batch_size: images per pipeline batch (Triton's dynamic batcher stacks requests up to it).
+        max_batch_size: images the pipeline runs at once (Triton's dynamic batcher prefers executions of
+            this size; an execution or a request with more images runs in chunks of it).
+        max_request_batch: the most images one request (or one execution) may hold; larger ones get 400.
+        max_queue_size: requests waiting in the pipeline's queue beyond which new ones are refused at
+            once (UNAVAILABLE, HTTP 503) instead of waiting without bound.
+        queue_timeout_ms: how long a request may wait in the queue before it is refused (UNAVAILABLE);
+            a client may ask for less (Triton's per-request timeout).
         component_max_batch: rows per component call (the denoiser sees images x votes rows;
             larger calls are split); TensorRT engine profiles must cover it.
         instances: pipeline model instances (each a stub process running the torch loop).
@@ -67,6 +73,9 @@ class ServingOptions:
     """
 
     max_batch_size: int = 8
+    max_request_batch: int = 256
+    max_queue_size: int = 64
+    queue_timeout_ms: int = 30_000
     component_max_batch: int = 64
     instances: int = 1
     component_instances: int = 1
@@ -76,7 +85,8 @@ class ServingOptions:
     ort_threads: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "component_max_batch", "instances", "component_instances"):
+        for name in ("max_batch_size", "max_request_batch", "max_queue_size", "queue_timeout_ms",
+                     "component_max_batch", "instances", "component_instances"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -87,6 +97,9 @@ class ServingOptions:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
+        if self.max_request_batch < self.max_batch_size:
+            raise ValueError(f"max_request_batch ({self.max_request_batch}) must be at least max_batch_size "
+                             f"({self.max_batch_size})")
         if self.instance_kind not in ("KIND_CPU", "KIND_GPU"):
             raise ValueError(f"instance_kind must be 'KIND_CPU' or 'KIND_GPU', got {self.instance_kind!r}")
 
@@ -139,6 +152,29 @@ def is_triton_model(path: Path) -> bool:
     return MODEL_LAYOUT.holds(path)
 
 
+def check_servable(repository: str | os.PathLike) -> list[str]:
+    """The models robustwrap wrote in a repository (its own models beside them are fine).
+
+    Raises:
+        ValueError: not a folder, or a folder with no model robustwrap wrote, saying what it looks like
+            (a bundle: the likely ``--out`` / ``--triton-repo`` mix-up).
+    """
+    root = Path(repository)
+    if not root.is_dir():
+        raise ValueError(f"{repository} is not a folder: pass a Triton model repository "
+                         "(robustwrap export --triton-repo DIR writes one)")
+    ours = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and MODEL_LAYOUT.holds(entry))
+    if ours:
+        return ours
+    if BUNDLE_LAYOUT.holds(root):
+        raise ValueError(f"{repository} is a bundle, not a Triton model repository: write one from it with "
+                         f"robustwrap export --out {repository} --triton-repo DIR --triton-backend python "
+                         "--overwrite, then serve DIR")
+    what = "is empty" if not any(root.iterdir()) else "holds no model robustwrap wrote"
+    raise ValueError(f"{repository} {what}: write a defense into it with robustwrap export --triton-repo "
+                     f"{repository} --triton-backend python")
+
+
 def model_names(name: str) -> dict[str, str]:
     """The three model names of a defense: its classifier, its denoiser and the pipeline."""
     check_name(name)
@@ -176,14 +212,14 @@ def _block(tensor: TensorSpec, reshape_scalar: bool) -> str:
 
 
 def _model_config(name: str, backend: str, inputs: str, outputs: str, max_batch: int, instances: int, kind: str,
-                  delay_us: int, parameters: Mapping[str, Any] | None = None) -> str:
+                  delay_us: int, parameters: Mapping[str, Any] | None = None, batching: str = "") -> str:
     platform_line = {"onnxruntime": 'backend: "onnxruntime"', "tensorrt": 'platform: "tensorrt_plan"',
                      "python": 'backend: "python"',
                      "openvino": 'backend: "openvino"\ndefault_model_filename: "model.onnx"'}[backend]
     text = (f'name: "{name}"\n{platform_line}\nmax_batch_size: {max_batch}\n'
             f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\n"
             f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]\n"
-            f"dynamic_batching {{\n  max_queue_delay_microseconds: {delay_us}\n}}\n")
+            f"dynamic_batching {{\n  max_queue_delay_microseconds: {delay_us}\n{batching}}}\n")
     for key, value in (parameters or {}).items():
         text += f'parameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}\n'
     return text
@@ -344,6 +380,7 @@ def _write_pipeline(folder: Path, names: Mapping[str, str], info: BundleInfo, op
         "classifier_model": names[CLASSIFIER],
         "denoiser_model": names[DENOISER],
         "component_max_batch": options.component_max_batch,
+        "execution_batch": options.max_batch_size,
         "config_overrides": dict(config_overrides) if config_overrides else None,
         "torch_threads": options.torch_threads,
         **served,  # engine, precisions, verified: the verdict of the bundle's record of them, or None
@@ -354,8 +391,12 @@ def _write_pipeline(folder: Path, names: Mapping[str, str], info: BundleInfo, op
     images = TensorSpec("images", ("N", info.channels, *info.image_size))
     seed = '  {\n    name: "seed"\n    data_type: TYPE_INT64\n    dims: [ 1 ]\n    optional: true\n  }'
     outputs = [TensorSpec("probabilities", ("N", info.num_classes)), TensorSpec("labels", ("N", 1), "int64")]
+    batching = (f"  preferred_batch_size: [ {options.max_batch_size} ]\n"
+                "  default_queue_policy {\n    timeout_action: REJECT\n"
+                f"    default_timeout_microseconds: {options.queue_timeout_ms * 1000}\n"
+                f"    allow_timeout_override: true\n    max_queue_size: {options.max_queue_size}\n  }}\n")
     text = _model_config(names["pipeline"], "python", f"{_block(images, False)},\n{seed}",
-                         ",\n".join(_block(t, False) for t in outputs), options.max_batch_size, options.instances,
-                         "KIND_CPU", options.max_queue_delay_us)
+                         ",\n".join(_block(t, False) for t in outputs), options.max_request_batch, options.instances,
+                         "KIND_CPU", options.max_queue_delay_us, batching=batching)
     (folder / "config.pbtxt").write_text(text)
     _marker(folder, "pipeline", info, "python")
