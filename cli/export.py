@@ -45,6 +45,7 @@ class TritonBackend(str, Enum):
     tensorrt = "tensorrt"
     python = "python"
     openvino = "openvino"
+    inline = "inline"
 
 
 def export_command(
@@ -84,9 +85,10 @@ def export_command(
                                                "repository (other models in it stay)"),
     triton_backend: Optional[TritonBackend] = typer.Option(
         None, help="how Triton runs the two networks: onnxruntime (NVIDIA's containers), tensorrt (the engines; the "
-        "default with --engine trt), openvino (Triton's openvino backend, --engine openvino --precision bf16 only) "
-        "or python (ONNX Runtime, or OpenVINO with --engine openvino, in the Python backend: PyTriton's server, "
-        "`robustwrap serve`)"),
+        "default with --engine trt), openvino (Triton's openvino backend, --engine openvino --precision bf16 only), "
+        "python (ONNX Runtime, or OpenVINO with --engine openvino, in the Python backend: PyTriton's server, "
+        "`robustwrap serve`) or inline (no component models: the pipeline runs the bundle itself with --engine "
+        "onnx, openvino or aoti; no BLS round trip per network call)"),
     name: Optional[str] = typer.Option(None, help="the Triton model name (components NAME-classifier, "
                                        "NAME-denoiser); default from the specs, e.g. mnist-mnist"),
     triton_max_batch: int = typer.Option(8, min=1, help="images the Triton pipeline runs at once (requests are "
@@ -156,7 +158,8 @@ def export_command(
                                      instances=instances, component_instances=component_instances,
                                      max_request_batch=max(max_request_batch, triton_max_batch),
                                      max_queue_size=max_queue_size, queue_timeout_ms=queue_timeout_ms)
-            served_by = {"engine": "openvino", "precision": precision.value} if engine is Engine.openvino else {}
+            served_by = {"engine": VERIFIED_ENGINE[engine.value], "precision": chosen} \
+                if engine is Engine.openvino or backend == "inline" else {}
             folders = write_triton_bundle(triton_repo, out, component_backend=backend, name=name, options=options,
                                           overwrite=overwrite, **served_by)
             summary.add_row(f"triton models ({backend} components)", ", ".join(str(f) for f in folders.values()))

@@ -421,6 +421,12 @@ def _library_rows():
          "has no AOTInductor package for the classifier at bf16"),
         ("export-aoti-int8", lambda: export_into("b", aoti=("int8",)), ValueError,
          "aoti must be a bool or distinct precisions of ['fp32', 'bf16'], got ('int8',)"),
+        ("triton-inline-tensorrt", lambda: write_triton_bundle("t", "bundle", component_backend="inline",
+                                                                engine="tensorrt"), ValueError,
+         "inline components run ['onnxruntime', 'openvino', 'aoti'], got engine 'tensorrt'"),
+        ("triton-inline-aoti-not-exported", lambda: write_triton_bundle("t", "bundle", component_backend="inline",
+                                                                         engine="aoti"), ValueError,
+         "has no ['aoti'] AOTInductor packages"),
         ("compile-at-fp16", lambda: compile_networks(RobustWrapper(tiny_classifier(), tiny_unet()), precision="fp16"),
          ValueError, "compile_networks runs at ['fp32', 'bf16'], got precision 'fp16'"),
     ]
@@ -439,7 +445,7 @@ LIBRARY_IDS = ["config-nan-eta", "config-inf-p", "config-nan-t-l", "config-fract
                "diffusion-returns-wrong-shape", "classifier-returns-a-tuple", "classifier-returns-a-dict",
                "classifier-returns-nan", "classifier-3-logits-for-10-classes", "images-without-data",
                "pickle-calls-os-system", "export-racing-another-run", "bundle-aoti-bf16-not-exported",
-               "export-aoti-int8", "compile-at-fp16"]
+               "export-aoti-int8", "compile-at-fp16", "triton-inline-tensorrt", "triton-inline-aoti-not-exported"]
 
 
 @pytest.mark.parametrize("row", LIBRARY_IDS)

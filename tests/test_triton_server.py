@@ -67,6 +67,7 @@ def served(tmp_path_factory):
     repo = folder / "serving"
     _export(folder / "bundle-a", repo, "digits", votes=2)
     _export(folder / "bundle-b", repo, "digits3", 3, "--max-queue-size", "2")  # a short queue, to fill
+    _export(folder / "bundle-d", repo, "digits-inline", 2, "--triton-backend", "inline")  # no component models
     openvino = importlib.util.find_spec("openvino") is not None
     if openvino:  # its components run by OpenVINO at bf16 inside the Python backend
         _export(folder / "bundle-c", repo, "digits-bf16", 1, "--engine", "openvino", "--precision", "bf16")
@@ -88,7 +89,8 @@ def served(tmp_path_factory):
         time.sleep(1)
     try:
         assert ready, (folder / "serve.log").read_text()[-3000:]
-        yield {"url": url, "repo": repo, "bundles": (folder / "bundle-a", folder / "bundle-b", folder / "bundle-c"),
+        yield {"url": url, "repo": repo, "bundles": (folder / "bundle-a", folder / "bundle-b", folder / "bundle-c",
+                                                   folder / "bundle-d"),
                "process": server, "log": folder / "serve.log", "openvino": openvino, "metrics": metrics,
                "folder": folder}
     finally:
@@ -187,6 +189,21 @@ def test_concurrent_requests_run_as_one_batch_and_each_answer_is_its_seeds(serve
         for (images, seeds), got in zip(requests, answers):
             want = local(torch.from_numpy(images), seeds=torch.from_numpy(seeds[:, 0])).numpy()
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def test_inline_components_serve_what_load_bundle_computes_in_batches(served):
+    before = _stats(served["url"], "digits-inline")
+    requests = [(_images(2, seed=60 + i), np.array([[600 + i], [700 + i]], dtype=np.int64)) for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda r: _infer(served["url"], "digits-inline", *r)[0], requests))
+    after = _stats(served["url"], "digits-inline")
+    assert after["inferences"] - before["inferences"] == 16 and after["executions"] - before["executions"] < 8
+    local = _local(served, 3)
+    with torch.no_grad():
+        for (images, seeds), got in zip(requests, answers):
+            want = local(torch.from_numpy(images), seeds=torch.from_numpy(seeds[:, 0])).numpy()
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    assert "digits-inline v1: READY (onnxruntime fp32: NOT verified" in served["log"].read_text()
 
 
 def test_a_request_larger_than_the_pipeline_batch_runs_in_chunks(served):
@@ -304,7 +321,8 @@ def test_every_model_is_ready_and_nothing_is_left_after_sigterm(served):
     client = http.InferenceServerClient(served["url"])
     index = {m["name"]: m.get("state") for m in client.get_model_repository_index()}
     defenses = ("digits", "digits3", *(("digits-bf16",) if served["openvino"] else ()))
-    assert index == {f"{name}{part}": "READY" for name in defenses for part in ("", "-classifier", "-denoiser")}
+    assert index == {**{f"{name}{part}": "READY" for name in defenses for part in ("", "-classifier", "-denoiser")},
+                     "digits-inline": "READY"}
     said = served["log"].read_text()  # robustwrap serve says how each pipeline runs and whether that was verified
     assert "digits v1: READY (onnxruntime fp32: NOT verified: robustwrap verify BUNDLE" in said
     assert not served["openvino"] or "digits-bf16 v1: READY (openvino bf16: NOT verified (a reduced precision!)" in said

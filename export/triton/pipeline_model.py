@@ -5,7 +5,9 @@ Triton's Python backend stub, whose interpreter must have torch, robustwrap and 
 (see ``robustwrap serve`` and the README's deployment section). The purification loop, the noise,
 the mask and the vote run here, in robustwrap's own code
 (:func:`robustwrap.export.engines.adapters.wrapper_over_runners`); the two networks are the
-repository's classifier and denoiser models, called through BLS.
+repository's classifier and denoiser models, called through BLS, or, with inline components
+(``serving.json``'s ``inline``), the bundle copied beside this file, run by ``load_bundle`` in
+this process.
 
 Inputs (batch first, ``max_batch_size`` > 0):
     images: (B, C, H, W) float32 in [0, 1].
@@ -97,15 +99,25 @@ class TritonPythonModel:
         with open(os.path.join(folder, "bundle.json")) as file:
             info = BundleInfo.from_dict(json.load(file), folder=folder, check_files=False)
         threads = serving.get("torch_threads")
-        if threads:
-            torch.set_num_threads(int(threads))  # this process only: the stub runs one model instance
+        inline = serving.get("inline")
+        if threads or inline:  # this process only: the stub runs one model instance
+            torch.set_num_threads(int(threads or 1))  # inline: the loop's own tensor work is small
+        self.execution_batch = int(serving.get("execution_batch") or 8)
+        if inline:  # the pipeline runs the bundle's engines itself: no component models, no BLS round trips
+            from robustwrap.cpus import available_cpus
+            from robustwrap.export import load_bundle
+
+            engine_threads = inline.get("threads") or max(1, available_cpus() // int(serving.get("instances") or 1))
+            self.wrapper = load_bundle(os.path.join(folder, "bundle"), inline["engine"], "cpu",
+                                       serving.get("config_overrides"), precision=inline["precisions"],
+                                       threads=engine_threads if inline["engine"] != "aoti" else None)
+            return
         components = info.components
         classifier = BlsRunner(serving["classifier_model"], components["classifier"].input_names,
                                components["classifier"].output_names, serving["component_max_batch"])
         denoiser = BlsRunner(serving["denoiser_model"], components["denoiser"].input_names,
                              components["denoiser"].output_names, serving["component_max_batch"])
         self.wrapper = wrapper_over_runners(info, classifier, denoiser, serving.get("config_overrides"))
-        self.execution_batch = int(serving.get("execution_batch") or 8)
 
     def execute(self, requests):
         """Answer one execution's requests as one batch (exact: every image's noise is its own seed's).

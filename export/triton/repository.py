@@ -8,6 +8,8 @@ Layout written (Triton's convention), for a defense named NAME::
                                        1/model.onnx        (openvino backend, bf16: NVIDIA's CPU containers)
     REPO/NAME-denoiser/...             the same for the denoiser
     REPO/NAME/config.pbtxt, 1/model.py, 1/bundle.json, 1/serving.json    the pipeline (Python, BLS)
+    REPO/NAME/... + 1/bundle/           inline components: the pipeline runs the bundle itself (no
+                                        component models, no BLS round trips; CPU hosts)
 
 Every model folder also holds ``robustwrap.json`` (what wrote it, and every file it wrote): a
 folder without it, or with any file it does not list (the Python backend's ``__pycache__``
@@ -28,20 +30,21 @@ from typing import Any, Literal, Mapping
 import torch
 
 import robustwrap
-from robustwrap.outputs import (Layout, check_output, dumps_strict, loads_strict, only_files, replace_folder,
-                                temporary_beside, tidy_leftovers)
+from robustwrap.outputs import (Layout, check_output, dumps_strict, loads_strict, only_files, remove_ours,
+                                replace_folder, temporary_beside, tidy_leftovers)
 
 from ..engines import PrecisionArg, describe_precision, is_reduced, resolve_precision
 from ..engines.adapters import resolve_config
 from ..engines.openvino import HINTS as OPENVINO_HINTS
 from ..engines.tensorrt import engine_path
-from ..format import BUNDLE_LAYOUT, CLASSIFIER, DENOISER, BundleInfo, TensorSpec
+from ..format import BUNDLE_LAYOUT, CLASSIFIER, DENOISER, VERIFIED, BundleInfo, TensorSpec, package_key
 from ..onnx_export import graph_files
 from ..verification import find_verification
 from .environment import NUMPY_REQUIREMENT
 
-ComponentBackend = Literal["onnxruntime", "tensorrt", "python", "openvino"]
-COMPONENT_BACKENDS = ("onnxruntime", "tensorrt", "python", "openvino")
+ComponentBackend = Literal["onnxruntime", "tensorrt", "python", "openvino", "inline"]
+COMPONENT_BACKENDS = ("onnxruntime", "tensorrt", "python", "openvino", "inline")
+INLINE_ENGINES = ("onnxruntime", "openvino", "aoti")  # what an inline pipeline runs (CPU hosts)
 # Triton's openvino backend takes the precision hint only as HINT_BF16 = YES: it cannot pin fp32 (on AMX CPUs
 # OpenVINO's default is bf16), so it serves bf16 only; the python backend pins any precision.
 OPENVINO_BACKEND_PARAMETERS = {"HINT_BF16": "YES", "PERFORMANCE_HINT": "LATENCY"}
@@ -68,8 +71,11 @@ class ServingOptions:
         component_instances: instances of each component model.
         max_queue_delay_us: how long the dynamic batchers wait to fill a batch.
         instance_kind: "KIND_CPU" or "KIND_GPU" (component models; the pipeline runs on the CPU).
-        torch_threads: torch intra-op threads in each pipeline stub (None: torch's default).
-        ort_threads: ONNX Runtime intra-op threads in each python-backend component (None: default).
+        torch_threads: torch intra-op threads in each pipeline stub (None: torch's default; 1 with inline
+            components, where the engines do the heavy work).
+        ort_threads: ONNX Runtime intra-op threads in each python-backend component, or the engine's
+            threads in each inline pipeline (None: ONNX Runtime's default; inline: the CPUs the server
+            may use, :func:`robustwrap.cpus.available_cpus`, divided by ``instances``).
     """
 
     max_batch_size: int = 8
@@ -248,14 +254,18 @@ def write_triton_bundle(
             (ONNX Runtime or OpenVINO inside the Python backend: for Triton builds without the onnxruntime
             backend, such as PyTriton's server on a CPU host) or "openvino" (Triton's openvino
             backend, in NVIDIA's containers, at ``precision="bf16"`` only: its one precision
-            parameter, ``HINT_BF16``, cannot pin fp32, which on AMX CPUs OpenVINO's default is not).
+            parameter, ``HINT_BF16``, cannot pin fp32, which on AMX CPUs OpenVINO's default is not),
+            or "inline": no component models; the pipeline stub runs the bundle itself
+            (``load_bundle(engine=, precision=)``: ONNX Runtime, OpenVINO or AOT packages), with
+            no BLS round trip per denoiser call (CPU hosts; its threads default to the CPUs the
+            server may use divided by the pipeline instances).
         name: the defense's model name (components are NAME-classifier, NAME-denoiser); default
             from the bundle's specs (:func:`default_name`).
         options: batch sizes, instances, threads (:class:`ServingOptions`).
         config_overrides: PurifyConfig fields the served model uses instead of the saved ones.
         overwrite: replace this defense's model folders written earlier (never anything else).
-        engine, precision: with ``component_backend="python"``, what runs each network inside the
-            Python backend: ONNX Runtime (fp32), or OpenVINO at ``precision`` ("fp32", "bf16",
+        engine, precision: with ``component_backend="python"`` or ``"inline"``, what runs each network
+            (inline: also "aoti"): ONNX Runtime (fp32), or OpenVINO at ``precision`` ("fp32", "bf16",
             "int8" — the bundle's int8 models — for both networks or per network, as in
             ``load_bundle``). Verify a reduced precision first (``robustwrap verify``).
 
@@ -271,9 +281,12 @@ def write_triton_bundle(
     resolve_config(info, config_overrides)  # bad overrides fail here, not in the server
     name = check_name(name) if name is not None else default_name(info.specs)
     names = model_names(name)
-    if engine not in ("onnxruntime", "openvino") or (engine != "onnxruntime"
-                                                     and component_backend not in ("python", "openvino")):
-        raise ValueError(f"engine {engine!r} runs inside the python component backend only (onnxruntime or openvino)")
+    if component_backend == "inline":
+        if engine not in INLINE_ENGINES:
+            raise ValueError(f"inline components run {list(INLINE_ENGINES)}, got engine {engine!r}")
+    elif engine not in ("onnxruntime", "openvino") or (engine != "onnxruntime"
+                                                       and component_backend not in ("python", "openvino")):
+        raise ValueError(f"engine {engine!r} runs inside the python or inline component backends only")
     engine = "openvino" if component_backend == "openvino" else engine
     precisions = resolve_precision(engine, precision)
     if component_backend == "openvino" and set(precisions.values()) != {"bf16"}:
@@ -283,6 +296,10 @@ def write_triton_bundle(
     if "int8" in precisions.values() and "openvino-int8" not in info.packages:
         raise ValueError(f"{source} has no int8 models: quantise them first (robustwrap.export.quantize_bundle or "
                          "`robustwrap export --engine openvino --precision int8`)")
+    missing_packages = sorted({package_key("aoti", p) for p in precisions.values()} - set(info.packages))
+    if engine == "aoti" and missing_packages:
+        raise ValueError(f"{source} has no {missing_packages} AOTInductor packages: export them with --engine aoti "
+                         "(--precision bf16 for bf16)")
     if component_backend == "tensorrt":
         missing = [str(engine_path(source, c)) for c in (CLASSIFIER, DENOISER) if not engine_path(source, c).is_file()]
         if missing:
@@ -294,19 +311,27 @@ def write_triton_bundle(
 
     work = temporary_beside(root)
     try:
-        for component in (CLASSIFIER, DENOISER):
+        components = () if component_backend == "inline" else (CLASSIFIER, DENOISER)
+        for component in components:
             _write_component(work / names[component], names[component], component, info, source, component_backend,
                              options, engine, precisions[component])
-        backend_engine = engine if component_backend in ("python", "openvino") else component_backend
+        backend_engine = engine if component_backend in ("python", "openvino", "inline") else component_backend
         served_by = {"engine": backend_engine, "precisions": resolve_precision(backend_engine, None)
                      if component_backend == "tensorrt" else precisions,  # TensorRT's: as its engines were built
                      "verified": _verification(source, engine, precisions, component_backend)}
+        if component_backend == "inline":
+            served_by["inline"] = {"engine": engine, "precisions": precisions, "threads": options.ort_threads}
+            shutil.copytree(source, work / name / "1" / "bundle", ignore=shutil.ignore_patterns(VERIFIED))
         _write_pipeline(work / name, names, info, options, config_overrides, served_by)
-        for model in names.values():
+        written = [names["pipeline"], *(names[c] for c in components)]
+        for model in written:
             replace_folder(work / model, root / model, replacing=replacing[model], layout=MODEL_LAYOUT)
+        for model in set(names.values()) - set(written):  # an earlier export's component models of this defense
+            if replacing[model]:
+                remove_ours(root / model, layout=MODEL_LAYOUT)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {model: root / model for model in names.values()}
+    return {model: root / model for model in written}
 
 
 def _marker(folder: Path, role: str, info: BundleInfo, backend: str) -> None:
@@ -349,7 +374,7 @@ def _write_component(folder: Path, model_name: str, component: str, info: Bundle
 
 def _verification(bundle: Path, engine: str, precisions: Mapping[str, str], backend: str) -> str | None:
     """The verdict of the bundle's verification of what the components run (python backend), or None."""
-    if backend != "python":
+    if backend not in ("python", "inline"):
         return None  # Triton's own onnxruntime / tensorrt / openvino backends: not what a record of ours measured
     record = find_verification(bundle, engine, precisions)
     return None if record is None else record.verdict_line
@@ -373,7 +398,7 @@ def served_by(model_folder: str | os.PathLike) -> str | None:
 def _write_pipeline(folder: Path, names: Mapping[str, str], info: BundleInfo, options: ServingOptions,
                     config_overrides: Mapping[str, Any] | None, served: Mapping[str, Any]) -> None:
     version = folder / "1"
-    version.mkdir(parents=True)
+    version.mkdir(parents=True, exist_ok=True)  # inline components: the bundle is already copied into it
     (version / "model.py").write_text(resources.files(__package__).joinpath("pipeline_model.py").read_text())
     (version / "bundle.json").write_text(dumps_strict(info.to_dict(), indent=2) + "\n")
     serving = {
@@ -383,6 +408,7 @@ def _write_pipeline(folder: Path, names: Mapping[str, str], info: BundleInfo, op
         "execution_batch": options.max_batch_size,
         "config_overrides": dict(config_overrides) if config_overrides else None,
         "torch_threads": options.torch_threads,
+        "instances": options.instances,
         **served,  # engine, precisions, verified: the verdict of the bundle's record of them, or None
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "robustwrap": robustwrap.__version__, "numpy": NUMPY_REQUIREMENT},

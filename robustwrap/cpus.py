@@ -1,0 +1,49 @@
+"""How many CPUs this process may use: its affinity and its container's CPU quota, not the machine's cores.
+
+torch, ONNX Runtime and OpenVINO size their thread pools by the machine's cores by default. In a
+container limited to 2 CPUs on a 64-core host, or on a machine shared with other work, that many
+spinning threads cost several times the CPU time of the same work at the right count (measured in
+issue 27: ``robustwrap eval`` took 50 minutes instead of 2). :func:`available_cpus` is the default
+thread count of what robustwrap starts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota (>= 1).
+
+    Reads ``sched_getaffinity`` (where the OS has it, else ``os.cpu_count()``) and the cgroup v2
+    ``cpu.max`` (or v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``) of this process: a quota of
+    150000 / 100000 allows 1.5 CPUs and gives 1 (rounded down, at least 1).
+    """
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cgroup_quota()
+    return max(1, min(affinity, math.floor(quota)) if quota is not None else affinity)
+
+
+def _cgroup_quota(root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")) -> float | None:
+    """CPUs allowed by this process's cgroup (None: no quota, or not readable)."""
+    try:
+        for line in membership.read_text().splitlines():
+            hierarchy, controllers, path = line.split(":", 2)
+            if hierarchy == "0" and controllers == "":  # cgroup v2: cpu.max = "<quota> <period>" or "max <period>"
+                for folder in (root / path.lstrip("/"), root):
+                    limit = folder / "cpu.max"
+                    if limit.is_file():
+                        quota, period = limit.read_text().split()[:2]
+                        return None if quota == "max" else int(quota) / int(period)
+            elif "cpu" in controllers.split(","):  # cgroup v1
+                folder = root / controllers / path.lstrip("/")
+                if not folder.is_dir():
+                    folder = root / controllers
+                quota = int((folder / "cpu.cfs_quota_us").read_text())
+                period = int((folder / "cpu.cfs_period_us").read_text())
+                return None if quota <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+    return None

@@ -1,0 +1,29 @@
+"""The default thread count: affinity and the container's CPU quota, not the machine's cores."""
+
+import os
+
+from robustwrap.cpus import _cgroup_quota, available_cpus
+
+
+def test_available_cpus_is_within_the_affinity():
+    assert 1 <= available_cpus() <= len(os.sched_getaffinity(0))
+
+
+def test_a_cgroup_v2_quota_is_read(tmp_path):
+    (tmp_path / "cgroup").write_text("0::/box\n")
+    (tmp_path / "box").mkdir()
+    (tmp_path / "box" / "cpu.max").write_text("150000 100000\n")
+    assert _cgroup_quota(tmp_path, tmp_path / "cgroup") == 1.5
+    (tmp_path / "box" / "cpu.max").write_text("max 100000\n")
+    assert _cgroup_quota(tmp_path, tmp_path / "cgroup") is None
+
+
+def test_a_cgroup_v1_quota_is_read(tmp_path):
+    (tmp_path / "cgroup").write_text("4:memory:/x\n1:cpu,cpuacct:/box\n")
+    folder = tmp_path / "cpu,cpuacct" / "box"
+    folder.mkdir(parents=True)
+    (folder / "cpu.cfs_quota_us").write_text("300000\n")
+    (folder / "cpu.cfs_period_us").write_text("100000\n")
+    assert _cgroup_quota(tmp_path, tmp_path / "cgroup") == 3.0
+    (folder / "cpu.cfs_quota_us").write_text("-1\n")
+    assert _cgroup_quota(tmp_path, tmp_path / "cgroup") is None
