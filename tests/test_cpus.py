@@ -27,3 +27,24 @@ def test_a_cgroup_v1_quota_is_read(tmp_path):
     assert _cgroup_quota(tmp_path, tmp_path / "cgroup") == 3.0
     (folder / "cpu.cfs_quota_us").write_text("-1\n")
     assert _cgroup_quota(tmp_path, tmp_path / "cgroup") is None
+
+
+def test_the_command_line_sets_torch_threads(monkeypatch):
+    import torch
+    from typer.testing import CliRunner
+
+    from robustwrap.cli.app import app
+
+    before = torch.get_num_threads()
+    try:
+        assert CliRunner().invoke(app, ["--threads", "1", "version"]).exit_code == 0
+        assert torch.get_num_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert CliRunner().invoke(app, ["version"]).exit_code == 0
+        assert torch.get_num_threads() == available_cpus()
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(2)
+        assert CliRunner().invoke(app, ["version"]).exit_code == 0
+        assert torch.get_num_threads() == 2  # OMP_NUM_THREADS: left to the user
+    finally:
+        torch.set_num_threads(before)

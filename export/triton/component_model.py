@@ -29,6 +29,10 @@ class TritonPythonModel:
         parameters = {key: value.get("string_value") for key, value in
                       json.loads(args["model_config"]).get("parameters", {}).items()}
         threads = parameters.get("intra_op_threads")
+        if not threads:  # the CPUs the server may use (affinity, cgroup quota), never the machine's core count
+            from robustwrap.cpus import available_cpus
+
+            threads = available_cpus()
         if parameters.get("engine") == "openvino":
             self.run = self._openvino(folder, parameters["openvino_hint"], threads)
             return
