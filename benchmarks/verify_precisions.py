@@ -5,7 +5,7 @@
 
 The bundle holds the shipped pair at the heterogeneous defense `robustwrap tune` calibrated to it
 (models/mnist/calibrated/heterogeneous.json: t_l 0.4, t_s 0.2, τ 1.0, steps 25 = 10 denoiser calls,
-1 vote; what `robustwrap eval` runs for this pair), with its bf16 AOTInductor packages and its int8 models (``quantize_bundle``: NNCF, 32 digits of
+1 vote; what `robustwrap eval` runs for this pair), with its fp32 and bf16 AOTInductor packages and its int8 models (``quantize_bundle``: NNCF, 32 digits of
 mnist5k:train, disjoint from the verified ones). Each engine and precision is verified against the fp32 eager
 defense by :func:`robustwrap.export.verify` with its default thresholds and attack (PGD+EOT,
 L-inf 0.3, 10 iterations x 4 copies), on the same stratified subset and the same per-image seeds.
@@ -65,7 +65,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         bundle = export_bundle(eager, Path(folder) / "mnist", specs={"classifier": "mnist", "diffusion": "mnist"},
-                               aoti=("bf16",)).path  # the bf16 AOTInductor packages (bf16 autocast)
+                               aoti=("fp32", "bf16")).path  # AOTInductor packages, fp32 and bf16 (autocast)
         quantize_bundle(bundle, eager)  # int8 models, calibrated on 32 digits of mnist5k:train (disjoint from these)
         attack = dataclasses.replace(VERIFY_ATTACK, eps=0.3)  # MNIST's L-inf radius
         start = time.perf_counter()  # one attack against the eager defense, judged on every engine

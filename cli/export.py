@@ -24,8 +24,18 @@ class Engine(str, Enum):
 
 
 VERIFIED_ENGINE = {"onnx": "onnxruntime", "trt": "tensorrt", "aoti": "aoti", "openvino": "openvino"}  # --verify
-PRECISIONS = {"onnx": ("fp32",), "trt": ("fp32", "fp16", "bf16"), "aoti": ("fp32", "bf16"),
-              "openvino": ("fp32", "bf16", "int8"), "compile": ("fp32", "bf16")}  # what --precision each engine takes
+INLINE_ENGINES = ("onnx", "aoti", "openvino")  # what --triton-backend inline runs
+
+
+def engine_precisions(engine: str) -> tuple[str, ...]:
+    """What --precision each --engine takes: the registry's (TensorRT's builder's, compile_networks')."""
+    from robustwrap.export.compile import COMPILE_PRECISIONS
+    from robustwrap.export.engines import ENGINE_SPECS
+    from robustwrap.export.engines.tensorrt import TRT_PRECISIONS
+
+    if engine == "compile":
+        return COMPILE_PRECISIONS
+    return TRT_PRECISIONS if engine == "trt" else ENGINE_SPECS[VERIFIED_ENGINE[engine]].precisions
 
 
 class NoiseMode(str, Enum):
@@ -112,11 +122,16 @@ def export_command(
 
     require_finite(t_l=t_l, t_s=t_s)
     chosen = "fp16" if fp16 else precision.value
-    if chosen not in PRECISIONS[engine.value] or (fp16 and engine is not Engine.trt):
-        fail(f"--engine {engine.value} takes --precision {' or '.join(PRECISIONS[engine.value])}, got {chosen}")
+    allowed = engine_precisions(engine.value)
+    if chosen not in allowed or (fp16 and engine is not Engine.trt):
+        fail(f"--engine {engine.value} takes --precision {' or '.join(allowed)}, got {chosen}")
     if triton_backend is TritonBackend.openvino and (engine is not Engine.openvino or chosen != "bf16"):
         fail("--triton-backend openvino serves bf16 only (Triton's openvino backend cannot pin fp32): add --engine "
              "openvino --precision bf16, or use --triton-backend python --engine openvino for fp32 and int8")
+    if triton_backend is TritonBackend.inline and engine.value not in INLINE_ENGINES:
+        fail(f"--triton-backend inline runs --engine {', '.join(INLINE_ENGINES)}, got --engine {engine.value}")
+    if max_request_batch < triton_max_batch:
+        fail(f"--max-request-batch ({max_request_batch}) must be at least --triton-max-batch ({triton_max_batch})")
     channels, size = input_defaults(classifier, channels, image_size)
     specs = model_specs(classifier, classifier_weights, diffusion, diffusion_weights, num_classes=num_classes)
     if engine is not Engine.compile:
@@ -156,7 +171,7 @@ def export_command(
             backend = triton_backend.value if triton_backend else ("tensorrt" if built else "onnxruntime")
             options = ServingOptions(max_batch_size=triton_max_batch, component_max_batch=max_batch,
                                      instances=instances, component_instances=component_instances,
-                                     max_request_batch=max(max_request_batch, triton_max_batch),
+                                     max_request_batch=max_request_batch,
                                      max_queue_size=max_queue_size, queue_timeout_ms=queue_timeout_ms)
             served_by = {"engine": VERIFIED_ENGINE[engine.value], "precision": chosen} \
                 if engine is Engine.openvino or backend == "inline" else {}
@@ -243,13 +258,14 @@ def _write_bundle(wrapper, out: Path, size: int, specs: dict, overwrite: bool, u
     with torch.no_grad():
         gap = float((loaded(x, noise=fixed) - wrapper(x, noise=fixed)).abs().max())
     summary.add_row("ONNX Runtime vs eager: max |d prob|", f"{gap:.2e}")
+    from robustwrap.export.format import split_package_key
+
     for key, package in result.info.packages.items():  # "aoti", "aoti-bf16"
-        engine, _, precision = key.partition("-")
-        packaged = load_bundle(out, engine=engine, precision=precision or None)
+        engine, precision = split_package_key(key)
+        packaged = load_bundle(out, engine=engine, precision=precision)
         with torch.no_grad():
             gap = float((packaged(x, noise=fixed) - wrapper(x, noise=fixed)).abs().max())
-        summary.add_row(f"{engine} {precision or 'fp32'} packages ({package.device}) vs eager: max |d prob|",
-                        f"{gap:.2e}")
+        summary.add_row(f"{engine} {precision} packages ({package.device}) vs eager: max |d prob|", f"{gap:.2e}")
     if unrolled and mode == "explicit":
         graph = load_unrolled(out)
         with torch.no_grad():

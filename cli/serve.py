@@ -54,8 +54,11 @@ def serve_command(
             if server.process is None or server.process.poll() is not None:
                 problem = f"tritonserver stopped on its own:\n{server.log_tail()}"
                 break
-            for model, seconds in server.heal():
-                console.print(f"  {model}: a stub died; reloaded in {seconds:.1f} s (not ready meanwhile)")
+            for model, seconds, failure in server.heal():
+                console.print(f"  {model}: a stub died; reloaded in {seconds:.1f} s (not ready meanwhile)"
+                              if failure is None else f"  {model}: a stub died and it did not load again "
+                              f"({failure}); it stays unloaded (not ready), the other models serve on",
+                              soft_wrap=True)
     except (ImportError, ValueError, RuntimeError, OSError) as error:
         problem = str(error)
     finally:

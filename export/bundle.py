@@ -30,7 +30,7 @@ from .engines import (ENGINE_SPECS, Engine, PrecisionArg, describe_precision, is
                       resolve_precision)
 from .engines.adapters import UnrolledModel, wrapper_over_runners
 from .format import (BUNDLE_LAYOUT, CARD_FILE, CLASSIFIER, DENOISER, UNROLLED, BundleInfo, ComponentSpec,
-                     PackageSet, package_key)
+                     PackageSet, package_key, split_package_key)
 from .modules import AtPrecision, ClassifierWithStages, UnrolledDefense
 from .onnx_export import EXTERNAL_DATA_THRESHOLD, GraphFile, export_graph
 from .verification import find_verification
@@ -353,7 +353,7 @@ def _log_verification(bundle: Path, engine: str, precisions: Mapping[str, str]) 
 
 def _default_device(info: BundleInfo, engine: str) -> str:
     """CUDA for TensorRT, the packages' device for AOTInductor, else the CPU."""
-    aoti = [package for key, package in info.packages.items() if key.split("-")[0] == "aoti"]
+    aoti = [package for key, package in info.packages.items() if split_package_key(key)[0] == "aoti"]
     if engine == "aoti" and aoti:
         return aoti[0].device
     return "cuda" if engine == "tensorrt" else "cpu"

@@ -414,6 +414,12 @@ def package_key(engine: str, precision: str) -> str:
     return engine if precision == "fp32" else f"{engine}-{precision}"
 
 
+def split_package_key(key: str) -> tuple[str, str]:
+    """The inverse of :func:`package_key`: "aoti-bf16" -> ("aoti", "bf16"), "aoti" -> ("aoti", "fp32")."""
+    engine, _, precision = key.partition("-")
+    return engine, precision or "fp32"
+
+
 def _package(check: _Checker, engine: str, raw: Any, folder: Path | None) -> PackageSet:
     context = f"packages.{engine}."
     if engine not in PACKAGE_ENGINES:

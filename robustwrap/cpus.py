@@ -27,23 +27,40 @@ def available_cpus() -> int:
 
 
 def _cgroup_quota(root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")) -> float | None:
-    """CPUs allowed by this process's cgroup (None: no quota, or not readable)."""
+    """CPUs allowed by this process's cgroup and the ones above it: the smallest quota (None: none, or unreadable)."""
+    quotas: list[float] = []
     try:
-        for line in membership.read_text().splitlines():
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        try:
             hierarchy, controllers, path = line.split(":", 2)
-            if hierarchy == "0" and controllers == "":  # cgroup v2: cpu.max = "<quota> <period>" or "max <period>"
-                for folder in (root / path.lstrip("/"), root):
-                    limit = folder / "cpu.max"
-                    if limit.is_file():
-                        quota, period = limit.read_text().split()[:2]
-                        return None if quota == "max" else int(quota) / int(period)
-            elif "cpu" in controllers.split(","):  # cgroup v1
-                folder = root / controllers / path.lstrip("/")
-                if not folder.is_dir():
-                    folder = root / controllers
-                quota = int((folder / "cpu.cfs_quota_us").read_text())
-                period = int((folder / "cpu.cfs_period_us").read_text())
-                return None if quota <= 0 else quota / period
+        except ValueError:
+            continue
+        if hierarchy == "0" and controllers == "":  # cgroup v2: cpu.max = "<quota> <period>" or "max <period>"
+            base, files = root, ("cpu.max",)
+        elif "cpu" in controllers.split(","):  # cgroup v1: cpu.cfs_quota_us (-1: none) / cpu.cfs_period_us
+            base, files = root / controllers, ("cpu.cfs_quota_us", "cpu.cfs_period_us")
+        else:
+            continue
+        folder = base / path.lstrip("/")
+        while True:  # this cgroup, then each one above it up to the hierarchy's root
+            quota = _read_quota(folder, files)
+            if quota is not None:
+                quotas.append(quota)
+            if folder == base or base not in folder.parents:
+                break
+            folder = folder.parent
+    return min(quotas) if quotas else None
+
+
+def _read_quota(folder: Path, files: tuple[str, ...]) -> float | None:
+    try:
+        if len(files) == 1:
+            quota, period = (folder / files[0]).read_text().split()[:2]
+            return None if quota == "max" or int(period) <= 0 else int(quota) / int(period)
+        quota, period = (int((folder / name).read_text()) for name in files)
+        return None if quota <= 0 or period <= 0 else quota / period
     except (OSError, ValueError):
         return None
-    return None

@@ -243,8 +243,9 @@ def _leftover(target: Path, kind: str) -> Path:
     return target.absolute().parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.{kind}"
 
 
-def _alive(pid: int) -> bool:
-    """Whether a process with this id runs on this machine (a process we may not signal counts as running)."""
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine: a process we may not signal counts as running,
+    a zombie (exited, not yet reaped by its parent) as gone."""
     if pid == os.getpid():
         return True
     try:
@@ -253,7 +254,10 @@ def _alive(pid: int) -> bool:
         return False
     except (PermissionError, OverflowError):
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): os.kill said it exists
 
 
 def tidy_leftovers(target: str | os.PathLike) -> list[Path]:
@@ -273,7 +277,7 @@ def tidy_leftovers(target: str | os.PathLike) -> list[Path]:
         return handled
     for entry in entries:
         found = pattern.fullmatch(entry.name)
-        if not found or entry.is_symlink() or not entry.is_dir() or _alive(int(found[1])):
+        if not found or entry.is_symlink() or not entry.is_dir() or process_alive(int(found[1])):
             continue
         try:
             if found[2] == "old" and not (target.exists() or target.is_symlink()):

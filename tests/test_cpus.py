@@ -43,8 +43,18 @@ def test_the_command_line_sets_torch_threads(monkeypatch):
         assert CliRunner().invoke(app, ["version"]).exit_code == 0
         assert torch.get_num_threads() == available_cpus()
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
-        torch.set_num_threads(2)
+        torch.set_num_threads(available_cpus() + 1)  # a count the command would never choose
         assert CliRunner().invoke(app, ["version"]).exit_code == 0
-        assert torch.get_num_threads() == 2  # OMP_NUM_THREADS: left to the user
+        assert torch.get_num_threads() == available_cpus() + 1  # OMP_NUM_THREADS: left to the user
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_smallest_quota_above_the_cgroup_counts(tmp_path):
+    (tmp_path / "cgroup").write_text("0::/slice/box\n")
+    (tmp_path / "slice" / "box").mkdir(parents=True)
+    (tmp_path / "slice" / "cpu.max").write_text("200000 100000\n")  # the slice: 2 CPUs
+    (tmp_path / "slice" / "box" / "cpu.max").write_text("max 100000\n")  # the box itself: no limit
+    assert _cgroup_quota(tmp_path, tmp_path / "cgroup") == 2.0
+    (tmp_path / "slice" / "cpu.max").write_text("100000 0\n")  # a zero period is unreadable, not a crash
+    assert _cgroup_quota(tmp_path, tmp_path / "cgroup") is None

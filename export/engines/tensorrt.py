@@ -27,6 +27,7 @@ def _require_cuda() -> None:
 
 
 Precision = Literal["fp32", "fp16", "bf16"]
+TRT_PRECISIONS = ("fp32", "fp16", "bf16")  # what build_bundle_engines builds
 
 
 def _precision_flag(trt, precision: str):
@@ -83,7 +84,7 @@ def build_engine(
         ImportError: tensorrt is not installed (``pip install 'robustwrap[gpu]'``).
     """
     precision = precision or ("fp16" if fp16 else "fp32")
-    if precision not in ("fp32", "fp16", "bf16"):
+    if precision not in TRT_PRECISIONS:
         raise ValueError(f"precision must be 'fp32', 'fp16' or 'bf16', got {precision!r}")
     _require_cuda()
     trt = require("tensorrt", "gpu")

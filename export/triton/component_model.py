@@ -26,13 +26,14 @@ class TritonPythonModel:
                 f"the Python backend stub's interpreter has numpy {numpy.__version__}: Triton 2.51's stub returns "
                 "empty (zero-byte) outputs with numpy 2; install numpy<2 there (pip install 'robustwrap[serve]')")
         folder = os.path.join(args["model_repository"], args["model_version"])
-        parameters = {key: value.get("string_value") for key, value in
-                      json.loads(args["model_config"]).get("parameters", {}).items()}
+        config = json.loads(args["model_config"])
+        parameters = {key: value.get("string_value") for key, value in config.get("parameters", {}).items()}
         threads = parameters.get("intra_op_threads")
-        if not threads:  # the CPUs the server may use (affinity, cgroup quota), never the machine's core count
+        if not threads:  # the CPUs the server may use (affinity, cgroup quota) over this model's instances
             from robustwrap.cpus import available_cpus
 
-            threads = available_cpus()
+            instances = sum(int(group.get("count", 1)) for group in config.get("instance_group", [])) or 1
+            threads = max(1, available_cpus() // instances)
         if parameters.get("engine") == "openvino":
             self.run = self._openvino(folder, parameters["openvino_hint"], threads)
             return

@@ -108,6 +108,8 @@ class TritonPythonModel:
             from robustwrap.export import load_bundle
 
             engine_threads = inline.get("threads") or max(1, available_cpus() // int(serving.get("instances") or 1))
+            if inline["engine"] == "aoti":  # AOT packages run on torch's own thread pool
+                torch.set_num_threads(int(threads or engine_threads))
             self.wrapper = load_bundle(os.path.join(folder, "bundle"), inline["engine"], "cpu",
                                        serving.get("config_overrides"), precision=inline["precisions"],
                                        threads=engine_threads if inline["engine"] != "aoti" else None)
@@ -138,24 +140,40 @@ class TritonPythonModel:
                 accepted.append((position, images, read_seeds(request, images.shape[0])))
             except (ValueError, TypeError) as error:
                 responses[position] = error_response(str(error), "INVALID_ARG")
-        if accepted:
-            try:
-                probs = self.vote_probabilities(torch.cat([images for _, images, _ in accepted]),
-                                                torch.cat([seeds for _, _, seeds in accepted]))
-                labels = vote_labels(probs, self.wrapper.config.vote).reshape(-1, 1)
-                mean = probs.mean(0).float()
-                start = 0
-                for position, images, _ in accepted:
-                    stop = start + images.shape[0]
-                    outputs = [pb_utils.Tensor("probabilities", mean[start:stop].numpy()),
-                               pb_utils.Tensor("labels", labels[start:stop].numpy().astype("int64"))]
-                    responses[position] = pb_utils.InferenceResponse(output_tensors=outputs)
-                    start = stop
             except Exception as error:  # never a dead stub: report it and keep serving
-                message = f"robustwrap pipeline failed: {type(error).__name__}: {error}"
-                for position, _, _ in accepted:
-                    responses[position] = error_response(message, "INTERNAL")
+                responses[position] = failure(error)
+        if len(accepted) > 1:
+            try:
+                answers = self.answers(accepted)
+            except Exception:  # one request's problem must not fail the others: each alone, below
+                answers = None
+            if answers is not None:
+                for position, response in answers:
+                    responses[position] = response
+                return responses
+        for item in accepted:
+            try:
+                responses[item[0]] = self.answers([item])[0][1]
+            except ValueError as error:
+                responses[item[0]] = error_response(str(error), "INVALID_ARG")
+            except Exception as error:
+                responses[item[0]] = failure(error)
         return responses
+
+    def answers(self, accepted):
+        """[(position, response)] for the accepted requests, computed as one batch and split back."""
+        probs = self.vote_probabilities(torch.cat([images for _, images, _ in accepted]),
+                                        torch.cat([seeds for _, _, seeds in accepted]))
+        labels = vote_labels(probs, self.wrapper.config.vote).reshape(-1, 1)
+        mean = probs.mean(0).float()
+        answers, start = [], 0
+        for position, images, _ in accepted:
+            stop = start + images.shape[0]
+            outputs = [pb_utils.Tensor("probabilities", mean[start:stop].numpy()),
+                       pb_utils.Tensor("labels", labels[start:stop].numpy().astype("int64"))]
+            answers.append((position, pb_utils.InferenceResponse(output_tensors=outputs)))
+            start = stop
+        return answers
 
     def vote_probabilities(self, images, seeds):
         """(S, B, K) for B images, ``execution_batch`` images at a time (per-image seeds: the split is exact)."""
@@ -178,6 +196,11 @@ def cancelled(request):
     """Whether Triton knows the request's client has gone (Python backend 23.10 and later)."""
     check = getattr(request, "is_cancelled", None)
     return bool(check()) if check is not None else False
+
+
+def failure(error):
+    """An INTERNAL error response naming the exception."""
+    return error_response(f"robustwrap pipeline failed: {type(error).__name__}: {error}", "INTERNAL")
 
 
 def error_response(message, code):

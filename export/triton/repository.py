@@ -37,7 +37,7 @@ from ..engines import PrecisionArg, describe_precision, is_reduced, resolve_prec
 from ..engines.adapters import resolve_config
 from ..engines.openvino import HINTS as OPENVINO_HINTS
 from ..engines.tensorrt import engine_path
-from ..format import BUNDLE_LAYOUT, CLASSIFIER, DENOISER, VERIFIED, BundleInfo, TensorSpec, package_key
+from ..format import BUNDLE_LAYOUT, CLASSIFIER, DENOISER, BundleInfo, TensorSpec, package_key
 from ..onnx_export import graph_files
 from ..verification import find_verification
 from .environment import NUMPY_REQUIREMENT
@@ -300,6 +300,9 @@ def write_triton_bundle(
     if engine == "aoti" and missing_packages:
         raise ValueError(f"{source} has no {missing_packages} AOTInductor packages: export them with --engine aoti "
                          "(--precision bf16 for bf16)")
+    if engine == "aoti" and any(info.packages[package_key("aoti", p)].device != "cpu" for p in precisions.values()):
+        raise ValueError(f"{source}'s AOTInductor packages were compiled for CUDA: inline components run on the CPU; "
+                         "export the bundle with --engine aoti on a CPU machine")
     if component_backend == "tensorrt":
         missing = [str(engine_path(source, c)) for c in (CLASSIFIER, DENOISER) if not engine_path(source, c).is_file()]
         if missing:
@@ -321,7 +324,8 @@ def write_triton_bundle(
                      "verified": _verification(source, engine, precisions, component_backend)}
         if component_backend == "inline":
             served_by["inline"] = {"engine": engine, "precisions": precisions, "threads": options.ort_threads}
-            shutil.copytree(source, work / name / "1" / "bundle", ignore=shutil.ignore_patterns(VERIFIED))
+            shutil.copytree(source, work / name / "1" / "bundle",  # with verified/: the stub logs its verdict
+                            ignore=shutil.ignore_patterns("*.plan", "timing.cache"))  # GPU engines: not run inline
         _write_pipeline(work / name, names, info, options, config_overrides, served_by)
         written = [names["pipeline"], *(names[c] for c in components)]
         for model in written:

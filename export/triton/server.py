@@ -36,6 +36,8 @@ import urllib.request
 from pathlib import Path
 from typing import Sequence
 
+from robustwrap.outputs import process_alive
+
 from ..optional import require
 from .environment import numpy_problem
 
@@ -175,46 +177,65 @@ class TritonServer:
         stubs: dict[str, set[int]] = {}
         if self.process is None:
             return stubs
-        try:
-            children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
-        except OSError:
-            return stubs
+        children = []
+        for task in Path(f"/proc/{self.process.pid}/task").glob("*"):  # every thread's: Triton forks from several
+            try:
+                children += (task / "children").read_text().split()
+            except OSError:
+                continue
         for child in children:
             try:
                 argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if len(argv) > 1 and argv[0].endswith(b"triton_python_backend_stub") and _alive(int(child)):
+            if len(argv) > 1 and argv[0].endswith(b"triton_python_backend_stub") and process_alive(int(child)):
                 stubs.setdefault(Path(os.fsdecode(argv[1])).parent.parent.name, set()).add(int(child))
         return stubs
 
-    def heal(self, timeout: float = 120.0) -> list[tuple[str, float]]:
-        """Reload every model one of whose stubs has died since the last look; return (model, seconds) for each.
+    def heal(self, timeout: float = 120.0) -> list[tuple[str, float, str | None]]:
+        """Reload every READY model one of whose stubs has died since the last look.
 
         The model is unloaded first (from then on it, and the server with strict readiness, report not
-        ready), then loaded again; a model that does not load again within ``timeout`` raises.
+        ready), then loaded again. A model an operator unloaded is left alone; one that does not load
+        again stays unloaded (not ready) and is reported, and the others go on serving.
 
-        Raises:
-            RuntimeError: a model that could not be loaded again (the log's end says why).
+        Returns:
+            (model, seconds, None) for each model reloaded, (model, seconds, why) for each that failed.
         """
-        if self.process is None:
+        if self.process is None or self.process.poll() is not None:
             return []
-        healed = []
         current = self._find_stubs()
-        for model, pids in list(self._stubs.items()):
-            if pids <= current.get(model, set()):
+        broken = [model for model, pids in self._stubs.items() if not pids <= current.get(model, set())]
+        if not broken:
+            for model, pids in current.items():
+                self._stubs.setdefault(model, pids)  # models loaded since the last look
+            return []
+        try:
+            ready = {entry.get("name") for entry in self.models() if entry.get("state") == "READY"}
+        except (urllib.error.URLError, OSError, ValueError):
+            return []  # the server is going away: poll() says so next time
+        healed = []
+        for model in broken:
+            old = self._stubs.pop(model)
+            if model not in ready:  # unloaded on purpose (or failing to load): not ours to bring back
                 continue
             start = time.monotonic()
             logger.warning("a stub of model %s died: reloading it", model)
             try:
                 self._control(model, "unload", timeout)
                 self._control(model, "load", timeout)
+            except urllib.error.HTTPError as error:
+                healed.append((model, time.monotonic() - start, _http_reason(error)))
+                continue
             except (urllib.error.URLError, OSError) as error:
-                raise RuntimeError(f"model {model} could not be loaded again after its stub died ({error}):\n"
-                                   f"{self.log_tail()}") from error
-            healed.append((model, time.monotonic() - start))
-            current = self._find_stubs()
-        self._stubs = current
+                healed.append((model, time.monotonic() - start, str(error)))
+                continue
+            healed.append((model, time.monotonic() - start, None))
+            fresh = self._find_stubs().get(model, set()) - old  # the old instances' stubs may still be exiting
+            if fresh:
+                self._stubs[model] = fresh
+        for model, pids in self._find_stubs().items():
+            self._stubs.setdefault(model, pids)  # models loaded since the last look
         return healed
 
     def _control(self, model: str, action: str, timeout: float) -> None:
@@ -276,31 +297,39 @@ class TritonServer:
         self.stop()
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the parent dies (Linux ``PR_SET_PDEATHSIG``; elsewhere nothing)."""
+def _http_reason(error: urllib.error.HTTPError) -> str:
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+        body = json.loads(error.read() or b"{}")
+    except (ValueError, OSError):
+        body = {}
+    return f"HTTP {error.code}: {body.get('error', error.reason)}"
+
+
+try:  # looked up here, not in the forked child (no dlopen between fork and exec)
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):
+    _PRCTL = None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the parent dies (Linux ``PR_SET_PDEATHSIG``; elsewhere nothing).
+
+    Linux sends it when the *thread* that started the server exits: start the server from a thread that
+    lives as long as it (the main thread, as ``robustwrap serve`` does).
+    """
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def _tidy_shared_memory() -> None:
     """Remove the /dev/shm regions of robustwrap servers whose process is gone (one killed with SIGKILL)."""
     for region in Path("/dev/shm").glob("robustwrap_*_*_*"):
         owner = region.name.split("_")[1]
-        if owner.isdigit() and not _alive(int(owner)):
+        if owner.isdigit() and not process_alive(int(owner)):
             try:
                 region.unlink()
             except OSError:
                 pass
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process exists and is not a zombie (a killed stub stays one until the server reaps it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _port_free(host: str, port: int) -> bool:
