@@ -7,33 +7,13 @@ Library code never prints.
 
 from __future__ import annotations
 
-import os
-from typing import Optional
-
 import typer
 
 from . import eval as eval_module
-from . import export, inspect, models, purify, serve, tune, verify
+from . import common, export, inspect, models, purify, serve, tune, verify
 
 app = typer.Typer(help="Wrap image classifiers in a diffusion-purification defense.", no_args_is_help=True)
-
-
-@app.callback()
-def threads_option(
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for the command (default: "
-                                          "OMP_NUM_THREADS if set, else the CPUs this process may use: its affinity "
-                                          "and the container's CPU quota, not the machine's cores)"),
-) -> None:
-    """Wrap image classifiers in a diffusion-purification defense."""
-    if threads is None and os.environ.get("OMP_NUM_THREADS"):
-        return  # the user's (or the launcher's) choice
-    import torch
-
-    from robustwrap.cpus import available_cpus
-
-    torch.set_num_threads(threads or available_cpus())
-
-
+app.callback()(common.threads_option)  # robustwrap --threads N COMMAND
 app.command("version")(inspect.version)
 app.command("inspect")(inspect.inspect)
 app.command("export")(export.export_command)

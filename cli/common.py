@@ -123,3 +123,18 @@ def subset_words(subset: dict) -> str:
     how = "all" if subset["rule"] == "all" else f"stratified, seed {subset['seed']}"
     return (f"{subset['size']} of {subset['of']} images of {subset['data']} "
             f"({how}; {spread} per class, {len(counts)} classes)")
+
+
+def threads_option(
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for the command (default: "
+                                          "OMP_NUM_THREADS if set, else the CPUs this process may use: its affinity "
+                                          "and the container's CPU quota, not the machine's cores)"),
+) -> None:
+    """Wrap image classifiers in a diffusion-purification defense."""
+    if threads is None and os.environ.get("OMP_NUM_THREADS"):
+        return  # the user's (or the launcher's) choice
+    import torch
+
+    from robustwrap.cpus import available_cpus
+
+    torch.set_num_threads(threads or available_cpus())

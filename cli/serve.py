@@ -28,9 +28,11 @@ def serve_command(
 ) -> None:
     """Serve a model repository with Triton until Ctrl-C or SIGTERM (needs the `serve` extra)."""
     try:
+        from robustwrap.export.optional import require
         from robustwrap.export.triton import TritonServer, check_servable
         from robustwrap.export.triton.repository import served_by
 
+        require("pytriton", "serve")  # the extra first: nothing else can help without it
         check_servable(repository)
         server = TritonServer(repository, host=host, http_port=http_port, grpc_port=grpc_port,
                               metrics_port=metrics_port, log_file=log_file)

@@ -205,7 +205,7 @@ def test_a_triton_repository_says_whether_what_it_serves_was_verified(exported, 
         write_triton_bundle(tmp_path / "repo", copy, component_backend="python", name="fast", engine="openvino",
                             precision="bf16")
         assert served_by(tmp_path / "repo" / "fast").startswith("openvino bf16: NOT verified (a reduced precision!)")
-    with pytest.raises(ValueError, match="runs inside the python component backend only"):
+    with pytest.raises(ValueError, match="runs inside the python or inline component backends only"):
         write_triton_bundle(tmp_path / "repo", copy, name="wrong", engine="openvino")
 
 
