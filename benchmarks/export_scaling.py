@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from robustwrap import PurifyConfig, RobustWrapper
+from robustwrap import Noise, PurifyConfig, RobustWrapper
 from robustwrap.export import compile_networks, export_bundle, load_bundle, load_unrolled
 from robustwrap.nets import NCSNpp, SmallResNet
 from robustwrap.adapters import ScoreSDEEps
@@ -51,10 +51,10 @@ def build(net: str, calls: int) -> RobustWrapper:
     return wrapper
 
 
-def inputs(wrapper: RobustWrapper, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+def inputs(wrapper: RobustWrapper, batch: int) -> tuple[torch.Tensor, Noise]:
     generator = torch.Generator().manual_seed(1)
     x = torch.rand(batch, 3, SIZE, SIZE, generator=generator)
-    return x, torch.randn(wrapper.noise_shape(x), generator=generator)
+    return x, Noise.given(torch.randn(wrapper.noise_shape(x), generator=generator))
 
 
 def child_compile(net: str, calls: int, batch: int, threads: int) -> dict:
@@ -108,11 +108,10 @@ def measure(net: str, calls: int, batch: int, repeats: int, single_max: int, thr
         start = time.perf_counter()
         graph = load_unrolled(with_unrolled.path, threads=threads)
         row["single_session_s"] = time.perf_counter() - start
-        batch_first = noise.permute(2, 0, 1, 3, 4, 5).contiguous()  # (D, S, B, ...) -> the graph's (B, D, S, ...)
-        variants["single graph"] = lambda: graph(x, batch_first)
+        variants["single graph"] = lambda: graph(x, noise.tensor)
         if timing:
             with torch.no_grad():
-                row["single_gap"] = float((graph(x, batch_first)[0] - wrapper(x, noise=noise)).abs().max())
+                row["single_gap"] = float((graph(x, noise.tensor)[0] - wrapper(x, noise=noise)).abs().max())
     if not timing:
         return row
     with torch.no_grad():

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from robustwrap import PurifyConfig, RobustWrapper
+from robustwrap import Noise, PurifyConfig, RobustWrapper
 from robustwrap.export import compile_networks, export_bundle, load_bundle, load_unrolled
 from robustwrap.nets import SmallResNet, SmallUNet
 
@@ -40,7 +40,7 @@ def compile_seconds(batch: int, size: int, steps: int) -> float:
     """In a child process: torch.compile the two networks and time the first call."""
     wrapper = build(size, steps)
     images = torch.rand(batch, 3, size, size)
-    noise = torch.randn(wrapper.noise_shape(images))
+    noise = Noise.given(torch.randn(wrapper.noise_shape(images)))
     start = time.perf_counter()
     compiled = compile_networks(wrapper)
     with torch.no_grad():
@@ -71,8 +71,7 @@ def main() -> None:
 
     wrapper = build(args.size, args.steps)
     images = torch.rand(args.batch, 3, args.size, args.size)
-    noise = torch.randn(wrapper.noise_shape(images))
-    noise_batch_first = noise.permute(2, 0, 1, 3, 4, 5).contiguous()
+    noise = Noise.given(torch.randn(wrapper.noise_shape(images)))
 
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
@@ -88,13 +87,13 @@ def main() -> None:
             eager_scores = wrapper(images, noise=noise)
             parity_compile = float((compiled(images, noise=noise) - eager_scores).abs().max())
             parity_bundle = float((served(images, noise=noise) - eager_scores).abs().max())
-            parity_onnx = float((runner(images, noise_batch_first)[0] - eager_scores).abs().max())
+            parity_onnx = float((runner(images, noise.tensor)[0] - eager_scores).abs().max())
             times = interleaved_medians(
                 {
                     "eager": lambda: wrapper(images, noise=noise),
                     "compiled networks": lambda: compiled(images, noise=noise),
                     "bundle (ONNX Runtime)": lambda: served(images, noise=noise),
-                    "unrolled graph (ONNX Runtime)": lambda: runner(images, noise_batch_first),
+                    "unrolled graph (ONNX Runtime)": lambda: runner(images, noise.tensor),
                 },
                 args.repeats,
             )

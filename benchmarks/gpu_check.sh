@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from robustwrap import PurifyConfig, RobustWrapper
+from robustwrap import Noise, PurifyConfig, RobustWrapper
 from robustwrap.export import build_bundle_engines, export_bundle, load_bundle
 from robustwrap.nets import NCSNpp, WideResNet
 from robustwrap.adapters import ScoreSDEEps
@@ -64,7 +64,7 @@ wrapper = wrapper.cuda()
 batch = 8
 generator = torch.Generator(device="cuda").manual_seed(1)
 x = torch.rand(batch, 3, 32, 32, device="cuda", generator=generator)
-noise = torch.randn(wrapper.noise_shape(x), device="cuda", generator=generator)
+noise = Noise.given(torch.randn(wrapper.noise_shape(x), device="cuda", generator=generator))
 
 def timed(model, repeats=3):
     with torch.no_grad():

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robustwrap import PurifyConfig, RobustWrapper
+from robustwrap import Noise, PurifyConfig, RobustWrapper
 from robustwrap.export import export_bundle, load_bundle
 from robustwrap.export.triton import ServingOptions, TritonServer, write_triton_bundle
 from robustwrap.specs import build_classifier, build_diffusion
@@ -124,7 +124,7 @@ def main() -> None:
         local = load_bundle(bundle.path, threads=1)
         inputs = {b: torch.rand(b, 1, 28, 28, generator=torch.Generator().manual_seed(b)) for b in batches}
         with torch.no_grad():
-            times = interleaved_times({b: (lambda b=b: local(inputs[b], seeds=torch.arange(b))) for b in batches},
+            times = interleaved_times({b: (lambda b=b: local(inputs[b], noise=Noise.seeded(torch.arange(b)))) for b in batches},
                                       repeats=3 if args.quick else 10)
         in_process = {b: b / statistics.median(values) for b, values in times.items()}
         for b, rate in in_process.items():

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from robustwrap import PurifyConfig, RobustWrapper
+from robustwrap import Noise, PurifyConfig, RobustWrapper
 from robustwrap.export import compile_networks, export_bundle, load_bundle, quantize_bundle
 
 from common import interleaved_times, run_child, write_section
@@ -75,7 +75,7 @@ def cold_child(models: str, steps: int, batch: int, threads: int, engine: str, b
                              threads=threads if engine in ("onnxruntime", "openvino") else None)
     x = images_for(served, batch)
     with torch.no_grad():
-        served(x, seeds=torch.arange(batch))
+        served(x, noise=Noise.seeded(torch.arange(batch)))
     return {"seconds": time.perf_counter() - start}
 
 
@@ -104,16 +104,16 @@ def measure(models: str, steps: int, batch: int, votes: list[int], repeats: int,
         engines["openvino int8 denoiser"] = load_bundle(bundle.path, engine="openvino", threads=threads,
                                                         precision={"classifier": "fp32", "denoiser": "int8"})
     x = images_for(wrapper, batch)
-    seeds = torch.arange(batch)
+    seeds = Noise.seeded(torch.arange(batch))
     rows, gaps = [], {}
     for s in votes:
         config = PurifyConfig(steps=steps, votes=s)
         views = {name: engine.with_config(config) for name, engine in engines.items()}
         with torch.no_grad():
-            reference = views["eager"](x, seeds=seeds)
+            reference = views["eager"](x, noise=seeds)
             for name, view in views.items():
-                gaps[name] = max(gaps.get(name, 0.0), float((view(x, seeds=seeds) - reference).abs().max()))
-            times = interleaved_times({name: (lambda v=view: v(x, seeds=seeds)) for name, view in views.items()},
+                gaps[name] = max(gaps.get(name, 0.0), float((view(x, noise=seeds) - reference).abs().max()))
+            times = interleaved_times({name: (lambda v=view: v(x, noise=seeds)) for name, view in views.items()},
                                       repeats=repeats, warmup=1)
         eager = statistics.median(times["eager"])
         for name, values in times.items():

@@ -120,6 +120,8 @@ def export_command(
     """Export the defended model as a bundle (+ TensorRT engines, + a Triton repository), or check torch.compile."""
     import torch
 
+    from robustwrap.noise import Noise
+
     require_finite(t_l=t_l, t_s=t_s)
     chosen = "fp16" if fp16 else precision.value
     allowed = engine_precisions(engine.value)
@@ -149,7 +151,7 @@ def export_command(
     summary.add_row("models", f"classifier {classifier}, diffusion {diffusion}: {channels} x {size} x {size}")
     summary.add_row("denoiser calls x votes", f"{wrapper.plan.denoiser_calls} x {config.votes}")
     x = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0))
-    fixed = torch.randn(wrapper.noise_shape(x), generator=torch.Generator().manual_seed(1))
+    fixed = Noise.given(torch.randn(wrapper.noise_shape(x), generator=torch.Generator().manual_seed(1)))
     if engine is Engine.compile:
         _compile_check(wrapper, x, fixed, summary, chosen)
         console.print(summary)
@@ -269,7 +271,7 @@ def _write_bundle(wrapper, out: Path, size: int, specs: dict, overwrite: bool, u
     if unrolled and mode == "explicit":
         graph = load_unrolled(out)
         with torch.no_grad():
-            gap = float((graph(x, fixed.permute(2, 0, 1, 3, 4, 5))[0] - wrapper(x, noise=fixed)).abs().max())
+            gap = float((graph(x, fixed.tensor)[0] - wrapper(x, noise=fixed)).abs().max())
         summary.add_row("unrolled graph vs eager: max |d prob|", f"{gap:.2e}")
     elif unrolled:
         probabilities = load_unrolled(out)(x)[0]
@@ -281,6 +283,8 @@ def _build_engines(wrapper, out: Path, engine: Engine, precision_name: str, max_
                    summary: Table) -> bool:
     """TensorRT engines for every graph of the bundle (--engine trt on a GPU); True when built."""
     import torch
+
+    from robustwrap.noise import Noise
 
     if engine is not Engine.trt:
         return False
@@ -297,6 +301,6 @@ def _build_engines(wrapper, out: Path, engine: Engine, precision_name: str, max_
     if check:
         engines = load_bundle(out, engine="tensorrt", device="cuda")
         with torch.no_grad():
-            gap = float((engines(x.cuda(), noise=fixed.cuda()).cpu() - wrapper(x, noise=fixed)).abs().max())
+            gap = float((engines(x.cuda(), noise=Noise.given(fixed.tensor.cuda())).cpu() - wrapper(x, noise=fixed)).abs().max())
         summary.add_row("TensorRT vs eager: max |d prob|", f"{gap:.2e}")
     return True

@@ -151,6 +151,7 @@ def _purify_one(wrapper, path: Path, picture, image_size: int, stem: Path, gener
     from PIL import Image
 
     from robustwrap.figures import defense_figure
+    from robustwrap.noise import Noise
     from robustwrap.images import picture_to_tensor, save_image
 
     if picture.size != (image_size, image_size):
@@ -159,7 +160,7 @@ def _purify_one(wrapper, path: Path, picture, image_size: int, stem: Path, gener
     x = picture_to_tensor(picture)[None]
     with torch.no_grad():
         attention, mask = wrapper.attention(x), wrapper.mask(x)
-        purified = wrapper.purify(x, generator=generator)
+        purified = wrapper.purify(x, noise=Noise.stream(generator))
         before, after = wrapper.classify(x).argmax(1).item(), wrapper.classify(purified).argmax(1).item()
     resize = torch.nn.functional.interpolate
     attention, mask = (resize(m, size=x.shape[-2:], mode="nearest") for m in (attention, mask))

@@ -16,7 +16,7 @@ from dataclasses import replace
 import timm
 import torch
 
-from robustwrap import PurifyConfig, RobustWrapper
+from robustwrap import Noise, PurifyConfig, RobustWrapper
 from robustwrap.nets import SmallUNet
 
 
@@ -32,7 +32,7 @@ def main() -> None:
 
     images = torch.rand(2, 3, 96, 96)
     start = time.perf_counter()
-    probs = wrapper(images, generator=torch.Generator().manual_seed(0))
+    probs = wrapper(images, noise=Noise.stream(torch.Generator().manual_seed(0)))
     elapsed = time.perf_counter() - start
     mask = wrapper.mask(images)
     print(f"stage maps: {wrapper.stages.describe()}")

@@ -183,8 +183,7 @@ def _export_unrolled(wrapper: RobustWrapper, images: torch.Tensor, noise: NoiseM
     module = UnrolledDefense(wrapper, explicit_noise=noise == "explicit").eval()
     args: tuple[torch.Tensor, ...] = (images,)
     if noise == "explicit":
-        draws, votes, batch, *rest = wrapper.noise_shape(images)
-        args = (images, torch.randn(batch, draws, votes, *rest, generator=torch.Generator().manual_seed(1)).to(images))
+        args = (images, torch.randn(wrapper.noise_shape(images), generator=torch.Generator().manual_seed(1)).to(images))
     return export_graph(module, args, folder / f"{UNROLLED}.onnx", module.input_names, module.output_names,
                         component=UNROLLED, **options)
 
@@ -270,9 +269,10 @@ def _card(info: BundleInfo) -> str:
         f"- specs: {json.dumps(dict(info.specs))}",
         "",
         "```python",
+        "from robustwrap import Noise",
         "from robustwrap.export import load_bundle",
         "wrapper = load_bundle(\"<this folder>\", engine=\"onnxruntime\", device=\"cpu\", config={\"votes\": 4})",
-        "labels = wrapper.predict(images, seeds=seeds)   # seeds: (B,) int64, one per image",
+        "labels = wrapper.predict(images, noise=Noise.seeded(seeds))   # seeds: (B,) int64, one per image",
         "```",
         "",
     ]
@@ -319,7 +319,7 @@ def load_bundle(
 
     Returns:
         A :class:`RobustWrapper` (inference only: the engines give no gradient) taking
-        (B, C, H, W) images in [0, 1]; ``seeds=``, ``generator=`` and ``noise=`` work as in
+        (B, C, H, W) images in [0, 1]; ``noise=`` (:class:`robustwrap.Noise`) works as in
         eager mode, and the same seeds give the same answer as the eager wrapper.
 
     Raises:

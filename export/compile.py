@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from robustwrap.stages import OwnStageMaps
+from robustwrap.noise import Noise
 from robustwrap.wrapper import RobustWrapper
 
 from .engines import PrecisionArg, per_network
@@ -24,7 +25,7 @@ def graph_breaks(wrapper: RobustWrapper, x: Tensor, noise: Tensor | None = None)
     (``export_bundle(..., unrolled=True)``).
     """
     with wrapper.stages.attached(wrapper.classifier):
-        explanation = torch._dynamo.explain(lambda images, n: wrapper.vote_probabilities(images, noise=n))(x, noise)
+        explanation = torch._dynamo.explain(lambda images, n: wrapper.vote_probabilities(images, noise=None if n is None else Noise.given(n)))(x, noise)
     return [str(reason.reason) for reason in explanation.break_reasons]
 
 

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from robustwrap.vote import vote_labels
+from robustwrap.noise import Noise
 from robustwrap.wrapper import RobustWrapper
 
 
@@ -88,7 +89,5 @@ class UnrolledDefense(nn.Module):
     output_names = ["probabilities", "labels"]
 
     def forward(self, images: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if noise is not None:
-            noise = noise.permute(1, 2, 0, 3, 4, 5)  # (B, D, S, ...) -> the wrapper's (D, S, B, ...)
-        probs = self.wrapper.vote_probabilities(images, noise=noise)
+        probs = self.wrapper.vote_probabilities(images, noise=None if noise is None else Noise.given(noise))
         return probs.mean(dim=0), vote_labels(probs, self.wrapper.config.vote)

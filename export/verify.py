@@ -24,7 +24,7 @@ from torch import Tensor
 import robustwrap
 from robustwrap.evaluation import EvalConfig, attack_images, check_inputs, image_seeds
 from robustwrap.fingerprint import tensor_digest
-from robustwrap.noise import derive_seeds
+from robustwrap.noise import Noise, derive_seeds
 from robustwrap.statistics import paired_sign_test
 from robustwrap.vote import vote_labels
 from robustwrap.wrapper import RobustWrapper
@@ -125,7 +125,7 @@ def verify(
         x, y = images[start:start + batch_size], labels[start:start + batch_size]
         base = seeds[start:start + batch_size]
         with torch.no_grad():
-            sides = [wrapper.purify_and_classify(x, seeds=derive_seeds(base, 1)) for wrapper in (eager, deployed)]
+            sides = [wrapper.purify_and_classify(x, noise=Noise.seeded(derive_seeds(base, 1))) for wrapper in (eager, deployed)]
             (pure_e, probs_e), (pure_g, probs_g) = sides
             label_e, label_g = vote_labels(probs_e, rule), vote_labels(probs_g, rule)
             masks = [wrapper.mask(x) for wrapper in (eager, deployed)]
@@ -143,7 +143,7 @@ def verify(
             x_adv = (adversarial[start:start + hit] if adversarial is not None
                      else craft_adversarial(eager, x[:hit], y[:hit], attack, base[:hit]))
             with torch.no_grad():
-                judged = [wrapper.predict(x_adv, seeds=derive_seeds(base[:hit], 2)) for wrapper in (eager, deployed)]
+                judged = [wrapper.predict(x_adv, noise=Noise.seeded(derive_seeds(base[:hit], 2))) for wrapper in (eager, deployed)]
             robust_eager += (judged[0] == y[:hit]).tolist()
             robust_engine += (judged[1] == y[:hit]).tolist()
             robust_agree += (judged[0] == judged[1]).tolist()

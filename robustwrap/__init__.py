@@ -9,7 +9,7 @@ from .adapters import DiffusersUNetEps, EDMDenoiserEps, EpsModel, LearnedSigmaEp
 from .config import PurifyConfig
 from .hooks import HookedStages, infer_stage_modules, last_activations
 from .mask import attention_map, binarize, soft_mask
-from .noise import NoiseSource
+from .noise import Noise, NoiseSource
 from .sampler import purify_latent
 from .stages import OwnStageMaps, StageSource, TimmIntermediates, infer_stage_source
 from .schedule import SamplingPlan, ddim_grid, linear_alphas_cumprod, make_plan
@@ -36,6 +36,7 @@ __all__ = [
     "attention_map",
     "binarize",
     "soft_mask",
+    "Noise",
     "NoiseSource",
     "purify_latent",
     "SamplingPlan",

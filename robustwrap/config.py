@@ -7,8 +7,7 @@ import json
 import math
 import numbers
 import os
-import warnings
-from dataclasses import InitVar, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -81,15 +80,8 @@ class PurifyConfig:
     votes: int = 1                        # S stochastic purifications per image, run as one batch
     vote: VoteRule = "hard"               # "hard" majority of labels or "soft" mean probability
     grad_checkpoint: bool = False         # recompute each denoiser call in backward (saves memory)
-    # Deprecated keyword aliases (one release): normalization= -> attention_norm=, checkpoint= -> grad_checkpoint=.
-    normalization: InitVar[MaskNormalization | None] = field(default=None, repr=False)
-    checkpoint: InitVar[bool | None] = field(default=None, repr=False)
 
-    def __post_init__(self, normalization: MaskNormalization | None, checkpoint: bool | None) -> None:
-        for old, new, value in (("normalization", "attention_norm", normalization), ("checkpoint", "grad_checkpoint", checkpoint)):
-            if value is not None:
-                warnings.warn(f"PurifyConfig({old}=...) is deprecated; use {new}=", DeprecationWarning, stacklevel=3)
-                object.__setattr__(self, new, value)
+    def __post_init__(self) -> None:
         fields = INT_FIELDS + FLOAT_FIELDS + BOOL_FIELDS
         problems = type_problems({name: getattr(self, name) for name in fields},
                                  ints=INT_FIELDS, floats=FLOAT_FIELDS, bools=BOOL_FIELDS)
@@ -153,13 +145,13 @@ class PurifyConfig:
                 the bad value.
         """
         fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(fields) - {"normalization", "checkpoint"})
+        unknown = sorted(set(values) - set(fields))
         if unknown:
             raise ValueError(f"{source}: unknown PurifyConfig fields {unknown}; known: {sorted(fields)}")
         problems = type_problems(values, ints=INT_FIELDS, floats=FLOAT_FIELDS,
-                                 bools=BOOL_FIELDS + ("checkpoint",))
+                                 bools=BOOL_FIELDS)
         problems += [f"{name} must be a string, got {value!r}" for name, value in values.items()
-                     if name not in INT_FIELDS + FLOAT_FIELDS + BOOL_FIELDS + ("checkpoint",)
+                     if name not in INT_FIELDS + FLOAT_FIELDS + BOOL_FIELDS
                      and not isinstance(value, str)]
         if problems:
             raise ValueError(f"{source}: " + "; ".join(problems))

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .attacks.pgd import Loss, attack_loss
-from .noise import mix_seed
+from .noise import Noise, mix_seed
 from .vote import log_mean_probability
 from .wrapper import RobustWrapper
 
@@ -46,7 +46,7 @@ def defense_loss(wrapper: RobustWrapper, x: Tensor, labels: Tensor, seeds: Tenso
     """Scalar: the attack loss summed over the batch, on the defense's scores (log mean vote
     probability, per-image seeds, ``mask`` (B, 1, Hd, Wd) or the classifier's) or on the bare
     classifier's logits."""
-    scores = (log_mean_probability(wrapper.vote_logits(x, seeds=seeds, mask=mask)) if defended
+    scores = (log_mean_probability(wrapper.vote_logits(x, noise=Noise.seeded(seeds), mask=mask)) if defended
               else wrapper.classify(x))
     return attack_loss(scores, labels, loss).sum()
 

@@ -1,19 +1,27 @@
-"""Where the sampler's Gaussian noise comes from: in-graph, a seeded generator, per-image seeds,
-or given tensors.
+"""Where the sampler's Gaussian noise comes from: one value, :class:`Noise`, for every call that purifies.
 
-A :class:`NoiseSource` is made per call and hands out draws in the fixed order of the
-sampling plan, so the same source (same seed or same tensors) gives the same purification
-in eager mode, under ``torch.compile`` and in an exported graph.
+    Noise.fresh()             # draws inside the computation (torch.randn_like; ONNX RandomNormalLike)
+    Noise.seeded(seeds)       # (B,) per-image seeds: an image's noise depends on its own seed alone
+    Noise.stream(generator)   # one torch.Generator for the whole batch
+    Noise.given(tensor)       # explicit draws, (B, D, S, C, Hd, Wd): the exported graph's layout
 
-Per-image seeds (``seeds=``, as EDM's ``generate.py`` does with one generator per sample) make
-an image's noise a function of its own seed alone, whatever the batch it is in: see
-:class:`NoiseSource` for what a seed means exactly. :func:`mix_seed` and :func:`derive_seeds`
-derive independent seeds from (seed, image index, purpose, ...) without any global state.
+Every method of :class:`robustwrap.RobustWrapper` that purifies takes ``noise=`` (None: fresh),
+and so do the engine-backed wrappers of ``load_bundle``. A :class:`NoiseSource` is made from it
+per call and hands out draws in the fixed order of the sampling plan, so the same value (same
+seeds or same tensor) gives the same purification in eager mode, under ``torch.compile`` and in
+an exported graph.
+
+Per-image seeds (as EDM's ``generate.py`` does with one generator per sample) make an image's
+noise a function of its own seed alone, whatever the batch it is in: see :class:`NoiseSource` for
+what a seed means exactly. :func:`mix_seed` and :func:`derive_seeds` derive independent seeds
+from (seed, image index, purpose, ...) without any global state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -95,53 +103,112 @@ def per_image_rand(seeds: Tensor | Sequence[int], shape: Sequence[int], *, devic
     return torch.stack(rows).to(dtype)
 
 
+NoiseKind = Literal["fresh", "seeded", "stream", "given"]
+
+
+@dataclass(frozen=True)
+class Noise:
+    """Where one call's noise comes from; build it with one of the four constructors.
+
+    Attributes:
+        kind: "fresh", "seeded", "stream" or "given".
+        seeds: with "seeded": (B,) int64 seeds in [0, 2**63), one per image.
+        generator: with "stream": the generator every draw comes from (on the images' device).
+        tensor: with "given": (B, D, S, C, Hd, Wd) standard-normal draws, where D is the plan's
+            ``noise_draws``, S the votes of the call (1 for ``purify``) and (Hd, Wd) the diffusion
+            size; ``RobustWrapper.noise_shape(x, votes)`` gives the shape. Image b's draw d for
+            vote s is ``tensor[b, d, s]``, whatever the batch it is in.
+    """
+
+    kind: NoiseKind = "fresh"
+    seeds: Tensor | None = None
+    generator: torch.Generator | None = None
+    tensor: Tensor | None = None
+
+    @classmethod
+    def fresh(cls) -> "Noise":
+        """New draws each call (``torch.randn_like``): what the exported graphs do in-graph."""
+        return cls()
+
+    @classmethod
+    def seeded(cls, seeds: Tensor | Sequence[int]) -> "Noise":
+        """Image i's noise from its own generator seeded with ``seeds[i]`` (see :func:`check_seeds`)."""
+        return cls("seeded", seeds=check_seeds(seeds))
+
+    @classmethod
+    def stream(cls, generator: torch.Generator) -> "Noise":
+        """Every draw from ``generator``: reproducible from its seed, but an image's noise depends on its batch."""
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"Noise.stream takes a torch.Generator, got {type(generator).__name__}")
+        return cls("stream", generator=generator)
+
+    @classmethod
+    def given(cls, tensor: Tensor) -> "Noise":
+        """Explicit draws, a (B, D, S, C, Hd, Wd) floating tensor (``RobustWrapper.noise_shape``)."""
+        if not isinstance(tensor, Tensor) or not tensor.is_floating_point() or tensor.dim() != 6:
+            got = f"a {tensor.dim()}-d {tensor.dtype} tensor" if isinstance(tensor, Tensor) else type(tensor).__name__
+            raise ValueError(f"Noise.given takes a (B, D, S, C, Hd, Wd) floating tensor, got {got}")
+        return cls("given", tensor=tensor)
+
+    def check(self, shape: Sequence[int]) -> None:
+        """ValueError unless this noise fits a call whose given noise would have ``shape`` (B, D, S, C, Hd, Wd)."""
+        if self.kind == "seeded" and self.seeds.shape[0] != shape[0]:
+            raise ValueError(f"seeded noise for {self.seeds.shape[0]} images, but the call has {shape[0]}: "
+                             f"pass one seed per image")
+        if self.kind == "given" and tuple(self.tensor.shape) != tuple(shape):
+            raise ValueError(f"given noise must have shape {tuple(shape)} (B, D, S, C, Hd, Wd), "
+                             f"got {tuple(self.tensor.shape)}")
+
+
+def as_noise(noise: "Noise | None") -> Noise:
+    """``noise`` itself, or :meth:`Noise.fresh` for None; TypeError for anything else (e.g. a bare tensor)."""
+    if noise is None:
+        return Noise()
+    if not isinstance(noise, Noise):
+        hint = " (explicit draws: Noise.given(tensor))" if isinstance(noise, Tensor) else ""
+        raise TypeError(f"noise= takes a robustwrap.Noise, got {type(noise).__name__}{hint}")
+    return noise
+
+
 class NoiseSource:
     """Hands out standard-normal tensors shaped like the sampler's state, one per draw.
 
     Args:
-        generator: draw with ``torch.randn(..., generator=generator)`` (reproducible from a seed;
-            the generator must live on the images' device). The whole batch shares its stream,
-            so an image's noise depends on the batch it is in.
-        explicit: a tensor of shape (D, N, C, H, W) whose D slices are returned in order;
-            D must equal the plan's ``noise_draws`` and N the batch the sampler runs on.
-        seeds: (B,) per-image seeds (see :func:`check_seeds`); the sampler's state must be
-            (votes * B, C, H, W), vote-major. What a seed means: image i owns a generator
-            ``torch.Generator(device).manual_seed(seeds[i])`` on the images' device, and at each
-            of the plan's D draws, in the plan's order, takes ``torch.randn((votes, C, Hd, Wd))``
-            from it in float32 (row s is vote s). Image i's noise therefore depends only on
-            ``seeds[i]``, the plan and ``votes`` (not on the batch, its size or its order); with
-            ``votes=1`` (``purify``) it equals vote 0 of a ``votes=1`` forward with the same seed.
-        votes: S, the number of purifications per image in the sampler's batch (with ``seeds``).
-        device: where the per-image generators live (with ``seeds``).
-        With none of them, draws use ``torch.randn_like`` (exports to ONNX ``RandomNormalLike``).
+        noise: where the draws come from (:class:`Noise`; None: fresh).
+        votes: S, the number of purifications per image in the sampler's batch, which runs
+            (S * B, C, Hd, Wd) rows, vote-major (row s * B + b is vote s of image b).
+
+    What a seed means (``Noise.seeded``): image i owns a generator
+    ``torch.Generator(device).manual_seed(seeds[i])`` on the images' device, and at each of the
+    plan's D draws, in the plan's order, takes ``torch.randn((votes, C, Hd, Wd))`` from it in
+    float32 (row s is vote s). Image i's noise therefore depends only on ``seeds[i]``, the plan
+    and ``votes`` (not on the batch, its size or its order); with ``votes=1`` (``purify``) it
+    equals vote 0 of a ``votes=1`` forward with the same seed. Fresh draws use
+    ``torch.randn_like`` (exports to ONNX ``RandomNormalLike``).
     """
 
-    def __init__(
-        self,
-        generator: torch.Generator | None = None,
-        explicit: Tensor | None = None,
-        *,
-        seeds: Tensor | Sequence[int] | None = None,
-        votes: int = 1,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        if sum(source is not None for source in (generator, explicit, seeds)) > 1:
-            raise ValueError("pass one of generator=, noise= (explicit) and seeds=, not several")
-        self._generator = generator
-        self._explicit = explicit
+    def __init__(self, noise: Noise | None = None, *, votes: int = 1) -> None:
+        self.noise = as_noise(noise)
         self._votes = votes
-        self._per_image = None if seeds is None else per_image_generators(seeds, device)
+        self._per_image: list[torch.Generator] | None = None
+        self._explicit = None
+        if self.noise.kind == "given":  # (B, D, S, ...) -> (D, S * B, ...), vote-major like the sampler's rows
+            self._explicit = self.noise.tensor.permute(1, 2, 0, 3, 4, 5).flatten(1, 2)
         self.drawn = 0
 
     def __call__(self, like: Tensor) -> Tensor:
         """A standard-normal tensor with ``like``'s shape, dtype and device."""
         index = self.drawn
         self.drawn += 1
-        if self._explicit is not None:
+        kind = self.noise.kind
+        if kind == "given":
             return self._explicit[index].to(like)
-        if self._generator is not None:
-            return torch.randn(like.shape, generator=self._generator, device=self._generator.device).to(like)
-        if self._per_image is not None:
+        if kind == "stream":
+            generator = self.noise.generator
+            return torch.randn(like.shape, generator=generator, device=generator.device).to(like)
+        if kind == "seeded":
+            if self._per_image is None:
+                self._per_image = per_image_generators(self.noise.seeds, like.device)
             return self._draw_per_image(like)
         return torch.randn_like(like)
 

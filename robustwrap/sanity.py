@@ -17,7 +17,7 @@ from .attacks import DefenseLogits, Undefended, eot_gradient
 from .attacks.registry import surrogate
 from .evaluation import STEPPED, EvalConfig, attack_images, image_seeds
 from .gradcheck import finite_difference_check, surrogate_cosine
-from .noise import derive_seeds
+from .noise import Noise, derive_seeds
 from .statistics import Accuracy, format_accuracy
 from .wrapper import RobustWrapper
 
@@ -42,7 +42,7 @@ def _accuracy(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: EvalC
     adversarial = attack_images(wrapper, images, labels, cfg, seeds=derive_seeds(base, tag, 0))
     with torch.no_grad():
         if cfg.defended:
-            predicted = wrapper.predict(adversarial, seeds=derive_seeds(base, tag, 1))
+            predicted = wrapper.predict(adversarial, noise=Noise.seeded(derive_seeds(base, tag, 1)))
         else:
             predicted = wrapper.classify(adversarial).argmax(1)
     return float((predicted == labels).float().mean())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import warnings
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
@@ -17,7 +16,7 @@ from .config import PurifyConfig
 from .inputs import Normalize, check_images, classifier_fixed_size, infer_classifier_spec, infer_normalization
 from .mask import attention_map, binarize
 from .network_checks import CheckedDenoiser, check_logits
-from .noise import NoiseSource, check_seeds
+from .noise import Noise, NoiseSource, as_noise
 from .sampler import purify_latent
 from .schedule import Step, make_plan
 from .stages import StageSource, infer_stage_source
@@ -28,7 +27,6 @@ logger = logging.getLogger(__name__)
 Size = tuple[int, int]
 NormalizationArg = Literal["auto"] | None | tuple[Sequence[float], Sequence[float]]
 StagesArg = Sequence[str] | Sequence[int] | StageSource | None
-SeedsArg = Tensor | Sequence[int] | None
 
 
 def _as_size(size: int | Sequence[int] | None) -> Size | None:
@@ -100,7 +98,6 @@ class RobustWrapper(nn.Module):
         stages: where the mask's stage maps come from (:mod:`robustwrap.stages`): None to infer
             (timm ``forward_intermediates``; else hooks on each inferred stage's last
             activation), module names to hook, ``forward_intermediates`` indices, or a source.
-        blocks: the older name of ``stages`` for module names.
         normalization: the classifier's input normalisation: "auto" (timm ``pretrained_cfg``,
             torchvision -> ImageNet statistics), None (the classifier takes [0, 1] images) or
             an explicit ``(mean, std)``.
@@ -114,6 +111,7 @@ class RobustWrapper(nn.Module):
     Example:
         >>> wrapper = RobustWrapper(timm.create_model("resnet50", pretrained=True), unet)
         >>> labels = wrapper.predict(images)          # images: (B, 3, H, W) in [0, 1]
+        >>> labels = wrapper.predict(images, noise=Noise.seeded(seeds))   # reproducible, per image
     """
 
     def __init__(
@@ -123,15 +121,12 @@ class RobustWrapper(nn.Module):
         config: PurifyConfig | None = None,
         *,
         stages: StagesArg = None,
-        blocks: Sequence[str] | None = None,
         normalization: NormalizationArg = "auto",
         image_size: int | Sequence[int] | None = None,
         diffusion_size: int | Sequence[int] | None = None,
         resize_mode: str = "bilinear",
     ) -> None:
         super().__init__()
-        if stages is not None and blocks is not None:
-            raise ValueError("pass the stage modules as stages= (blocks= is its older name), not both")
         self.config = config or PurifyConfig()
         self.classifier = classifier.eval().requires_grad_(False)
         self.eps_model = as_eps_model(diffusion).eval().requires_grad_(False)
@@ -161,7 +156,7 @@ class RobustWrapper(nn.Module):
         self.normalize: nn.Module = Normalize(*normalization) if normalization is not None else nn.Identity()
 
         probe = self.image_size or self.diffusion_size
-        self.stages: StageSource = infer_stage_source(classifier, stages if stages is not None else blocks, probe)
+        self.stages: StageSource = infer_stage_source(classifier, stages, probe)
         logger.info(
             "RobustWrapper: stage maps %s, normalization %s, image size %s, diffusion size %s, %d denoiser calls",
             self.stages.describe(), normalization, self.image_size or "any", self.diffusion_size or "the input's",
@@ -170,135 +165,85 @@ class RobustWrapper(nn.Module):
 
     # --- public API -------------------------------------------------------------------------
 
-    def forward(
-        self, x: Tensor, *, generator: torch.Generator | None = None, noise: Tensor | None = None,
-        seeds: SeedsArg = None,
-    ) -> Tensor:
+    def forward(self, x: Tensor, *, noise: Noise | None = None) -> Tensor:
         """Mean class probabilities over the S votes.
 
         Args:
             x: (B, C, H, W) images in [0, 1].
-            generator: draw the noise from this generator (reproducible from its seed; the
-                whole batch shares its stream, so an image's result depends on its batch).
-            noise: explicit noise of shape ``self.noise_shape(x)`` = (D, S, B, C, Hd, Wd),
-                D = ``self.plan.noise_draws``.
-            seeds: (B,) non-negative int64 tensor (or sequence of ints), one seed per image:
-                image i's noise (every draw of every vote) comes from a generator seeded with
-                ``seeds[i]`` on the images' device, so its result does not depend on the batch
-                it is in (:class:`robustwrap.noise.NoiseSource` states the exact draw order).
-                At most one of ``generator``, ``noise`` and ``seeds``; with none, in-graph noise.
+            noise: where the purification noise comes from (:class:`robustwrap.Noise`): None or
+                ``Noise.fresh()`` (new draws), ``Noise.seeded(seeds)`` ((B,) per-image seeds: image
+                i's result does not depend on the batch it is in), ``Noise.stream(generator)`` (one
+                generator for the batch) or ``Noise.given(tensor)`` of shape ``self.noise_shape(x)``
+                = (B, D, S, C, Hd, Wd), D = ``self.plan.noise_draws``.
 
         Returns:
             (B, K) probabilities over the K classes, differentiable w.r.t. ``x``.
         """
-        return self.vote_probabilities(x, generator=generator, noise=noise, seeds=seeds).mean(dim=0)
+        return self.vote_probabilities(x, noise=noise).mean(dim=0)
 
     @torch.no_grad()
-    def predict(
-        self, x: Tensor, *, generator: torch.Generator | None = None, noise: Tensor | None = None,
-        seeds: SeedsArg = None,
-    ) -> Tensor:
-        """(B,) int64 labels by the configured vote rule (``config.vote``), without gradient.
+    def predict(self, x: Tensor, *, noise: Noise | None = None) -> Tensor:
+        """(B,) int64 labels by the configured vote rule (``config.vote``), without gradient; ``noise`` as in
+        :meth:`forward`."""
+        return vote_labels(self.vote_probabilities(x, noise=noise), self.config.vote)
 
-        ``generator`` / ``noise`` / ``seeds`` as in :meth:`forward`."""
-        return vote_labels(self.vote_probabilities(x, generator=generator, noise=noise, seeds=seeds), self.config.vote)
-
-    def vote_logits(
-        self, x: Tensor, *, generator: torch.Generator | None = None, noise: Tensor | None = None,
-        seeds: SeedsArg = None, mask: Tensor | None = None,
-    ) -> Tensor:
+    def vote_logits(self, x: Tensor, *, noise: Noise | None = None, mask: Tensor | None = None) -> Tensor:
         """(S, B, K) classifier logits of each of the S purifications of each image.
 
-        ``generator`` / ``noise`` / ``seeds`` as in :meth:`forward`; ``mask`` as in :meth:`purify`
-        ((B, 1, Hd, Wd), shared by the S purifications; None: the classifier's own)."""
-        return self._purify_and_classify(x, generator, noise, seeds, mask)[1]
+        ``noise`` as in :meth:`forward`; ``mask`` as in :meth:`purify` ((B, 1, Hd, Wd), shared by the
+        S purifications; None: the classifier's own)."""
+        return self._purify_and_classify(x, noise, mask)[1]
 
-    def vote_probabilities(
-        self, x: Tensor, *, generator: torch.Generator | None = None, noise: Tensor | None = None,
-        seeds: SeedsArg = None,
-    ) -> Tensor:
-        """(S, B, K) class probabilities of each of the S purifications of each image.
+    def vote_probabilities(self, x: Tensor, *, noise: Noise | None = None) -> Tensor:
+        """(S, B, K) class probabilities of each of the S purifications of each image; ``noise`` as in
+        :meth:`forward`."""
+        return self.vote_logits(x, noise=noise).softmax(dim=2)
 
-        ``generator`` / ``noise`` / ``seeds`` as in :meth:`forward`."""
-        return self.vote_logits(x, generator=generator, noise=noise, seeds=seeds).softmax(dim=2)
-
-    def purify_and_classify(
-        self, x: Tensor, *, generator: torch.Generator | None = None, noise: Tensor | None = None,
-        seeds: SeedsArg = None,
-    ) -> tuple[Tensor, Tensor]:
-        """The whole pipeline, keeping its intermediate result.
-
-        ``generator`` / ``noise`` / ``seeds`` as in :meth:`forward`.
+    def purify_and_classify(self, x: Tensor, *, noise: Noise | None = None) -> tuple[Tensor, Tensor]:
+        """The whole pipeline, keeping its intermediate result; ``noise`` as in :meth:`forward`.
 
         Returns:
             purified: (S, B, C, H, W) purified images in [0, 1] at the input size.
             probs: (S, B, K) class probabilities of each purification.
         """
-        purified, logits = self._purify_and_classify(x, generator, noise, seeds)
+        purified, logits = self._purify_and_classify(x, noise)
         return purified, logits.softmax(dim=2)
 
-    def purify(
-        self,
-        x: Tensor,
-        *,
-        generator: torch.Generator | None = None,
-        noise: Tensor | None = None,
-        mask: Tensor | None = None,
-        seeds: SeedsArg = None,
-    ) -> Tensor:
+    def purify(self, x: Tensor, *, noise: Noise | None = None, mask: Tensor | None = None) -> Tensor:
         """One purification per image.
 
         Args:
             x: (B, C, H, W) images in [0, 1].
-            noise: explicit noise (D, B, C, Hd, Wd), D = ``self.plan.noise_draws``.
+            noise: as in :meth:`forward`, for one vote: given noise has shape
+                ``self.noise_shape(x, votes=1)`` = (B, D, 1, C, Hd, Wd); image i's purification with
+                ``Noise.seeded`` equals the single vote of a ``votes=1`` forward with the same seed.
             mask: (B, 1, Hd, Wd) mask in [0, 1] to use instead of the classifier's
                 (1 = strong noise); a soft mask may carry gradient.
-            seeds: (B,) per-image seeds as in :meth:`forward`; image i's purification equals
-                the single vote of a ``votes=1`` forward with the same seed.
 
         Returns:
             (B, C, H, W) purified images in [0, 1] at the input size.
         """
-        x = self.validate(x, noise=noise, votes=None)
+        noise = as_noise(noise)
+        x = self.validate(x, noise=noise, votes=1)
         self._check_mask(x, mask)
-        source = self.noise_source(x, 1, generator=generator, noise=noise, seeds=seeds)
-        return self._resize(self._purify(x, 1, source, mask), x.shape[-2:])
+        return self._resize(self._purify(x, 1, NoiseSource(noise, votes=1), mask), x.shape[-2:])
 
-    def noise_source(
-        self, x: Tensor, votes: int, *, generator: torch.Generator | None = None, noise: Tensor | None = None,
-        seeds: SeedsArg = None,
-    ) -> NoiseSource:
-        """The :class:`NoiseSource` for purifying ``votes`` copies of the (B, ...) images ``x``.
-
-        ``noise`` here is already flat: (D, votes * B, C, Hd, Wd). Raises ValueError / TypeError
-        when more than one source is given or the seeds are not (B,) non-negative integers.
-        """
-        if seeds is not None:
-            if generator is not None or noise is not None:
-                raise ValueError("pass one of generator=, noise= and seeds=, not several")
-            seeds = check_seeds(seeds, batch=x.shape[0])
-        return NoiseSource(generator, noise, seeds=seeds, votes=votes, device=x.device)
-
-    def purify_trace(
-        self, x: Tensor, *, votes: int | None = None, generator: torch.Generator | None = None,
-        noise: Tensor | None = None, seeds: SeedsArg = None,
-    ) -> PurificationTrace:
+    def purify_trace(self, x: Tensor, *, votes: int | None = None, noise: Noise | None = None) -> PurificationTrace:
         """The purification with its intermediate states (for DiffAttack's deviation loss).
 
         Args:
             x: (B, C, H, W) images in [0, 1].
-            votes: S copies per image (default ``config.votes``); ``generator`` / ``noise``
-                ((D, S, B, C, Hd, Wd)) / ``seeds`` as in :meth:`forward`.
+            votes: S copies per image (default ``config.votes``); ``noise`` as in :meth:`forward`
+                (given noise: ``self.noise_shape(x, votes)``).
 
         Returns:
             A :class:`PurificationTrace`; everything in it is differentiable w.r.t. ``x``
             (except the mask, held constant as everywhere).
         """
         votes = self.config.votes if votes is None else votes
+        noise = as_noise(noise)
         x = self.validate(x, noise=noise, votes=votes)
-        if noise is not None:
-            noise = noise.flatten(1, 2)
-        source = FirstDraw(self.noise_source(x, votes, generator=generator, noise=noise, seeds=seeds))
+        source = FirstDraw(NoiseSource(noise, votes=votes))
         x0, mask = self._diffusion_inputs(x, votes, None)
         states: list[tuple[Step, Tensor]] = []
         latent = purify_latent(self._denoiser(), x0, mask, self.plan, source, self.config.grad_checkpoint,
@@ -333,10 +278,10 @@ class RobustWrapper(nn.Module):
         return self._mask(self.validate(x))
 
     def noise_shape(self, x: Tensor, votes: int | None = None) -> tuple[int, ...]:
-        """Shape of explicit noise for ``forward``: (D, S, B, C, Hd, Wd), D noise draws; for
-        ``purify`` drop S."""
+        """Shape of ``Noise.given`` for images like ``x``: (B, D, S, C, Hd, Wd), D = ``plan.noise_draws``,
+        S = ``votes`` (default ``config.votes``; 1 for :meth:`purify`)."""
         votes = self.config.votes if votes is None else votes
-        return (self.plan.noise_draws, votes, x.shape[0], x.shape[1], *self.diffusion_size_for(x))
+        return (x.shape[0], self.plan.noise_draws, votes, x.shape[1], *self.diffusion_size_for(x))
 
     def diffusion_size_for(self, x: Tensor) -> Size:
         """(Hd, Wd) at which images like ``x`` are purified."""
@@ -346,22 +291,22 @@ class RobustWrapper(nn.Module):
         """(B, K) logits of the bare classifier on (B, C, H, W) images in [0, 1]: no defense."""
         return self._classify(self.validate(x))
 
-    def validate(self, x: Tensor, *, noise: Tensor | None = None, votes: int | None = -1) -> Tensor:
-        """Check images (and explicit noise) before any compute; return them in the networks' dtype.
+    def validate(self, x: Tensor, *, noise: Noise | None = None, votes: int | None = None) -> Tensor:
+        """Check images (and the noise) before any compute; return them in the networks' dtype.
 
         Skipped while tracing (compile, export), where shapes are symbolic.
 
         Args:
             x: expected (B, C, H, W) floats in [0, 1], finite, of a size the networks take.
-            noise: explicit noise to check against :meth:`noise_shape`.
-            votes: the S the noise is for; None for ``purify``'s noise (no S axis); -1 for
-                ``config.votes``.
+            noise: the call's :class:`Noise`, checked against :meth:`noise_shape` (one seed per image,
+                given noise of the right shape).
+            votes: the S the noise is for (default ``config.votes``; 1 for :meth:`purify`).
 
         Raises:
             TypeError, ValueError: naming what was received and what is expected.
         """
         if not _tracing():
-            self._check_eagerly(x, noise, self.config.votes if votes == -1 else votes)
+            self._check_eagerly(x, noise, self.config.votes if votes is None else votes)
         return x.to(next(self.classifier.parameters(), x).dtype)
 
     def with_config(self, config: PurifyConfig) -> "RobustWrapper":
@@ -379,17 +324,13 @@ class RobustWrapper(nn.Module):
             setattr(view, name, getattr(self, name))
         return view
 
-    def close(self) -> None:
-        """Deprecated no-op: hooks are attached only while capturing, nothing is left to remove."""
-        warnings.warn("RobustWrapper.close() is no longer needed and does nothing", DeprecationWarning, stacklevel=2)
-
     def train(self, mode: bool = True) -> "RobustWrapper":
         """The defense always runs its networks in eval mode; ``train()`` changes nothing."""
         return super().train(False)
 
     # --- pipeline ---------------------------------------------------------------------------
 
-    def _check_eagerly(self, x: Tensor, noise: Tensor | None, votes: int | None) -> None:
+    def _check_eagerly(self, x: Tensor, noise: Noise | None, votes: int) -> None:
         if isinstance(x, Tensor):
             self._check_device(x)
         check_images(x, self.channels, self.image_size)
@@ -400,11 +341,7 @@ class RobustWrapper(nn.Module):
                 f"pass diffusion_size=(H, W) (images are resized to it for purification) or resize the images"
             )
         if noise is not None:
-            expected = self.noise_shape(x, votes)
-            if votes is None:
-                expected = expected[:1] + expected[2:]
-            if tuple(noise.shape) != expected:
-                raise ValueError(f"explicit noise must have shape {expected}, got {tuple(noise.shape)}")
+            noise.check(self.noise_shape(x, votes))
 
     def _check_device(self, x: Tensor) -> None:
         """ValueError when the images are not where the networks' weights are (engine-backed networks, which have
@@ -424,18 +361,13 @@ class RobustWrapper(nn.Module):
                 f"mask must have shape {(x.shape[0], 1, *self.diffusion_size_for(x))}, got {tuple(mask.shape)}"
             )
 
-    def _purify_and_classify(
-        self, x: Tensor, generator: torch.Generator | None, noise: Tensor | None, seeds: SeedsArg = None,
-        mask: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
+    def _purify_and_classify(self, x: Tensor, noise: Noise | None, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(S, B, C, H, W) purified images and (S, B, K) logits (``mask``: None for the classifier's)."""
+        noise = as_noise(noise)
         x = self.validate(x, noise=noise)
         self._check_mask(x, mask)
         votes, batch = self.config.votes, x.shape[0]
-        if noise is not None:
-            noise = noise.flatten(1, 2)  # (D, S, B, ...) -> (D, S * B, ...), vote-major like repeat()
-        source = self.noise_source(x, votes, generator=generator, noise=noise, seeds=seeds)
-        purified = self._resize(self._purify(x, votes, source, mask=mask), x.shape[-2:])
+        purified = self._resize(self._purify(x, votes, NoiseSource(noise, votes=votes), mask=mask), x.shape[-2:])
         logits = self._classify(purified)
         return purified.view(votes, batch, *x.shape[1:]), logits.view(votes, batch, -1)
 

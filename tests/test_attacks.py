@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustwrap import PurifyConfig, RobustWrapper
+from robustwrap import Noise, PurifyConfig, RobustWrapper
 from robustwrap.attacks import BPDALogits, DefenseLogits, MaskAwareLogits, Undefended, autoattack, eot_gradient, pgd_eot
 
 from .tiny import tiny_classifier, tiny_unet, tiny_wrapper
@@ -159,9 +159,9 @@ def test_mask_aware_gradient_reaches_the_input_through_the_mask_alone(images):
     wrapper = tiny_wrapper(tau=0.6)
     target = MaskAwareLogits(wrapper, temperature=0.05, generator=torch.Generator().manual_seed(0))
     x = images.clone().requires_grad_(True)
-    noise = torch.randn(wrapper.noise_shape(images, votes=1)[:1] + wrapper.noise_shape(images, votes=1)[2:],
+    noise = torch.randn(wrapper.noise_shape(images, votes=1),
                         generator=torch.Generator().manual_seed(1))
     # Purify a fixed image under the soft mask of x: any gradient on x comes through the mask.
-    purified = wrapper.purify(images, mask=target.soft_mask(x), noise=noise)
+    purified = wrapper.purify(images, mask=target.soft_mask(x), noise=Noise.given(noise))
     (gradient,) = torch.autograd.grad(wrapper.classify(purified).log_softmax(1)[:, 3].sum(), x)
     assert torch.isfinite(gradient).all() and gradient.abs().sum() > 0

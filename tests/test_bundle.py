@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from robustwrap import PurifyConfig, RobustWrapper
+from robustwrap import Noise, PurifyConfig, RobustWrapper
 from robustwrap.export import BundleInfo, export_bundle, load_bundle, load_unrolled, read_bundle, write_triton_bundle
 
 from .tiny import tiny_classifier, tiny_unet
@@ -31,7 +31,7 @@ def bundle(tmp_path_factory):
 
 
 def _noise(wrapper, x, seed=0, votes=None):
-    return torch.randn(wrapper.noise_shape(x, votes), generator=torch.Generator().manual_seed(seed))
+    return Noise.given(torch.randn(wrapper.noise_shape(x, votes), generator=torch.Generator().manual_seed(seed)))
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -55,9 +55,9 @@ def test_generator_noise_is_reproducible_from_the_seed(bundle):
     loaded = load_bundle(result.path)
     x = torch.rand(2, 3, 16, 16)
     with torch.no_grad():
-        first = loaded.purify(x, generator=torch.Generator().manual_seed(7))
-        again = loaded.purify(x, generator=torch.Generator().manual_seed(7))
-        other = loaded.purify(x, generator=torch.Generator().manual_seed(8))
+        first = loaded.purify(x, noise=Noise.stream(torch.Generator().manual_seed(7)))
+        again = loaded.purify(x, noise=Noise.stream(torch.Generator().manual_seed(7)))
+        other = loaded.purify(x, noise=Noise.stream(torch.Generator().manual_seed(8)))
     assert torch.equal(first, again) and not torch.equal(first, other)
 
 
@@ -82,9 +82,9 @@ def test_same_seeds_same_answer_in_the_bundle_and_the_eager_wrapper(bundle):
     x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(4))
     seeds = torch.tensor([11, 12, 13])
     with torch.no_grad():
-        served = loaded(x, seeds=seeds)
-        torch.testing.assert_close(served, wrapper(x, seeds=seeds), rtol=0, atol=1e-4)
-        torch.testing.assert_close(loaded(x[1:2], seeds=seeds[1:2]), served[1:2], rtol=0, atol=1e-6)  # per image
+        served = loaded(x, noise=Noise.seeded(seeds))
+        torch.testing.assert_close(served, wrapper(x, noise=Noise.seeded(seeds)), rtol=0, atol=1e-4)
+        torch.testing.assert_close(loaded(x[1:2], noise=Noise.seeded(seeds[1:2])), served[1:2], rtol=0, atol=1e-6)  # per image
 
 
 def test_config_json_holds_each_components_contract(bundle):
@@ -301,14 +301,14 @@ def test_unrolled_graph_matches_eager_with_explicit_noise(tmp_path):
     for batch in (1, 3):
         x = torch.rand(batch, 3, 16, 16)
         noise = _noise(wrapper, x)
-        probabilities, labels = graph(x, noise.permute(2, 0, 1, 3, 4, 5))
+        probabilities, labels = graph(x, noise.tensor)
         with torch.no_grad():
             torch.testing.assert_close(probabilities, wrapper(x, noise=noise), rtol=0, atol=1e-4)
             assert torch.equal(labels, wrapper.predict(x, noise=noise))
     with pytest.raises(ValueError, match="takes explicit noise"):
         graph(torch.rand(1, 3, 16, 16))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        graph(torch.rand(1, 3, 16, 16) + 2, noise.permute(2, 0, 1, 3, 4, 5)[:1])
+        graph(torch.rand(1, 3, 16, 16) + 2, noise.tensor[:1])
 
 
 @pytest.mark.slow
@@ -464,7 +464,7 @@ def test_aoti_packages_match_eager_and_load_without_compiling(aoti_bundle, monke
         noise = _noise(wrapper, x)
         with torch.no_grad():
             torch.testing.assert_close(loaded(x, noise=noise), wrapper(x, noise=noise), rtol=0, atol=1e-5)
-            torch.testing.assert_close(loaded(x, seeds=torch.arange(batch)), wrapper(x, seeds=torch.arange(batch)),
+            torch.testing.assert_close(loaded(x, noise=Noise.seeded(torch.arange(batch))), wrapper(x, noise=Noise.seeded(torch.arange(batch))),
                                        rtol=0, atol=1e-5)
 
 
@@ -480,14 +480,14 @@ def test_bf16_packages_and_compiled_networks_run_one_bf16_function(aoti_bundle):
     x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(7))
     seeds = torch.arange(3)
     with torch.no_grad():
-        eager = wrapper.purify(x, seeds=seeds)
-        from_package = packaged.purify(x, seeds=seeds)
-        torch.testing.assert_close(from_package, compiled.purify(x, seeds=seeds), rtol=0, atol=2e-3)
+        eager = wrapper.purify(x, noise=Noise.seeded(seeds))
+        from_package = packaged.purify(x, noise=Noise.seeded(seeds))
+        torch.testing.assert_close(from_package, compiled.purify(x, noise=Noise.seeded(seeds)), rtol=0, atol=2e-3)
         assert float((from_package - eager).abs().max()) > 1e-3  # bf16 really ran: not fp32's function
         assert from_package.dtype == torch.float32
         mixed = load_bundle(result.path, engine="aoti", precision={"classifier": "fp32", "denoiser": "bf16"})
         torch.testing.assert_close(mixed.mask(x), wrapper.mask(x), rtol=0, atol=0)  # the fp32 classifier's mask
-        assert float((mixed.purify(x, seeds=seeds) - eager).abs().max()) > 1e-3
+        assert float((mixed.purify(x, noise=Noise.seeded(seeds)) - eager).abs().max()) > 1e-3
 
 
 @pytest.mark.slow
@@ -533,7 +533,7 @@ def test_tensorrt_bundle_matches_eager(tmp_path, precision, atol):
     x = torch.rand(3, 3, 16, 16)
     noise = _noise(wrapper, x)
     with torch.no_grad():
-        got = loaded(x.cuda(), noise=noise.cuda()).cpu()
+        got = loaded(x.cuda(), noise=Noise.given(noise.tensor.cuda())).cpu()
         want = wrapper(x, noise=noise)
     torch.testing.assert_close(got, want, rtol=0, atol=atol)
 
@@ -547,7 +547,7 @@ def test_onnxruntime_cuda_io_binding_matches_eager(bundle):
     x = torch.rand(3, 3, 16, 16)
     noise = _noise(wrapper, x)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(x.cuda(), noise=noise.cuda()).cpu(), wrapper(x, noise=noise), rtol=0, atol=1e-4)
+        torch.testing.assert_close(loaded(x.cuda(), noise=Noise.given(noise.tensor.cuda())).cpu(), wrapper(x, noise=noise), rtol=0, atol=1e-4)
 
 
 # --- torch.compile of the networks, not the loop ---------------------------------------------

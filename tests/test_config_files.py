@@ -1,7 +1,6 @@
 """PurifyConfig as a file: JSON or TOML, a format version, validation on load."""
 
 import json
-import warnings
 
 import pytest
 
@@ -43,14 +42,14 @@ def test_load_refuses_other_files_versions_fields_and_values(tmp_path):
         PurifyConfig().save(tmp_path / "config.yaml")
 
 
-def test_integers_are_accepted_for_float_fields_and_old_names_warn(tmp_path):
+def test_integers_are_accepted_for_float_fields_and_the_removed_names_are_refused(tmp_path):
     path = tmp_path / "c.json"
-    path.write_text(json.dumps({"format": "robustwrap.PurifyConfig", "version": 1, "config": {"tau": 1, "checkpoint": True}}))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        config = PurifyConfig.load(path)
+    path.write_text(json.dumps({"format": "robustwrap.PurifyConfig", "version": 1, "config": {"tau": 1, "grad_checkpoint": True}}))
+    config = PurifyConfig.load(path)
     assert config.tau == 1.0 and config.grad_checkpoint is True
-    assert any(issubclass(w.category, DeprecationWarning) for w in caught)
+    path.write_text(json.dumps({"format": "robustwrap.PurifyConfig", "version": 1, "config": {"checkpoint": True}}))
+    with pytest.raises(ValueError, match="unknown PurifyConfig fields \\['checkpoint'\\]"):
+        PurifyConfig.load(path)  # the 0.1 alias is gone (CHANGELOG)
 
 
 def test_export_embeds_the_config_file_in_the_bundle(tmp_path):

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from robustwrap import Noise
 from robustwrap.attacks.deviation import deviation
 from robustwrap.attacks.pgd import attack_loss
 from robustwrap.attacks.targets import DeviationLogits
@@ -52,7 +53,7 @@ def test_deviation_gradient_equals_unrolled_autograd_with_all_noise_fixed():
     y = torch.tensor([2, 5])
 
     def ours(point):
-        trace = wrapper.purify_trace(point, votes=1, noise=noise[:, None])
+        trace = wrapper.purify_trace(point, votes=1, noise=Noise.given(noise.transpose(0, 1)[:, :, None]))  # (B, D, 1, ...)
         logits = wrapper.classify(trace.purified.flatten(0, 1)).view(1, 2, -1)
         return (attack_loss(log_mean_probability(logits), y) + 0.7 * deviation(trace, wrapper.plan)).sum()
 
@@ -75,7 +76,7 @@ def test_deviation_view_adds_the_weighted_term_and_changes_the_attack():
     x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(14))
     seeds = torch.tensor([1, 2, 3])
     scores, bonus = DeviationLogits(wrapper, 2.0, seeds=seeds)(x)
-    trace = wrapper.purify_trace(x, seeds=derive_seeds(seeds, 0))  # the view's first call
+    trace = wrapper.purify_trace(x, noise=Noise.seeded(derive_seeds(seeds, 0)))  # the view's first call
     torch.testing.assert_close(bonus, 2.0 * deviation(trace, wrapper.plan))
     assert scores.shape == (3, 10) and bool((bonus > 0).all())
     labels = torch.tensor([0, 1, 2])

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from robustwrap import Noise
 from robustwrap.attacks.diffhammer import diffhammer, em_aggregate, graft, select_copy
 from robustwrap.attacks.pgd import attack_loss
 from robustwrap.evaluation import EvalConfig, attack_batch, image_seeds
@@ -68,9 +69,9 @@ def test_grafting_with_all_weight_on_one_copy_is_that_copys_exact_gradient():
     y = torch.tensor([1, 7])
     seeds = torch.tensor([41, 42])
     point = x.clone().requires_grad_(True)
-    exact = torch.autograd.grad(attack_loss(wrapper.vote_logits(point, seeds=seeds)[0], y).sum(), point)[0]
+    exact = torch.autograd.grad(attack_loss(wrapper.vote_logits(point, noise=Noise.seeded(seeds))[0], y).sum(), point)[0]
     with torch.no_grad():
-        purified = wrapper.purify_and_classify(x, seeds=seeds)[0][0]
+        purified = wrapper.purify_and_classify(x, noise=Noise.seeded(seeds))[0][0]
     at = purified.clone().requires_grad_(True)
     g = torch.autograd.grad(attack_loss(wrapper.classify(at), y).sum(), at)[0]
     grafted = graft(wrapper, x, seeds, g)

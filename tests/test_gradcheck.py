@@ -5,6 +5,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from robustwrap import Noise
 from robustwrap.evaluation import EvalConfig
 from robustwrap.gradcheck import finite_difference_check, float64_copy, surrogate_cosine
 from robustwrap.sanity import gradient_checks
@@ -69,9 +70,9 @@ def test_the_float64_copy_runs_the_deployed_mask_even_at_tau_one():
     copy64 = float64_copy(wrapper)
     assert deployed.sum() > 0 and copy64.mask(x.double()).sum() == 0
     with torch.no_grad():
-        ours = wrapper.vote_logits(x, seeds=seeds)
-        fixed = copy64.vote_logits(x.double(), seeds=seeds, mask=deployed.double())
-        own = copy64.vote_logits(x.double(), seeds=seeds)
+        ours = wrapper.vote_logits(x, noise=Noise.seeded(seeds))
+        fixed = copy64.vote_logits(x.double(), noise=Noise.seeded(seeds), mask=deployed.double())
+        own = copy64.vote_logits(x.double(), noise=Noise.seeded(seeds))
     torch.testing.assert_close(fixed.float(), ours, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(own.float(), ours, rtol=1e-4, atol=1e-4)
     assert finite_difference_check(wrapper, x, labels, seeds).max_relative_error < 1e-4

@@ -105,7 +105,6 @@ def test_unknown_model_error_says_how_to_pass_names():
         RobustWrapper(model, tiny_unet())
     wrapper = RobustWrapper(model, tiny_unet(), stages=["1"])  # explicit names override inference
     assert wrapper.stages.names == ("1",)
-    assert RobustWrapper(model, tiny_unet(), blocks=["1"]).stages.names == ("1",)  # the older keyword
 
 
 def test_explicit_names_must_exist():
@@ -168,10 +167,10 @@ def test_a_failing_forward_leaves_no_hook_behind():
     assert _hook_count(classifier) == 0
 
 
-def test_close_is_a_deprecated_no_op():
-    wrapper = RobustWrapper(tiny_classifier(), tiny_unet())
-    with pytest.warns(DeprecationWarning):
-        wrapper.close()
+def test_the_removed_keywords_are_refused():
+    with pytest.raises(TypeError, match="blocks"):
+        RobustWrapper(tiny_classifier(), tiny_unet(), blocks=["1"])  # stages= is the one name
+    assert not hasattr(RobustWrapper, "close")
 
 
 def test_a_wrapper_deep_copies_and_pickles_with_its_stage_source():

@@ -6,6 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from robustwrap import Noise
 from robustwrap.attacks.pgd_vote import pgd_vote, true_margin
 from robustwrap.attacks.registry import ATTACKS, describe_attacks
 from robustwrap.evaluation import EvalConfig, attack_batch, image_seeds, run_evaluation
@@ -93,7 +94,7 @@ def test_verdicts_are_held_out_and_the_attacks_own_count_is_kept_beside_them(tmp
     x = _data(16, seed=9)
     fc = wrapper.classifier.fc
     with torch.no_grad():  # a coin-flip defense: classes 3 and 5 tie on average, the others never win
-        fc.bias -= wrapper.vote_logits(x, seeds=list(range(16))).mean(dim=(0, 1))
+        fc.bias -= wrapper.vote_logits(x, noise=Noise.seeded(list(range(16)))).mean(dim=(0, 1))
         fc.bias[[c for c in range(10) if c not in (3, 5)]] -= 10.0
     labels = torch.full((16,), 5, dtype=torch.int64)
     cfg = EvalConfig(attack="none,pgd-vote", iters=1, eot=1, runs=1, batch_size=16, seed=2)

@@ -13,7 +13,7 @@ import timm
 import torch
 from typer.testing import CliRunner
 
-from robustwrap import PurifyConfig, RobustWrapper
+from robustwrap import Noise, PurifyConfig, RobustWrapper
 from robustwrap.cli.app import app
 from robustwrap.data import foolbox_samples
 from robustwrap.inputs import IMAGENET_MEAN, IMAGENET_STD, Normalize
@@ -34,7 +34,7 @@ def test_imagenet_path_classifier_at_224_normalised_diffusion_at_256():
     unet.register_forward_pre_hook(lambda _, args: seen_by_diffusion.append(args[0].detach()))
     x = torch.rand(1, 3, 224, 224)
     with torch.no_grad():
-        probabilities = wrapper(x, generator=torch.Generator().manual_seed(0))
+        probabilities = wrapper(x, noise=Noise.stream(torch.Generator().manual_seed(0)))
 
     assert probabilities.shape == (1, 1000)
     assert all(tuple(t.shape) == (1, 3, 224, 224) for t in seen_by_classifier) and len(seen_by_classifier) == 2

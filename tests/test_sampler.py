@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from robustwrap import NoiseSource, PurifyConfig, make_plan, purify_latent
+from robustwrap import Noise, NoiseSource, PurifyConfig, make_plan, purify_latent
 from robustwrap.mask import attention_map, binarize
 
 from .tiny import tiny_classifier, tiny_unet, tiny_wrapper
@@ -36,7 +36,7 @@ def test_sampler_equals_reference_with_fixed_noise(case):
     mask = (torch.rand(2, 1, 16, 16) > 0.7).double()
     noise = torch.randn(plan.noise_draws, 2, 3, 16, 16, dtype=torch.float64)
     with torch.no_grad():
-        ours = purify_latent(unet, x0, mask, plan, NoiseSource(explicit=noise))
+        ours = purify_latent(unet, x0, mask, plan, NoiseSource(Noise.given(noise.transpose(0, 1)[:, :, None])))
     expected = reference_purify(unet, x0, mask, t_l=0.2, noise=list(noise), **case)
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-10)
 
@@ -49,7 +49,7 @@ def test_float32_sampler_stays_close_to_float64_reference():
     mask = (torch.rand(2, 1, 16, 16) > 0.5).float()
     noise = torch.randn(plan.noise_draws, 2, 3, 16, 16)
     with torch.no_grad():
-        ours = purify_latent(unet, x0, mask, plan, NoiseSource(explicit=noise))
+        ours = purify_latent(unet, x0, mask, plan, NoiseSource(Noise.given(noise.transpose(0, 1)[:, :, None])))
     expected = reference_purify(unet, x0, mask, t_l=0.2, noise=list(noise), **case)
     torch.testing.assert_close(ours.double(), expected, rtol=0, atol=1e-4)
 
@@ -82,13 +82,13 @@ def test_wrapper_mask_is_the_reference_mask_of_the_classifier_stages(images):
 def test_uniform_mode_equals_heterogeneous_with_all_ones_mask(images):
     uniform = tiny_wrapper(mode="uniform")
     heterogeneous = tiny_wrapper(mode="heterogeneous")
-    noise = torch.randn(uniform.plan.noise_draws, 3, 3, 16, 16)
+    noise = torch.randn(uniform.noise_shape(images, votes=1))
     ones = torch.ones(3, 1, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(
-            uniform.purify(images, noise=noise), heterogeneous.purify(images, noise=noise, mask=ones), rtol=0, atol=0
+            uniform.purify(images, noise=Noise.given(noise)), heterogeneous.purify(images, noise=Noise.given(noise), mask=ones), rtol=0, atol=0
         )
-        assert not torch.equal(heterogeneous.purify(images, noise=noise), uniform.purify(images, noise=noise))
+        assert not torch.equal(heterogeneous.purify(images, noise=Noise.given(noise)), uniform.purify(images, noise=Noise.given(noise)))
     assert torch.equal(uniform.mask(images), ones)
 
 
@@ -99,6 +99,6 @@ def test_inpainting_keeps_unattended_pixels_close_to_the_input():
     x = torch.rand(4, 3, 16, 16)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        kept = wrapper.purify(x, mask=torch.zeros(4, 1, 16, 16), generator=generator)
-        attended = wrapper.purify(x, mask=torch.ones(4, 1, 16, 16), generator=generator)
+        kept = wrapper.purify(x, mask=torch.zeros(4, 1, 16, 16), noise=Noise.stream(generator))
+        attended = wrapper.purify(x, mask=torch.ones(4, 1, 16, 16), noise=Noise.stream(generator))
     assert (kept - x).abs().mean() < 0.5 * (attended - x).abs().mean()

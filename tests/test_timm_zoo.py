@@ -12,7 +12,7 @@ import timm
 import torch
 from torch import nn
 
-from robustwrap import PurifyConfig, RobustWrapper, TimmIntermediates, log_mean_probability
+from robustwrap import Noise, PurifyConfig, RobustWrapper, TimmIntermediates, log_mean_probability
 
 from .tiny import tiny_unet
 
@@ -66,7 +66,7 @@ def test_any_timm_classifier_wraps_in_two_lines(name, kwargs, sizes):
         coverage = mask.mean(dim=(1, 2, 3))
         assert ((coverage > 0) & (coverage < 1)).all(), f"trivial mask at {size}: {coverage.tolist()}"
         x.requires_grad_(True)
-        logits = wrapper.vote_logits(x, generator=generator)  # (S, B, K)
+        logits = wrapper.vote_logits(x, noise=Noise.stream(generator))  # (S, B, K)
         assert logits.shape == (1, 2, 10)
         (gradient,) = torch.autograd.grad(log_mean_probability(logits).sum(), x)
         assert torch.isfinite(gradient).all() and gradient.abs().sum() > 0

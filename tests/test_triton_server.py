@@ -28,6 +28,7 @@ pytest.importorskip("pytriton", reason="the serve extra (nvidia-pytriton) is not
 http = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
+from robustwrap import Noise  # noqa: E402
 from robustwrap.export import load_bundle  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -124,8 +125,8 @@ def test_served_probabilities_equal_load_bundle_on_the_same_seeds(served):
     probabilities, labels = _infer(served["url"], "digits", images, seeds)
     local = load_bundle(served["bundles"][0])
     with torch.no_grad():
-        expected = local(torch.from_numpy(images), seeds=torch.from_numpy(seeds[:, 0]))
-        expected_labels = local.predict(torch.from_numpy(images), seeds=torch.from_numpy(seeds[:, 0]))
+        expected = local(torch.from_numpy(images), noise=Noise.seeded(torch.from_numpy(seeds[:, 0])))
+        expected_labels = local.predict(torch.from_numpy(images), noise=Noise.seeded(torch.from_numpy(seeds[:, 0])))
     assert probabilities.shape == (3, 10) and labels.shape == (3, 1)
     np.testing.assert_allclose(probabilities, expected.numpy(), rtol=0, atol=1e-6)
     np.testing.assert_array_equal(labels[:, 0], expected_labels.numpy())
@@ -140,7 +141,7 @@ def test_openvino_bf16_components_serve_what_load_bundle_computes(served):
     probabilities, labels = _infer(served["url"], "digits-bf16", images, seeds)
     local = load_bundle(served["bundles"][2], "openvino", precision="bf16")
     with torch.no_grad():
-        expected = local(torch.from_numpy(images), seeds=torch.from_numpy(seeds[:, 0]))
+        expected = local(torch.from_numpy(images), noise=Noise.seeded(torch.from_numpy(seeds[:, 0])))
     config = (served["repo"] / "digits-bf16-denoiser" / "config.pbtxt").read_text()
     assert 'string_value: "openvino"' in config and 'string_value: "bf16"' in config
     np.testing.assert_allclose(probabilities, expected.numpy(), rtol=0, atol=1e-3)  # bf16 kernels, other threads
@@ -187,7 +188,7 @@ def test_concurrent_requests_run_as_one_batch_and_each_answer_is_its_seeds(serve
     local = _local(served)
     with torch.no_grad():
         for (images, seeds), got in zip(requests, answers):
-            want = local(torch.from_numpy(images), seeds=torch.from_numpy(seeds[:, 0])).numpy()
+            want = local(torch.from_numpy(images), noise=Noise.seeded(torch.from_numpy(seeds[:, 0]))).numpy()
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
@@ -201,7 +202,7 @@ def test_inline_components_serve_what_load_bundle_computes_in_batches(served):
     local = _local(served, 3)
     with torch.no_grad():
         for (images, seeds), got in zip(requests, answers):
-            want = local(torch.from_numpy(images), seeds=torch.from_numpy(seeds[:, 0])).numpy()
+            want = local(torch.from_numpy(images), noise=Noise.seeded(torch.from_numpy(seeds[:, 0]))).numpy()
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
     assert "digits-inline v1: READY (onnxruntime fp32: NOT verified" in served["log"].read_text()
 
@@ -210,7 +211,7 @@ def test_a_request_larger_than_the_pipeline_batch_runs_in_chunks(served):
     images, seeds = _images(19, seed=8), np.arange(19, dtype=np.int64).reshape(-1, 1) + 50  # --triton-max-batch 8
     probabilities, labels = _infer(served["url"], "digits", images, seeds)
     with torch.no_grad():
-        want = _local(served)(torch.from_numpy(images), seeds=torch.from_numpy(seeds[:, 0])).numpy()
+        want = _local(served)(torch.from_numpy(images), noise=Noise.seeded(torch.from_numpy(seeds[:, 0]))).numpy()
     assert probabilities.shape == (19, 10) and labels.shape == (19, 1)
     np.testing.assert_allclose(probabilities, want, rtol=0, atol=1e-6)
 
@@ -275,7 +276,7 @@ def test_a_killed_stub_is_reloaded_and_not_ready_meanwhile(served):
     images, seeds = _images(2, seed=9), np.array([[9], [10]], dtype=np.int64)
     got, _ = _infer(url, "digits", images, seeds)
     with torch.no_grad():
-        want = _local(served)(torch.from_numpy(images), seeds=torch.from_numpy(seeds[:, 0])).numpy()
+        want = _local(served)(torch.from_numpy(images), noise=Noise.seeded(torch.from_numpy(seeds[:, 0]))).numpy()
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
     assert "digits: a stub died; reloaded in" in served["log"].read_text()
 
@@ -287,7 +288,7 @@ def test_two_defenses_in_one_repository_both_answer(served):
     local = load_bundle(served["bundles"][1])
     assert local.config.votes == 3
     with torch.no_grad():
-        expected = local(torch.from_numpy(images), seeds=torch.from_numpy(seeds[:, 0])).numpy()
+        expected = local(torch.from_numpy(images), noise=Noise.seeded(torch.from_numpy(seeds[:, 0]))).numpy()
     np.testing.assert_allclose(three, expected, rtol=0, atol=1e-6)
     assert not np.array_equal(two, three)  # 2 votes vs 3 votes: two models, not one overwritten
 

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from robustwrap import Noise
 from robustwrap.cli.app import app
 from robustwrap.evaluation import EvalConfig
 from robustwrap.export import Thresholds, export_bundle, find_verification, load_bundle, verify, write_record
@@ -115,7 +116,7 @@ def test_openvino_fp32_equals_eager_and_bf16_is_verified_per_network(exported, t
     seeds = torch.arange(4)
     deployed = load_bundle(bundle, "openvino", precision="fp32")
     with torch.no_grad():
-        torch.testing.assert_close(deployed(images[:4], seeds=seeds), wrapper(images[:4], seeds=seeds),
+        torch.testing.assert_close(deployed(images[:4], noise=Noise.seeded(seeds)), wrapper(images[:4], noise=Noise.seeded(seeds)),
                                    atol=1e-5, rtol=0)
     mixed = {"classifier": "fp32", "denoiser": "bf16"}
     report = verify(wrapper, bundle, images, labels, num_classes=10, engine="openvino", precision=mixed, n_attack=0)

@@ -6,7 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
-from robustwrap import PurifyConfig, RobustWrapper, vote_labels
+from robustwrap import Noise, PurifyConfig, RobustWrapper, vote_labels
 from robustwrap.inputs import IMAGENET_MEAN, Normalize
 from robustwrap.nets import SmallUNet
 
@@ -20,12 +20,12 @@ def _seeded(seed: int) -> torch.Generator:
 def test_same_seed_same_output_other_seed_other_output(images):
     wrapper = tiny_wrapper(votes=3)
     with torch.no_grad():
-        first = wrapper(images, generator=_seeded(7))
-        again = wrapper(images, generator=_seeded(7))
-        other = wrapper(images, generator=_seeded(8))
+        first = wrapper(images, noise=Noise.stream(_seeded(7)))
+        again = wrapper(images, noise=Noise.stream(_seeded(7)))
+        other = wrapper(images, noise=Noise.stream(_seeded(8)))
     assert torch.equal(first, again)
     assert not torch.equal(first, other)
-    assert torch.equal(wrapper.predict(images, generator=_seeded(7)), wrapper.predict(images, generator=_seeded(7)))
+    assert torch.equal(wrapper.predict(images, noise=Noise.stream(_seeded(7))), wrapper.predict(images, noise=Noise.stream(_seeded(7))))
 
 
 def test_in_graph_noise_differs_between_calls(images):
@@ -37,22 +37,30 @@ def test_in_graph_noise_differs_between_calls(images):
 def test_explicit_noise_reproduces_and_has_the_documented_layout(images):
     wrapper = tiny_wrapper(votes=2)
     shape = wrapper.noise_shape(images)
-    assert shape == (wrapper.plan.noise_draws, 2, 3, 3, 16, 16)
+    assert shape == (3, wrapper.plan.noise_draws, 2, 3, 16, 16)  # (B, D, S, C, Hd, Wd)
     noise = torch.randn(shape)
     with torch.no_grad():
-        probs = wrapper.vote_probabilities(images, noise=noise)
-        # vote s of image b is purification s with noise[:, s, b]
-        single = wrapper.purify(images, noise=noise[:, 1])
+        probs = wrapper.vote_probabilities(images, noise=Noise.given(noise))
+        # vote s of image b is a purification with noise[b, :, s]
+        single = wrapper.purify(images, noise=Noise.given(noise[:, :, 1:2]))
         logits = wrapper.classifier(single)
+        alone = wrapper.vote_probabilities(images[2:], noise=Noise.given(noise[2:]))  # batch first: slice it
     torch.testing.assert_close(probs[1], logits.softmax(1), rtol=0, atol=1e-6)
-    with pytest.raises(ValueError, match="explicit noise must have shape"):
-        wrapper(images, noise=noise[:-1])
+    torch.testing.assert_close(alone, probs[:, 2:], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="given noise must have shape"):
+        wrapper(images, noise=Noise.given(noise[:-1]))
+    with pytest.raises(ValueError, match="given noise must have shape"):
+        wrapper.purify(images, noise=Noise.given(noise))  # S = 2 noise for one purification
+    with pytest.raises(TypeError, match="Noise.given"):
+        wrapper(images, noise=noise)  # a bare tensor is refused, naming the constructor
+    with pytest.raises(ValueError, match="floating tensor"):
+        Noise.given(noise[0])  # five axes
 
 
 def test_forward_is_mean_probability_and_differentiable(images):
     wrapper = tiny_wrapper(votes=2)
     x = images.clone().requires_grad_(True)
-    probs = wrapper(x, generator=_seeded(0))
+    probs = wrapper(x, noise=Noise.stream(_seeded(0)))
     assert probs.shape == (3, 10)
     torch.testing.assert_close(probs.sum(1), torch.ones(3))
     nn.functional.nll_loss(probs.log(), torch.tensor([0, 1, 2])).backward()
@@ -70,7 +78,7 @@ def test_gradient_flows_through_denoiser_not_only_the_input_re_noising(images):
     for diffusion in (tiny_unet(), ZeroEps()):
         wrapper = RobustWrapper(tiny_classifier(), diffusion, PurifyConfig(steps=10), image_size=16)
         x = images.clone().requires_grad_(True)
-        wrapper(x, generator=_seeded(0))[:, 0].sum().backward()
+        wrapper(x, noise=Noise.stream(_seeded(0)))[:, 0].sum().backward()
         grads.append(x.grad)
     assert not torch.allclose(grads[0], grads[1])
 
@@ -80,7 +88,7 @@ def test_checkpointing_gives_the_same_gradient(images):
     for checkpoint in (False, True):
         wrapper = tiny_wrapper(grad_checkpoint=checkpoint, steps=20)
         x = images.clone().requires_grad_(True)
-        wrapper(x, generator=_seeded(3))[:, 1].sum().backward()
+        wrapper(x, noise=Noise.stream(_seeded(3)))[:, 1].sum().backward()
         grads.append(x.grad)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
 
@@ -95,8 +103,8 @@ def test_predict_follows_the_vote_rule():
 def test_predict_matches_labels_of_vote_probabilities(images):
     wrapper = tiny_wrapper(votes=5, vote="hard")
     noise = torch.randn(wrapper.noise_shape(images))
-    probs = wrapper.vote_probabilities(images, noise=noise)
-    assert torch.equal(wrapper.predict(images, noise=noise), vote_labels(probs, "hard"))
+    probs = wrapper.vote_probabilities(images, noise=Noise.given(noise))
+    assert torch.equal(wrapper.predict(images, noise=Noise.given(noise)), vote_labels(probs, "hard"))
 
 
 def test_resizes_around_the_purifier_when_sizes_differ():
@@ -195,7 +203,7 @@ def test_bfloat16_networks_take_float32_images_and_noise(images):
     wrapper = tiny_wrapper().to(torch.bfloat16)
     with torch.no_grad():
         assert wrapper(images).dtype == torch.bfloat16
-        assert wrapper.purify(images, noise=torch.randn(wrapper.plan.noise_draws, 3, 3, 16, 16)).shape == images.shape
+        assert wrapper.purify(images, noise=Noise.given(torch.randn(wrapper.noise_shape(images, votes=1)))).shape == images.shape
 
 
 @pytest.mark.parametrize("mode", ["nearest", "bilinear", "bicubic", "area"])
@@ -232,14 +240,14 @@ def test_per_image_seeds_make_an_images_result_independent_of_its_batch(images):
     batch = torch.cat([images, torch.rand(2, 3, 16, 16)])
     seeds = torch.tensor([11, 12, 13, 14, 15])
     with torch.no_grad():
-        together = wrapper.vote_probabilities(batch, seeds=seeds)
-        alone = wrapper.vote_probabilities(batch[1:2], seeds=[12])
-        reordered = wrapper.vote_probabilities(batch.flip(0), seeds=seeds.flip(0))
-        other = wrapper.vote_probabilities(batch[1:2], seeds=[99])
+        together = wrapper.vote_probabilities(batch, noise=Noise.seeded(seeds))
+        alone = wrapper.vote_probabilities(batch[1:2], noise=Noise.seeded([12]))
+        reordered = wrapper.vote_probabilities(batch.flip(0), noise=Noise.seeded(seeds.flip(0)))
+        other = wrapper.vote_probabilities(batch[1:2], noise=Noise.seeded([99]))
     torch.testing.assert_close(together[:, 1:2], alone, rtol=0, atol=1e-6)
     torch.testing.assert_close(together, reordered.flip(1), rtol=0, atol=1e-6)
     assert not torch.allclose(together[:, 1:2], other)
-    assert torch.equal(wrapper.predict(batch, seeds=seeds)[1:2], wrapper.predict(batch[1:2], seeds=[12]))
+    assert torch.equal(wrapper.predict(batch, noise=Noise.seeded(seeds))[1:2], wrapper.predict(batch[1:2], noise=Noise.seeded([12])))
 
 
 def test_per_image_seed_means_one_generator_per_image_in_plan_order(images):
@@ -247,20 +255,20 @@ def test_per_image_seed_means_one_generator_per_image_in_plan_order(images):
     wrapper = tiny_wrapper(votes=2)
     seeds = [3, 5, 8]
     generators = [torch.Generator().manual_seed(s) for s in seeds]
-    draws = torch.stack([torch.stack([torch.randn(2, 3, 16, 16, generator=g) for g in generators], dim=1)
-                         for _ in range(wrapper.plan.noise_draws)])  # (D, S, B, C, H, W)
+    draws = torch.stack([torch.stack([torch.randn(2, 3, 16, 16, generator=g) for _ in range(wrapper.plan.noise_draws)])
+                         for g in generators])  # (B, D, S, C, H, W)
     with torch.no_grad():
-        torch.testing.assert_close(wrapper.vote_probabilities(images, seeds=seeds),
-                                   wrapper.vote_probabilities(images, noise=draws), rtol=0, atol=0)
+        torch.testing.assert_close(wrapper.vote_probabilities(images, noise=Noise.seeded(seeds)),
+                                   wrapper.vote_probabilities(images, noise=Noise.given(draws)), rtol=0, atol=0)
         single = tiny_wrapper(votes=1)
-        torch.testing.assert_close(single.purify(images, seeds=seeds),
-                                   single.purify_and_classify(images, seeds=seeds)[0][0], rtol=0, atol=0)
+        torch.testing.assert_close(single.purify(images, noise=Noise.seeded(seeds)),
+                                   single.purify_and_classify(images, noise=Noise.seeded(seeds))[0][0], rtol=0, atol=0)
 
 
 def test_per_image_seeds_are_validated_before_compute(images):
     wrapper = tiny_wrapper()
     for seeds, error, words in (
-        (torch.tensor([1, 2]), ValueError, "shape \\(3,\\)"),
+        (torch.tensor([1, 2]), ValueError, "for 2 images, but the call has 3"),
         (torch.tensor([[1, 2, 3]]), ValueError, "shape"),
         (torch.tensor([1.0, 2.0, 3.0]), TypeError, "integer"),
         (torch.tensor([True, False, True]), TypeError, "integer"),
@@ -268,11 +276,11 @@ def test_per_image_seeds_are_validated_before_compute(images):
         ([1, 2.5, 3], TypeError, "ints"),
     ):
         with pytest.raises(error, match=words):
-            wrapper.predict(images, seeds=seeds)
-    with pytest.raises(ValueError, match="not several"):
-        wrapper(images, seeds=[1, 2, 3], generator=_seeded(0))
-    with pytest.raises(ValueError, match="not several"):
-        wrapper.purify(images, seeds=[1, 2, 3], noise=torch.randn(wrapper.plan.noise_draws, 3, 3, 16, 16))
+            wrapper.predict(images, noise=Noise.seeded(seeds))
+    with pytest.raises(TypeError, match="torch.Generator"):
+        Noise.stream(7)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        wrapper(images, seeds=[1, 2, 3])  # the 0.1 keywords are gone: one noise= value
 
 
 def test_per_image_seeds_keep_gradients_and_mix_seed_is_stable(images):
@@ -280,7 +288,7 @@ def test_per_image_seeds_keep_gradients_and_mix_seed_is_stable(images):
 
     wrapper = tiny_wrapper(votes=2)
     x = images.clone().requires_grad_(True)
-    wrapper(x, seeds=[1, 2, 3])[:, 0].sum().backward()
+    wrapper(x, noise=Noise.seeded([1, 2, 3]))[:, 0].sum().backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     assert mix_seed(1, 2) == mix_seed(1, 2) != mix_seed(2, 1)
     assert 0 <= mix_seed(-5, 2**70) < 2**63

@@ -112,6 +112,7 @@ def quantize_bundle(bundle: str | os.PathLike, eager, data: str = "mnist5k:train
     from robustwrap.data import draw_subset, load_dataset
     from robustwrap.evaluation import check_inputs, image_seeds
     from robustwrap.fingerprint import tensor_digest
+    from robustwrap.noise import Noise
     from robustwrap.outputs import dumps_strict, write_text_atomic
 
     from ..format import CLASSIFIER, CONFIG_FILE, DENOISER, BundleInfo, PackageSet, package_key
@@ -127,7 +128,7 @@ def quantize_bundle(bundle: str | os.PathLike, eager, data: str = "mnist5k:train
     with torch.no_grad():
         for start in range(0, images.shape[0], batch_size):
             x = images[start:start + batch_size]
-            trace = eager.purify_trace(x, seeds=seeds[start:start + batch_size])
+            trace = eager.purify_trace(x, noise=Noise.seeded(seeds[start:start + batch_size]))
             for image_batch in (x, trace.purified.flatten(0, 1)):
                 samples[CLASSIFIER].append({"images": image_batch.numpy()})
             for step, state in trace.states:

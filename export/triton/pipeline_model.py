@@ -12,7 +12,7 @@ this process.
 Inputs (batch first, ``max_batch_size`` > 0):
     images: (B, C, H, W) float32 in [0, 1].
     seed: optional (B, 1) int64 in [0, 2**63): image i's noise comes from seed i alone, as in
-        ``RobustWrapper(..., seeds=)`` and ``load_bundle(...)(x, seeds=)``; the same seed gives the
+        ``RobustWrapper(...)(x, noise=Noise.seeded(seeds))`` and ``load_bundle(...)(x, noise=Noise.seeded(seeds))``; the same seed gives the
         same answer whatever else is in the batch. Without it every image gets a fresh seed.
 Outputs:
     probabilities: (B, K) float32, mean over the votes.
@@ -37,7 +37,7 @@ from torch.utils import dlpack
 from robustwrap.export.engines.adapters import wrapper_over_runners
 from robustwrap.export.format import BundleInfo
 from robustwrap.export.triton.environment import numpy_problem
-from robustwrap.noise import SEED_LIMIT, check_seeds
+from robustwrap.noise import SEED_LIMIT, Noise, check_seeds
 from robustwrap.vote import vote_labels
 
 
@@ -179,7 +179,7 @@ class TritonPythonModel:
         """(S, B, K) for B images, ``execution_batch`` images at a time (per-image seeds: the split is exact)."""
         with torch.no_grad():
             parts = [self.wrapper.vote_probabilities(images[i:i + self.execution_batch],
-                                                     seeds=seeds[i:i + self.execution_batch])
+                                                     noise=Noise.seeded(seeds[i:i + self.execution_batch]))
                      for i in range(0, images.shape[0], self.execution_batch)]
         return torch.cat(parts, dim=1)
 

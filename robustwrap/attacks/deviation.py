@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..noise import Noise
 from ..sampler import diffuse
 from ..schedule import SamplingPlan
 from ..wrapper import PurificationTrace, RobustWrapper
@@ -42,13 +43,13 @@ def deviation(trace: PurificationTrace, plan: SamplingPlan) -> Tensor:
     return total.view(copies, batch).mean(dim=0)
 
 
-def logits_and_deviation(wrapper: RobustWrapper, x: Tensor, **noise: object) -> tuple[Tensor, Tensor]:
+def logits_and_deviation(wrapper: RobustWrapper, x: Tensor, noise: Noise | None = None) -> tuple[Tensor, Tensor]:
     """One traced purification of ``x`` (B, C, H, W) in [0, 1]: each copy's (S, B, K) classifier
     logits and each image's (B,) deviation term, both differentiable w.r.t. ``x``.
 
-    ``noise``: ``generator=`` or ``seeds=`` as in :meth:`RobustWrapper.purify_trace`.
+    ``noise``: as in :meth:`RobustWrapper.purify_trace` (None: fresh draws).
     """
-    trace = wrapper.purify_trace(x, **noise)
+    trace = wrapper.purify_trace(x, noise=noise)
     copies, batch = trace.purified.shape[:2]
     logits = wrapper.classify(trace.purified.flatten(0, 1)).view(copies, batch, -1)
     return logits, deviation(trace, wrapper.plan)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..noise import check_seeds, derive_seeds
+from ..noise import Noise, check_seeds, derive_seeds
 from ..wrapper import RobustWrapper
 from .pgd import LOSSES, Loss, Norm, ascent_direction, attack_loss, default_step_size, project, random_start_point
 
@@ -109,7 +109,7 @@ def graft(chain: RobustWrapper, x: Tensor, seeds: Tensor, output_gradient: Tenso
         (B, C, H, W) input gradient.
     """
     point = x.detach().requires_grad_(True)
-    purified = chain.purify_and_classify(point, seeds=seeds)[0][0]
+    purified = chain.purify_and_classify(point, noise=Noise.seeded(seeds))[0][0]
     return torch.autograd.grad(purified, point, grad_outputs=output_gradient)[0]
 
 
@@ -122,7 +122,7 @@ def _evaluate_copies(chain: RobustWrapper, x: Tensor, y: Tensor, seeds: Tensor, 
     copies, batch = seeds.shape
     with torch.no_grad():
         if defended:
-            purified = chain.purify_and_classify(x.repeat(copies, 1, 1, 1), seeds=seeds.flatten())[0][0]
+            purified = chain.purify_and_classify(x.repeat(copies, 1, 1, 1), noise=Noise.seeded(seeds.flatten()))[0][0]
         else:
             purified = x.repeat(copies, 1, 1, 1)
     point = purified.detach().requires_grad_(True)

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..noise import check_seeds, derive_seeds
+from ..noise import Noise, check_seeds, derive_seeds
 from ..vote import vote_labels
 from ..wrapper import RobustWrapper
 from .deviation import logits_and_deviation
@@ -108,10 +108,10 @@ def pgd_vote(
         points = points.detach().requires_grad_(True)
         bonus = 0.0
         if defended and dev_weight > 0:
-            logits, dev = logits_and_deviation(gradient_view, points, seeds=derive_seeds(active_seeds, 1, step))
+            logits, dev = logits_and_deviation(gradient_view, points, Noise.seeded(derive_seeds(active_seeds, 1, step)))
             bonus = dev_weight * dev
         elif defended:
-            logits = gradient_view.vote_logits(points, seeds=derive_seeds(active_seeds, 1, step))  # (K, b, classes)
+            logits = gradient_view.vote_logits(points, noise=Noise.seeded(derive_seeds(active_seeds, 1, step)))  # (K, b, classes)
         else:
             logits = gradient_view.classify(points).unsqueeze(0)
         value = (torch.stack([attack_loss(z, labels, loss) for z in logits]).mean(dim=0) + bonus).sum()
@@ -120,7 +120,7 @@ def pgd_vote(
     def check(points: Tensor, labels: Tensor, active_seeds: Tensor, step: int) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
             if defended:
-                logits = deployed.vote_logits(points, seeds=derive_seeds(active_seeds, 2, step))  # (S, b, classes)
+                logits = deployed.vote_logits(points, noise=Noise.seeded(derive_seeds(active_seeds, 2, step)))  # (S, b, classes)
                 wrong = vote_labels(logits.softmax(dim=2), deployed.config.vote) != labels
             else:
                 logits = deployed.classify(points).unsqueeze(0)

@@ -16,14 +16,15 @@ import torch
 from torch import Tensor, nn
 
 from ..mask import soft_mask
-from ..noise import check_seeds, derive_seeds
+from ..noise import Noise, check_seeds, derive_seeds
 from ..vote import log_mean_probability
 from ..wrapper import RobustWrapper
 from .deviation import logits_and_deviation
 
 
 class NoisyView(nn.Module):
-    """Base of the views: hands out the noise keyword of each call (generator, per-image seeds or none).
+    """Base of the views: hands out the :class:`~robustwrap.noise.Noise` of each call (a stream, per-image seeds
+    or fresh draws).
 
     Args:
         wrapper: the defended classifier.
@@ -42,22 +43,22 @@ class NoisyView(nn.Module):
         self.seeds = None if seeds is None else check_seeds(seeds)
         self.calls = 0
 
-    def noise(self, x: Tensor) -> dict:
-        """The keyword for the wrapper's next purification of ``x`` (B, ...): ``{"generator": g}``,
-        ``{"seeds": (B,) int64}`` or ``{}`` (in-graph noise)."""
+    def noise(self, x: Tensor) -> Noise:
+        """The noise of the wrapper's next purification of ``x`` (B, ...): the generator's stream, the next
+        per-image seeds, or fresh draws."""
         if self.seeds is None:
-            return {"generator": self.generator} if self.generator is not None else {}
+            return Noise.stream(self.generator) if self.generator is not None else Noise.fresh()
         if x.shape[0] != self.seeds.shape[0]:
             raise ValueError(f"this view has seeds for {self.seeds.shape[0]} images, got a batch of {x.shape[0]}")
         self.calls += 1
-        return {"seeds": derive_seeds(self.seeds, self.calls - 1)}
+        return Noise.seeded(derive_seeds(self.seeds, self.calls - 1))
 
 
 class DefenseLogits(NoisyView):
     """Full gradient: log of the wrapper's mean vote probabilities (the defense as attacked)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return log_mean_probability(self.wrapper.vote_logits(x, **self.noise(x)))
+        return log_mean_probability(self.wrapper.vote_logits(x, noise=self.noise(x)))
 
 
 class DeviationLogits(NoisyView):
@@ -73,7 +74,7 @@ class DeviationLogits(NoisyView):
         self.weight = weight
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        logits, dev = logits_and_deviation(self.wrapper, x, **self.noise(x))
+        logits, dev = logits_and_deviation(self.wrapper, x, self.noise(x))
         return log_mean_probability(logits), self.weight * dev
 
 
@@ -98,7 +99,7 @@ class BPDALogits(NoisyView):
     def forward(self, x: Tensor) -> Tensor:
         votes = self.wrapper.config.votes
         with torch.no_grad():
-            purified = self.wrapper.purify_and_classify(x, **self.noise(x))[0]  # (S, B, C, H, W)
+            purified = self.wrapper.purify_and_classify(x, noise=self.noise(x))[0]  # (S, B, C, H, W)
         straight_through = x.unsqueeze(0) + (purified - x.unsqueeze(0)).detach()
         logits = self.wrapper.classify(straight_through.flatten(0, 1))
         return log_mean_probability(logits.view(votes, x.shape[0], -1))
@@ -128,5 +129,5 @@ class MaskAwareLogits(NoisyView):
         return soft_mask(self.wrapper.attention(x), cfg.mask_rule, cfg.tau, cfg.top_fraction, self.temperature)
 
     def forward(self, x: Tensor) -> Tensor:
-        purified = self.wrapper.purify(x, mask=self.soft_mask(x), **self.noise(x))
+        purified = self.wrapper.purify(x, mask=self.soft_mask(x), noise=self.noise(x))
         return self.wrapper.classify(purified).log_softmax(dim=1)

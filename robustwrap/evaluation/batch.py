@@ -17,7 +17,7 @@ from ..attacks.registry import ATTACKS as REGISTRY
 from ..attacks.registry import AttackOutcome, surrogate
 from ..inputs import check_images
 from ..network_checks import check_logits
-from ..noise import check_seeds, derive_seeds, mix_seed
+from ..noise import Noise, check_seeds, derive_seeds, mix_seed
 from ..wrapper import RobustWrapper
 from .config import ATTACKS, EvalConfig
 
@@ -114,7 +114,7 @@ def evaluate_batch(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: 
     def correct(x: Tensor, *parts: int) -> list[bool]:
         with torch.no_grad():
             if cfg.defended:
-                predicted = wrapper.predict(x, seeds=derive_seeds(base, *parts))
+                predicted = wrapper.predict(x, noise=Noise.seeded(derive_seeds(base, *parts)))
             else:
                 predicted = wrapper.classify(x).argmax(1)
         return (predicted == labels).tolist()
