@@ -32,9 +32,10 @@ from pathlib import Path
 import torch
 
 from robustwrap import Noise, PurifyConfig, RobustWrapper
+from robustwrap.cpus import native_bf16
 from robustwrap.export import compile_networks, export_bundle, load_bundle, quantize_bundle
 
-from common import interleaved_times, run_child, write_section
+from common import cpu_features, interleaved_times, run_child, write_section
 
 MODELS = {
     "shipped": "the shipped MNIST models (SmallResNet + SmallUNet, 1 x 28 x 28)",
@@ -82,6 +83,7 @@ def cold_child(models: str, steps: int, batch: int, threads: int, engine: str, b
 def measure(models: str, steps: int, batch: int, votes: list[int], repeats: int, threads: int, folder: Path,
             quick: bool) -> str:
     torch.set_num_threads(threads)
+    bf16_units = native_bf16() is True
     wrapper = build(models, steps)
     start = time.perf_counter()
     bundle = export_bundle(wrapper, folder / models, aoti=("fp32", "bf16"), max_batch=4096)
@@ -96,10 +98,11 @@ def measure(models: str, steps: int, batch: int, votes: list[int], repeats: int,
         "compiled networks bf16": compile_networks(wrapper, precision="bf16"),
         "aoti packages bf16": load_bundle(bundle.path, engine="aoti", precision="bf16"),
         "openvino fp32": load_bundle(bundle.path, engine="openvino", precision="fp32", threads=threads),
-        "openvino bf16": load_bundle(bundle.path, engine="openvino", precision="bf16", threads=threads),
-        "openvino bf16 denoiser": load_bundle(bundle.path, engine="openvino", threads=threads,
-                                              precision={"classifier": "fp32", "denoiser": "bf16"}),
     }
+    if bf16_units:  # elsewhere OpenVINO would run f32 under the name bf16, and load_bundle refuses it
+        engines["openvino bf16"] = load_bundle(bundle.path, engine="openvino", precision="bf16", threads=threads)
+        engines["openvino bf16 denoiser"] = load_bundle(bundle.path, engine="openvino", threads=threads,
+                                                        precision={"classifier": "fp32", "denoiser": "bf16"})
     if models == "shipped":
         engines["openvino int8 denoiser"] = load_bundle(bundle.path, engine="openvino", threads=threads,
                                                         precision={"classifier": "fp32", "denoiser": "int8"})
@@ -122,12 +125,13 @@ def measure(models: str, steps: int, batch: int, votes: list[int], repeats: int,
                         f"{max(values) * 1e3:.0f}) ms | **{eager / median:.2f}x** |")
 
     cold = {}
-    for engine in ("onnxruntime", "aoti", "aoti-bf16", "openvino-bf16", "openvino-bf16 (warm cache)",
+    openvino = "openvino-bf16" if bf16_units else "openvino-fp32"
+    for engine in ("onnxruntime", "aoti", "aoti-bf16", openvino, f"{openvino} (warm cache)",
                    "compiled networks", "compiled networks bf16"):
         warm = engine.endswith(" (warm cache)")
         with tempfile.TemporaryDirectory() as cache:  # empty caches (inductor's, OpenVINO's): a server's first start
             if warm:  # a first start fills OpenVINO's cache; the second is timed
-                run_child(__file__, "--cold-child", models, str(steps), str(batch), str(threads), "openvino-bf16",
+                run_child(__file__, "--cold-child", models, str(steps), str(batch), str(threads), openvino,
                           str(bundle.path), env={"TORCHINDUCTOR_CACHE_DIR": cache, "ROBUSTWRAP_CACHE": cache})
             cold[engine] = run_child(__file__, "--cold-child", models, str(steps), str(batch), str(threads),
                                      engine.removesuffix(" (warm cache)"), str(bundle.path),
@@ -138,7 +142,9 @@ def measure(models: str, steps: int, batch: int, votes: list[int], repeats: int,
         f"Batch {batch}, {calls} denoiser calls (steps {steps}, t_l 0.2), per-image seeds, {threads} thread(s) for every "
         f"engine; {repeats} interleaved repeats after one warm-up: median (min–max) per batch. Export of the bundle "
         f"with its AOT packages (fp32 and bf16): {export_seconds:.0f} s. Largest |d prob| against eager on the same seeds: "
-        + ", ".join(f"{name} {gap:.1e}" for name, gap in gaps.items() if name != "eager") + ".\n\n"
+        + ", ".join(f"{name} {gap:.1e}" for name, gap in gaps.items() if name != "eager") + "."
+        + ("" if bf16_units else f" This CPU has no bf16 units (CPU features: {cpu_features()}): the torch bf16 rows run "
+           "emulated bf16, and OpenVINO bf16 is refused (OpenVINO would run f32 under its name).") + "\n\n"
         "| votes S | engine | images/s | per batch | vs eager |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
         "Cold start, each in a fresh process with empty inductor and OpenVINO caches (the warm row: the OpenVINO "
         "cache a first start filled), after `import torch, robustwrap`: building or loading the defense and "

@@ -30,17 +30,12 @@ from robustwrap.export.verify import VERIFY_ATTACK, craft_adversarial
 from robustwrap.export.engines import describe_precision
 from robustwrap.export.verification import format_rate
 
-from common import write_section
+from common import cpu_features, write_section
 
 CANDIDATES = [("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"),
               ("openvino", {"classifier": "fp32", "denoiser": "bf16"}), ("openvino", "int8"),
               ("openvino", {"classifier": "fp32", "denoiser": "int8"}), ("aoti", "bf16"),
               ("aoti", {"classifier": "fp32", "denoiser": "bf16"})]
-
-
-def cpu_flags() -> str:
-    flags = set(Path("/proc/cpuinfo").read_text().split())
-    return ", ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags) or "none of note"
 
 
 def main() -> None:
@@ -95,7 +90,7 @@ def main() -> None:
         f"{args.n_attack} of them attacked by PGD+EOT against the fp32 eager defense (L-inf 0.3, 10 iterations x 4 "
         f"copies, CE; crafted once, {attack_seconds:.0f} s, and judged on every engine), verdicts on held-out seeds; the same per-image seeds on both sides; {args.threads} thread(s). "
         f"The fp32 eager defense scored clean {format_rate(reference['clean']['eager'])}, robust "
-        f"{format_rate(reference['robust']['eager'])}. CPU features: {cpu_flags()}. Thresholds: agreement ≥ 99.5%, "
+        f"{format_rate(reference['robust']['eager'])}. CPU features: {cpu_features()}. Thresholds: agreement ≥ 99.5%, "
         "clean / robust accuracy at most 0.5 / 1 point lower and not significantly lower (McNemar exact, 0.05). "
         "Rates: Wilson 95% intervals.\n\n"
         "| engine, precision | verdict | decision agreement | clean accuracy (engine) | robust accuracy (engine) | "

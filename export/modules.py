@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from robustwrap.vote import vote_labels
+from robustwrap.cpus import warn_if_emulated
 from robustwrap.noise import Noise
+from robustwrap.vote import vote_labels
 from robustwrap.wrapper import RobustWrapper
 
 
@@ -53,6 +54,7 @@ class AtPrecision(nn.Module):
         super().__init__()
         if precision not in REDUCED_DTYPES:
             raise ValueError(f"precision must be one of {list(REDUCED_DTYPES)}, got {precision!r}")
+        warn_if_emulated(precision, next(module.parameters(), torch.empty(0)).device.type)
         self.module = module
         self.precision = precision
 

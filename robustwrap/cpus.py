@@ -4,14 +4,18 @@ torch, ONNX Runtime and OpenVINO size their thread pools by the machine's cores 
 container limited to 2 CPUs on a 64-core host, or on a machine shared with other work, that many
 spinning threads cost several times the CPU time of the same work at the right count (measured in
 issue 27: ``robustwrap eval`` took 50 minutes instead of 2). :func:`available_cpus` is the default
-thread count of what robustwrap starts.
+thread count of what robustwrap starts. :func:`cpu_flags` and :func:`native_bf16` say what the CPU's
+instruction set offers the reduced precisions: bf16 without bf16 units is emulated and slower than fp32.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 
 def available_cpus() -> int:
@@ -64,3 +68,30 @@ def _read_quota(folder: Path, files: tuple[str, ...]) -> float | None:
         return None if quota <= 0 or period <= 0 else quota / period
     except (OSError, ValueError):
         return None
+
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with bf16 arithmetic units
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str] | None:
+    """The CPU's instruction-set flags as Linux reports them (``avx2``, ``avx512f``, ``amx_bf16``, ...);
+    None where ``cpuinfo`` cannot be read (not Linux)."""
+    try:
+        lines = cpuinfo.read_text().splitlines()
+    except OSError:
+        return None
+    return frozenset(" ".join(line.split(":", 1)[-1] for line in lines if line.startswith("flags")).split())
+
+
+def native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
+    """True when the CPU has bf16 units (AVX-512 bf16 or AMX), False when it has none, None when unknown."""
+    flags = cpu_flags(cpuinfo)
+    return None if flags is None else any(flag in flags for flag in BF16_FLAGS)
+
+
+def warn_if_emulated(precision: str, device_type: str = "cpu") -> None:
+    """Log a warning when ``precision`` is bf16 on a CPU without bf16 units: torch then emulates it, exactly but
+    several times slower than fp32 (0.13-0.16x eager on the shipped pair: benchmarks/RESULTS.md)."""
+    if precision == "bf16" and device_type == "cpu" and native_bf16() is False:
+        logger.warning("this CPU has no bf16 units (no avx512_bf16 or amx_bf16 flag): torch emulates bf16, several "
+                       "times slower than fp32; use fp32 on this machine")

@@ -58,3 +58,27 @@ def test_the_smallest_quota_above_the_cgroup_counts(tmp_path):
     assert _cgroup_quota(tmp_path, tmp_path / "cgroup") == 2.0
     (tmp_path / "slice" / "cpu.max").write_text("100000 0\n")  # a zero period is unreadable, not a crash
     assert _cgroup_quota(tmp_path, tmp_path / "cgroup") is None
+
+
+def test_cpu_flags_and_bf16_units_are_read_from_cpuinfo(tmp_path):
+    from robustwrap.cpus import cpu_flags, native_bf16
+
+    zen3, genoa = tmp_path / "zen3", tmp_path / "genoa"
+    zen3.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx avx2 fma\n")
+    genoa.write_text("processor\t: 0\nflags\t\t: avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert cpu_flags(zen3) == {"fpu", "sse2", "avx", "avx2", "fma"}
+    assert native_bf16(zen3) is False and native_bf16(genoa) is True
+    assert cpu_flags(tmp_path / "missing") is None and native_bf16(tmp_path / "missing") is None
+
+
+def test_emulated_bf16_is_said_for_bf16_on_the_cpu_only(monkeypatch, caplog):
+    import logging
+
+    from robustwrap import cpus
+
+    monkeypatch.setattr(cpus, "native_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="robustwrap.cpus"):
+        cpus.warn_if_emulated("bf16", "cpu")
+        cpus.warn_if_emulated("fp32", "cpu")
+        cpus.warn_if_emulated("bf16", "cuda")
+    assert [r.getMessage()[:32] for r in caplog.records] == ["this CPU has no bf16 units (no a"]

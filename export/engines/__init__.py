@@ -26,6 +26,8 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
 
+from robustwrap.cpus import warn_if_emulated
+
 from ..format import CLASSIFIER, DENOISER, BundleInfo, package_key
 from .runner import Runner, like_caller
 
@@ -95,6 +97,7 @@ def _open_aoti(request: OpenRequest) -> Runner:
         raise ValueError(f"{request.folder} has no AOTInductor package for the {request.component}{at}: export it "
                          f"with export_bundle(..., aoti=({request.precision!r},)) or `robustwrap export --engine aoti "
                          f"--precision {request.precision}`")
+    warn_if_emulated(request.precision, request.device.type)
     return AotiRunner(request.folder / package.files[request.component], request.info.components[request.component],
                       package, request.device)
 

@@ -18,6 +18,8 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
+from robustwrap.cpus import cpu_flags
+
 from ..format import TORCH_DTYPES, ComponentSpec, PackageSet
 from .runner import like_caller
 
@@ -78,8 +80,7 @@ def load_package(path: Path, device_index: int):
     except Exception as error:  # the C++ loader's own exception types
         raise ValueError(f"{path} is not an AOTInductor package: {str(error).splitlines()[0][:200]}") from None
     if metadata.get("AOTI_DEVICE_KEY") == "cpu":
-        flags = set(" ".join(line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                             if line.startswith("flags")).split()) if Path("/proc/cpuinfo").is_file() else None
+        flags = cpu_flags()
         needed = [_ISA_FLAGS[isa] for isa in metadata.get("AOTI_CPU_ISA", "").split() if isa in _ISA_FLAGS]
         missing = [flag for flag in needed if flags is not None and flag not in flags]
         if missing:

@@ -4,7 +4,9 @@ them), or its int8 models (:func:`quantize_bundle`: NNCF post-training quantisat
 OpenVINO reads the bundle's ``.onnx`` files as they are (dynamic batch included): nothing is
 exported again for fp32 and bf16. Compiled models are cached (OpenVINO's ``CACHE_DIR``), so a warm start skips
 compilation. The precision is OpenVINO's ``INFERENCE_PRECISION_HINT``, always set explicitly:
-on a CPU with bf16 units an unset hint means bf16, which would change the defense silently.
+on a CPU with bf16 units an unset hint means bf16, which would change the defense silently. On a
+CPU without them OpenVINO ignores a bf16 hint and runs f32 (its compiled model then reports f32):
+bf16 is refused there rather than run at another precision under its name.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class OpenVinoRunner:
         if precision not in HINTS:
             raise ValueError(f"OpenVINO runs the bundle's graphs at {sorted(HINTS)}, got precision={precision!r}")
         core = ov.Core()
+        if precision == "bf16":
+            check_bf16(core)
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         cache.mkdir(parents=True, exist_ok=True)
         core.set_property({"CACHE_DIR": str(cache)})
@@ -61,6 +65,10 @@ class OpenVinoRunner:
         if threads is not None:
             properties["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = core.compile_model(str(path), "CPU", properties)
+        ran = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        if ("bf16" in ran) != (HINTS[precision] == "bf16"):
+            raise ValueError(f"OpenVINO compiled {Path(path).name} at {ran} when {HINTS[precision]} was asked for: "
+                             "refused rather than run at another precision")
         self.precision = precision
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
         self.output_names = [port.get_any_name() for port in self.compiled.outputs]
@@ -79,6 +87,15 @@ class OpenVinoRunner:
         results = self.request.infer(arrays)
         outputs = [torch.from_numpy(results[port].copy()) for port in self.compiled.outputs]
         return like_caller(outputs, first)
+
+
+def check_bf16(core) -> None:
+    """ValueError unless OpenVINO's CPU plugin can run bf16 here (its ``OPTIMIZATION_CAPABILITIES`` name BF16)."""
+    capabilities = [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+    if "BF16" not in capabilities:
+        raise ValueError(f"this CPU has no bf16 units (OpenVINO's CPU capabilities: {', '.join(capabilities)}; "
+                         "bf16 needs AVX-512 bf16 or AMX): OpenVINO would run f32 under the name bf16. "
+                         "Load precision='fp32', or 'int8' after quantize_bundle")
 
 
 def quantize_bundle(bundle: str | os.PathLike, eager, data: str = "mnist5k:train", n: int = 32, seed: int = 0,
