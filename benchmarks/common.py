@@ -95,15 +95,9 @@ def saved_for_backward_mib(fn: Callable[[], object]) -> float:
     return sum(storages.values()) / 2**20
 
 
-def cpu_features() -> str:
-    """The instruction sets the reduced precisions depend on, as /proc/cpuinfo names them ("none of note": AVX2 only)."""
-    from robustwrap.cpus import cpu_flags
-
-    flags = cpu_flags() or frozenset()
-    return ", ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags) or "none of note"
-
-
 def machine_line() -> str:
+    from robustwrap.cpus import cpu_features
+
     cpu = next(
         (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
         platform.processor(),

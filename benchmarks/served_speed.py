@@ -32,10 +32,10 @@ from pathlib import Path
 import torch
 
 from robustwrap import Noise, PurifyConfig, RobustWrapper
-from robustwrap.cpus import native_bf16
+from robustwrap.cpus import cpu_features, native_bf16
 from robustwrap.export import compile_networks, export_bundle, load_bundle, quantize_bundle
 
-from common import cpu_features, interleaved_times, run_child, write_section
+from common import interleaved_times, run_child, write_section
 
 MODELS = {
     "shipped": "the shipped MNIST models (SmallResNet + SmallUNet, 1 x 28 x 28)",

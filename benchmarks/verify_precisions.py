@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from robustwrap import PurifyConfig, RobustWrapper
+from robustwrap.cpus import cpu_features
 from robustwrap.schedule import describe_defense
 from robustwrap.data import draw_subset, load_dataset
 from robustwrap.export import export_bundle, quantize_bundle, verify
@@ -30,7 +31,7 @@ from robustwrap.export.verify import VERIFY_ATTACK, craft_adversarial
 from robustwrap.export.engines import describe_precision
 from robustwrap.export.verification import format_rate
 
-from common import cpu_features, write_section
+from common import write_section
 
 CANDIDATES = [("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"),
               ("openvino", {"classifier": "fp32", "denoiser": "bf16"}), ("openvino", "int8"),

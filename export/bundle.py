@@ -23,6 +23,7 @@ import torch
 
 import robustwrap
 from robustwrap.config import PurifyConfig
+from robustwrap.cpus import cpu_features
 from robustwrap.outputs import check_output, replace_folder, temporary_beside
 from robustwrap.wrapper import RobustWrapper
 
@@ -345,6 +346,11 @@ def _log_verification(bundle: Path, engine: str, precisions: Mapping[str, str]) 
     record = find_verification(bundle, engine, precisions)
     if record is not None:
         logger.info("%s: %s at %s was verified: %s", bundle, engine, describe_precision(precisions), record.verdict_line)
+        verified_on, here = record.versions.get("cpu"), cpu_features()
+        if is_reduced(precisions) and verified_on not in (None, here):
+            logger.warning("%s: %s at %s was verified on a CPU with %s; this one has %s, and reduced-precision kernels "
+                           "differ between CPUs: verify it on this machine", bundle, engine,
+                           describe_precision(precisions), verified_on, here)
     elif is_reduced(precisions):
         logger.warning("%s: %s at %s was not verified against the fp32 eager defense: run `robustwrap verify %s "
                        "--engine %s --precision ...` before deploying it", bundle, engine,

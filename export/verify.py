@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 import robustwrap
+from robustwrap.cpus import cpu_features
 from robustwrap.evaluation import EvalConfig, attack_images, check_inputs, image_seeds
 from robustwrap.fingerprint import tensor_digest
 from robustwrap.noise import Noise, derive_seeds
@@ -192,7 +193,8 @@ def _significant(value: float) -> float:
 
 
 def _versions(engine: str) -> dict[str, str]:
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "robustwrap": robustwrap.__version__}
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "robustwrap": robustwrap.__version__,
+                "cpu": cpu_features()}  # reduced-precision kernels differ between CPUs
     module = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}.get(engine)
     if module:
         try:

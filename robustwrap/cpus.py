@@ -89,6 +89,15 @@ def native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
     return None if flags is None else any(flag in flags for flag in BF16_FLAGS)
 
 
+def cpu_features() -> str:
+    """The flags reduced precision depends on, as a phrase: "avx512f, avx512_bf16", "none of note" (AVX2 only),
+    or "unknown" (no /proc/cpuinfo). Recorded with every verify and every benchmark's machine line."""
+    flags = cpu_flags()
+    if flags is None:
+        return "unknown"
+    return ", ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags) or "none of note"
+
+
 def warn_if_emulated(precision: str, device_type: str = "cpu") -> None:
     """Log a warning when ``precision`` is bf16 on a CPU without bf16 units: torch then emulates it, exactly but
     several times slower than fp32 (0.13-0.16x eager on the shipped pair: benchmarks/RESULTS.md)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -15,7 +16,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from robustwrap import Noise
-from robustwrap.cpus import native_bf16
+from robustwrap.cpus import cpu_features, native_bf16
 from robustwrap.cli.app import app
 from robustwrap.evaluation import EvalConfig
 from robustwrap.export import Thresholds, export_bundle, find_verification, load_bundle, verify, write_record
@@ -174,7 +175,7 @@ def test_export_verify_certifies_what_it_exported(tmp_path, monkeypatch):
     assert ("verified:" if record["passed"] else "not verified:") in result.output
 
 
-def test_int8_models_are_calibrated_recorded_owned_and_verified(exported, tmp_path):
+def test_int8_models_are_calibrated_recorded_owned_and_verified(exported, tmp_path, caplog):
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
     from robustwrap.export import BundleInfo, quantize_bundle
@@ -193,9 +194,15 @@ def test_int8_models_are_calibrated_recorded_owned_and_verified(exported, tmp_pa
     assert recorded.calibration["subset"]["size"] == 8 and len(recorded.calibration["fingerprint"]["images"]) == 64
     assert recorded.calibration["samples"] == {"classifier": 2, "denoiser": 2}  # one batch: its 2 reverse steps
     assert BUNDLE_LAYOUT.holds(copy)  # the int8 files are the bundle's own: --overwrite may replace it
-    report = verify(wrapper, copy, images, labels, num_classes=10, engine="openvino",
-                    precision={"classifier": "fp32", "denoiser": "int8"}, n_attack=0)
+    mixed = {"classifier": "fp32", "denoiser": "int8"}
+    report = verify(wrapper, copy, images, labels, num_classes=10, engine="openvino", precision=mixed, n_attack=0)
     assert report.figures["purified_pixel_gap"]["mean"] > 0 and report.figures["mask_pixel_agreement"]["flipped"] == 0
+    assert report.versions["cpu"] == cpu_features()  # the record says which CPU's kernels it judged
+    elsewhere = dataclasses.replace(report, versions={**report.versions, "cpu": "avx512f, amx_bf16"})
+    write_record(elsewhere, copy / "verified", record_name("openvino", mixed))
+    with caplog.at_level(logging.WARNING, logger="robustwrap.export.bundle"):
+        load_bundle(copy, "openvino", precision=mixed)
+    assert "was verified on a CPU with avx512f, amx_bf16; this one has" in caplog.text
 
 
 def test_a_triton_repository_says_whether_what_it_serves_was_verified(exported, tmp_path):
