@@ -336,18 +336,18 @@ def load_bundle(
                for component in (CLASSIFIER, DENOISER)]
     wrapper = wrapper_over_runners(info, *runners, config)
     _check_outputs(info, path, wrapper)
-    _log_verification(Path(path), engine, precisions)
+    _log_verification(Path(path), engine, precisions, torch.device(device).type)
     return wrapper
 
 
-def _log_verification(bundle: Path, engine: str, precisions: Mapping[str, str]) -> None:
+def _log_verification(bundle: Path, engine: str, precisions: Mapping[str, str], device_type: str) -> None:
     """Log whether this engine at these precisions was verified against the eager defense (a warning when a
-    reduced precision was not)."""
+    reduced precision was not, or was verified on a CPU with other features than this one when it runs on the CPU)."""
     record = find_verification(bundle, engine, precisions)
     if record is not None:
         logger.info("%s: %s at %s was verified: %s", bundle, engine, describe_precision(precisions), record.verdict_line)
         verified_on, here = record.versions.get("cpu"), cpu_features()
-        if is_reduced(precisions) and verified_on not in (None, here):
+        if is_reduced(precisions) and device_type == "cpu" and verified_on not in (None, here):
             logger.warning("%s: %s at %s was verified on a CPU with %s; this one has %s, and reduced-precision kernels "
                            "differ between CPUs: verify it on this machine", bundle, engine,
                            describe_precision(precisions), verified_on, here)

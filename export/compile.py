@@ -18,14 +18,19 @@ from .modules import AtPrecision, ClassifierWithStages
 COMPILE_PRECISIONS = ("fp32", "bf16")
 
 
-def graph_breaks(wrapper: RobustWrapper, x: Tensor, noise: Tensor | None = None) -> list[str]:
-    """Reasons dynamo would break the wrapper's whole pipeline on input ``x`` (empty = one graph).
+def graph_breaks(wrapper: RobustWrapper, x: Tensor, noise: Noise | None = None) -> list[str]:
+    """Reasons dynamo would break the wrapper's whole pipeline on input ``x`` (empty = one graph), with ``noise``
+    (None: fresh draws; ``Noise.given`` as the exported unrolled graph takes it).
 
     A pipeline without breaks also exports as one unrolled ONNX graph
     (``export_bundle(..., unrolled=True)``).
     """
     with wrapper.stages.attached(wrapper.classifier):
-        explanation = torch._dynamo.explain(lambda images, n: wrapper.vote_probabilities(images, noise=None if n is None else Noise.given(n)))(x, noise)
+        if noise is not None and noise.kind != "given":
+            raise ValueError(f"graph_breaks traces fresh noise (None) or Noise.given, got {noise.kind} noise")
+        draws = None if noise is None else noise.tensor
+        explanation = torch._dynamo.explain(
+            lambda images, n: wrapper.vote_probabilities(images, noise=None if n is None else Noise.given(n)))(x, draws)
     return [str(reason.reason) for reason in explanation.break_reasons]
 
 

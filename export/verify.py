@@ -81,8 +81,10 @@ def verify(
         eager: the fp32 eager defense the bundle was exported from (same networks; its config
             must equal the bundle's saved one).
         bundle: the bundle folder.
-        images: (N, C, H, W) held-out images in [0, 1]; labels: (N,) in [0, num_classes).
-        engine, precision: what is verified (``load_bundle``'s arguments).
+        images: (N, C, H, W) held-out images in [0, 1].
+        labels: (N,) in [0, num_classes).
+        engine: the engine verified (``load_bundle``'s argument).
+        precision: its precision (``load_bundle``'s argument).
         n_attack: the first this many images are also attacked (None or 0: none; all when larger than N).
         attack: the attack crafted against ``eager`` (its iterations, EOT, loss, eps; its seed is ignored).
         thresholds: what the verdict requires.

@@ -77,10 +77,12 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str] | None:
     """The CPU's instruction-set flags as Linux reports them (``avx2``, ``avx512f``, ``amx_bf16``, ...);
     None where ``cpuinfo`` cannot be read (not Linux)."""
     try:
-        lines = cpuinfo.read_text().splitlines()
+        lines = [line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")]
     except OSError:
         return None
-    return frozenset(" ".join(line.split(":", 1)[-1] for line in lines if line.startswith("flags")).split())
+    if not lines:  # e.g. aarch64, whose cpuinfo names "Features": not read here
+        return None
+    return frozenset(" ".join(line.split(":", 1)[-1] for line in lines).split())
 
 
 def native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
@@ -95,12 +97,13 @@ def cpu_features() -> str:
     flags = cpu_flags()
     if flags is None:
         return "unknown"
-    return ", ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags) or "none of note"
+    return ", ".join(f for f in ("avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16",
+                                  "amx_int8") if f in flags) or "none of note"
 
 
 def warn_if_emulated(precision: str, device_type: str = "cpu") -> None:
     """Log a warning when ``precision`` is bf16 on a CPU without bf16 units: torch then emulates it, exactly but
-    several times slower than fp32 (0.13-0.16x eager on the shipped pair: benchmarks/RESULTS.md)."""
+    several times slower than fp32 (about 0.15x eager on the shipped pair: benchmarks/RESULTS.md)."""
     if precision == "bf16" and device_type == "cpu" and native_bf16() is False:
-        logger.warning("this CPU has no bf16 units (no avx512_bf16 or amx_bf16 flag): torch emulates bf16, several "
-                       "times slower than fp32; use fp32 on this machine")
+        logger.warning("this CPU has no bf16 units (no avx512_bf16 or amx_bf16 flag): bf16 runs emulated here, "
+                       "several times slower than fp32 (a machine with bf16 units runs it at full speed)")

@@ -106,7 +106,7 @@ def per_image_rand(seeds: Tensor | Sequence[int], shape: Sequence[int], *, devic
 NoiseKind = Literal["fresh", "seeded", "stream", "given"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Noise:
     """Where one call's noise comes from; build it with one of the four constructors.
 
@@ -125,6 +125,15 @@ class Noise:
     generator: torch.Generator | None = None
     tensor: Tensor | None = None
 
+    def __post_init__(self) -> None:
+        wanted = {"fresh": None, "seeded": "seeds", "stream": "generator", "given": "tensor"}
+        if self.kind not in wanted:
+            raise ValueError(f"Noise kind must be one of {sorted(wanted)}, got {self.kind!r}")
+        given = {name for name in ("seeds", "generator", "tensor") if getattr(self, name) is not None}
+        if given != ({wanted[self.kind]} - {None}):
+            raise ValueError(f"a {self.kind} Noise holds {wanted[self.kind] or 'nothing'}, got {sorted(given)}: build "
+                             "it with Noise.fresh(), Noise.seeded(seeds), Noise.stream(generator) or Noise.given(tensor)")
+
     @classmethod
     def fresh(cls) -> "Noise":
         """New draws each call (``torch.randn_like``): what the exported graphs do in-graph."""
@@ -133,7 +142,7 @@ class Noise:
     @classmethod
     def seeded(cls, seeds: Tensor | Sequence[int]) -> "Noise":
         """Image i's noise from its own generator seeded with ``seeds[i]`` (see :func:`check_seeds`)."""
-        return cls("seeded", seeds=check_seeds(seeds))
+        return cls("seeded", seeds=check_seeds(seeds).clone())  # a copy: the value stays what it was
 
     @classmethod
     def stream(cls, generator: torch.Generator) -> "Noise":
@@ -145,9 +154,11 @@ class Noise:
     @classmethod
     def given(cls, tensor: Tensor) -> "Noise":
         """Explicit draws, a (B, D, S, C, Hd, Wd) floating tensor (``RobustWrapper.noise_shape``)."""
-        if not isinstance(tensor, Tensor) or not tensor.is_floating_point() or tensor.dim() != 6:
-            got = f"a {tensor.dim()}-d {tensor.dtype} tensor" if isinstance(tensor, Tensor) else type(tensor).__name__
-            raise ValueError(f"Noise.given takes a (B, D, S, C, Hd, Wd) floating tensor, got {got}")
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"Noise.given takes a (B, D, S, C, Hd, Wd) floating tensor, got {type(tensor).__name__}")
+        if not tensor.is_floating_point() or tensor.dim() != 6:
+            raise ValueError(f"Noise.given takes a (B, D, S, C, Hd, Wd) floating tensor, got a {tensor.dim()}-d "
+                             f"{tensor.dtype} tensor")
         return cls("given", tensor=tensor)
 
     def check(self, shape: Sequence[int]) -> None:

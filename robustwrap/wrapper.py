@@ -306,7 +306,7 @@ class RobustWrapper(nn.Module):
             TypeError, ValueError: naming what was received and what is expected.
         """
         if not _tracing():
-            self._check_eagerly(x, noise, self.config.votes if votes is None else votes)
+            self._check_eagerly(x, None if noise is None else as_noise(noise), self.config.votes if votes is None else votes)
         return x.to(next(self.classifier.parameters(), x).dtype)
 
     def with_config(self, config: PurifyConfig) -> "RobustWrapper":

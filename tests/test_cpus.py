@@ -69,6 +69,8 @@ def test_cpu_flags_and_bf16_units_are_read_from_cpuinfo(tmp_path):
     assert cpu_flags(zen3) == {"fpu", "sse2", "avx", "avx2", "fma"}
     assert native_bf16(zen3) is False and native_bf16(genoa) is True
     assert cpu_flags(tmp_path / "missing") is None and native_bf16(tmp_path / "missing") is None
+    (tmp_path / "arm").write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")
+    assert cpu_flags(tmp_path / "arm") is None and native_bf16(tmp_path / "arm") is None  # unknown, not "none"
 
 
 def test_emulated_bf16_is_said_for_bf16_on_the_cpu_only(monkeypatch, caplog):

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from robustwrap import PurifyConfig, RobustWrapper
+from robustwrap import Noise, PurifyConfig, RobustWrapper
 from robustwrap.export import graph_breaks
 
 from .tiny import tiny_classifier, tiny_unet
@@ -17,7 +17,7 @@ def test_pipeline_is_one_dynamo_graph():
     wrapper = RobustWrapper(tiny_classifier(), tiny_unet(), PurifyConfig(steps=10, votes=2), image_size=16)
     x = torch.rand(2, 3, 16, 16)
     assert graph_breaks(wrapper, x) == []
-    assert graph_breaks(wrapper, x, torch.randn(wrapper.noise_shape(x))) == []
+    assert graph_breaks(wrapper, x, Noise.given(torch.randn(wrapper.noise_shape(x)))) == []
 
 
 def _invoke(*args: str) -> tuple[int, str]:

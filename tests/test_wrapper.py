@@ -294,3 +294,19 @@ def test_per_image_seeds_keep_gradients_and_mix_seed_is_stable(images):
     assert 0 <= mix_seed(-5, 2**70) < 2**63
     derived = derive_seeds([4, 5], 7)
     assert derived.dtype == torch.int64 and derived.tolist() == [mix_seed(4, 7), mix_seed(5, 7)]
+
+
+def test_a_noise_value_is_checked_when_built_and_keeps_its_seeds():
+    from robustwrap.noise import Noise
+
+    seeds = torch.tensor([1, 2])
+    noise = Noise.seeded(seeds)
+    seeds[0] = 99  # the caller's tensor changes; the value does not
+    assert noise.seeds.tolist() == [1, 2]
+    with pytest.raises(ValueError, match="a seeded Noise holds seeds"):
+        Noise("seeded")
+    with pytest.raises(ValueError, match="a fresh Noise holds nothing"):
+        Noise(tensor=torch.zeros(1, 1, 1, 1, 1, 1))
+    with pytest.raises(TypeError, match="floating tensor"):
+        Noise.given([1.0])
+    assert Noise.fresh() != Noise.fresh()  # no value equality over tensors (identity only)

@@ -65,8 +65,8 @@ class OpenVinoRunner:
         if threads is not None:
             properties["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = core.compile_model(str(path), "CPU", properties)
-        ran = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-        if ("bf16" in ran) != (HINTS[precision] == "bf16"):
+        ran = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # an ov.Type: "f32", "bf16"
+        if ran != HINTS[precision]:
             raise ValueError(f"OpenVINO compiled {Path(path).name} at {ran} when {HINTS[precision]} was asked for: "
                              "refused rather than run at another precision")
         self.precision = precision

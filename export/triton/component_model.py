@@ -55,6 +55,10 @@ class TritonPythonModel:
         name = "model.xml" if os.path.exists(os.path.join(folder, "model.xml")) else "model.onnx"
         properties = {"INFERENCE_PRECISION_HINT": hint, **({"INFERENCE_NUM_THREADS": int(threads)} if threads else {})}
         compiled = openvino.Core().compile_model(os.path.join(folder, name), "CPU", properties)
+        ran = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        if ran != hint:  # a CPU without bf16 units runs f32 when asked for bf16: refuse to serve it under that name
+            raise RuntimeError(f"OpenVINO compiled {name} at {ran} when {hint} was asked for (a CPU without bf16 "
+                               "units?): not served at another precision than the one written in config.pbtxt")
         request = compiled.create_infer_request()
         self.inputs = [(port.get_any_name(), len(port.get_partial_shape())) for port in compiled.inputs]
         self.output_names = [port.get_any_name() for port in compiled.outputs]

@@ -2,7 +2,7 @@
 
 Copied as ``<name>/1/model.py`` by :func:`robustwrap.export.write_triton_bundle`; it runs inside
 Triton's Python backend stub, whose interpreter must have torch, robustwrap and numpy < 2
-(see ``robustwrap serve`` and the README's deployment section). The purification loop, the noise,
+(see ``robustwrap serve`` and docs/serving.md). The purification loop, the noise,
 the mask and the vote run here, in robustwrap's own code
 (:func:`robustwrap.export.engines.adapters.wrapper_over_runners`); the two networks are the
 repository's classifier and denoiser models, called through BLS, or, with inline components

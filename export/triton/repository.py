@@ -264,10 +264,10 @@ def write_triton_bundle(
         options: batch sizes, instances, threads (:class:`ServingOptions`).
         config_overrides: PurifyConfig fields the served model uses instead of the saved ones.
         overwrite: replace this defense's model folders written earlier (never anything else).
-        engine, precision: with ``component_backend="python"`` or ``"inline"``, what runs each network
-            (inline: also "aoti"): ONNX Runtime (fp32), or OpenVINO at ``precision`` ("fp32", "bf16",
-            "int8" — the bundle's int8 models — for both networks or per network, as in
-            ``load_bundle``). Verify a reduced precision first (``robustwrap verify``).
+        engine: with ``component_backend="python"`` or ``"inline"``, what runs each network
+            (inline: also "aoti"): ONNX Runtime (fp32) or OpenVINO.
+        precision: OpenVINO's ("fp32", "bf16", "int8" — the bundle's int8 models — for both networks
+            or per network, as in ``load_bundle``). Verify a reduced precision first (``robustwrap verify``).
 
     Raises:
         ValueError: a bad backend or name, not a bundle, missing engines, bad overrides, a
