@@ -15,7 +15,15 @@ from typing import NoReturn, Optional
 import typer
 from rich.console import Console
 
-console = Console()
+
+
+def _console() -> Console:
+    """Rich's console: a terminal's width, else (a file, a pipe) 200 columns, not rich's 80 that cut table cells."""
+    probe = Console()
+    return probe if probe.is_terminal or os.environ.get("COLUMNS") else Console(width=200)
+
+
+console = _console()
 
 # The spec names each option takes, stated once (robustwrap.specs and robustwrap.data build them).
 CLASSIFIER_SPECS = ("mnist (shipped), cifar10-resnet18, timm:<name>, hf:<org>/<name>, torchvision:<name>, "

@@ -376,3 +376,14 @@ def test_wheel_contains_export_and_cli_under_robustwrap(tmp_path):
             "robustwrap/export/triton/component_model.py", "robustwrap/cli/app.py", "robustwrap/wrapper.py",
             "robustwrap/py.typed", "robustwrap/evaluation/__init__.py", "robustwrap/evaluation/run.py"} <= names
     assert not any(name.startswith(("export/", "cli/", "tests/")) for name in names)
+
+
+def test_tables_written_to_a_pipe_keep_their_cells_whole():
+    """Rich cuts a table at 80 columns when the output is not a terminal: ours get 200 (a file, a pipe, CI logs)."""
+    import os
+
+    env = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
+    result = subprocess.run([sys.executable, "-m", "robustwrap.cli.app", "models", "list"], capture_output=True,
+                            text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "mnist/Linf/Standard_SmallResNet.safetensors" in result.stdout  # one cell, not "...SmallResNet." + "safetensors"
