@@ -86,7 +86,8 @@ def main() -> None:
     images, labels = all_images[indices], all_labels[indices]
     calibrated = {mode: PurifyConfig.load(path) for mode, path in calibrated_configs("mnist", "mnist").items()}
     wrapper = RobustWrapper(build_classifier("mnist"), build_diffusion("mnist"), calibrated["heterogeneous"])
-    views = {"none": wrapper, **{mode: defense_view(wrapper, config, mode) for mode, config in calibrated.items()}}
+    views = {"none": defense_view(wrapper, wrapper.config, "none"),
+             **{mode: defense_view(wrapper, config, mode) for mode, config in calibrated.items()}}
     table_runs = runs(args.iters, args.copies, args.dev_weight)
     curves = [c for c in args.curves.split(",") if c]
 
@@ -94,7 +95,7 @@ def main() -> None:
     for defense, view in views.items():  # the table first, then the longer curves
         for row, cfg in table_runs.items():
             folder = args.out / defense / slug(cfg)
-            reports[defense, row] = run_evaluation(view, images, labels, replace(cfg, defended=defense != "none"),
+            reports[defense, row] = run_evaluation(view, images, labels, cfg,
                                                    folder, num_classes=10, resume=True, subset=subset,
                                                    description={"data": DATA, "defense_name": defense, "row": row})
     curve_reports: dict[tuple[str, str, int], dict] = {}

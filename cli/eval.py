@@ -16,7 +16,8 @@ from .common import (CLASSIFIER_SPECS, CONFIG_HELP, DATA_SPECS, DIFFUSION_SPECS,
                      LossName, NormName, build_wrapper, console, defense_config, fail, percent, require_finite,
                      subset_words)
 from robustwrap.attacks.registry import describe_attacks
-from robustwrap.evaluation.config import DEFENSES, MODES, choose_defenses, defense_view
+from robustwrap.config import MODES
+from robustwrap.evaluation.config import DEFENSES, choose_defenses, defense_view
 from robustwrap.outputs import Layout
 from robustwrap.statistics import INTERVAL_NOTE
 
@@ -206,13 +207,12 @@ def _sanity(views: dict, images, labels, base, num_classes: int, budget: str, su
         fail(str(error))
     failed = False
     for name, view in views.items():
-        cfg = dataclasses.replace(base, defended=name != "none")
         with console.status(f"{name}: running sanity checks (each attacks the batch anew)..."):
             try:
-                checks = sanity_checks(view, images, labels, cfg)
+                checks = sanity_checks(view, images, labels, base)
             except ValueError as error:  # e.g. a network's bad output (robustwrap.network_checks)
                 fail(str(error))
-        table = Table(title=f"sanity checks, defense {name}: {sanity_attack(cfg)} ({budget})",
+        table = Table(title=f"sanity checks, defense {name}: {sanity_attack(base)} ({budget})",
                       caption=f"on {subset_words(subset)}; {INTERVAL_NOTE}")
         for column in ("check", "result", "measured"):
             table.add_column(column)
@@ -240,7 +240,7 @@ def _evaluate(views: dict, images, labels, base, num_classes: int, out: Path, re
                 task = progress.add_task(f"{name}: {base.attack} on {len(labels)} images", total=None)
                 reports[name] = run_evaluation(
                     view, images, labels,
-                    dataclasses.replace(base, defended=name != "none"), out / name, num_classes=num_classes,
+                    base, out / name, num_classes=num_classes,
                     resume=resume, overwrite=overwrite, subset=subset, description={**description, "defense_name": name},
                     on_batch=lambda done, total, task=task: progress.update(task, completed=done, total=total),
                 )

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from robustwrap.evaluation.config import MODES as FAMILIES
+from robustwrap.config import MODES as FAMILIES
 
 from .common import (CLASSIFIER_SPECS, DATA_SPECS, DIFFUSION_SPECS, WEIGHTS_HELP, LossName, NormName, build_wrapper,
                      console, fail, model_specs, require_finite)

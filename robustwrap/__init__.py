@@ -6,7 +6,8 @@
 """
 
 from .adapters import DiffusersUNetEps, EDMDenoiserEps, EpsModel, LearnedSigmaEps, as_eps_model
-from .config import PurifyConfig
+from .config import MODES, PurifyConfig
+from .defense import BareClassifier, Defense, bare
 from .hooks import HookedStages, infer_stage_modules, last_activations
 from .mask import attention_map, binarize, soft_mask
 from .noise import Noise, NoiseSource
@@ -21,6 +22,10 @@ __version__ = "0.1.0"
 __all__ = [
     "RobustWrapper",
     "PurifyConfig",
+    "MODES",
+    "Defense",
+    "BareClassifier",
+    "bare",
     "EpsModel",
     "LearnedSigmaEps",
     "DiffusersUNetEps",

@@ -9,7 +9,7 @@ import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from .outputs import dumps_strict, loads_strict, write_text_atomic
 
@@ -20,7 +20,8 @@ CONFIG_VERSION = 1  # bump when a saved file's meaning changes
 MaskRule = Literal["threshold", "top_fraction"]
 MaskNormalization = Literal["minmax", "softmax"]
 Resampling = Literal["single", "repaint", "none"]
-Mode = Literal["heterogeneous", "uniform"]
+Mode = Literal["uniform", "heterogeneous"]
+MODES: tuple[str, ...] = get_args(Mode)  # the one list of defense modes (the CLI, eval, tune and the store read it)
 VoteRule = Literal["hard", "soft"]
 INT_FIELDS = ("steps", "resample_steps", "votes")
 FLOAT_FIELDS = ("t_l", "t_s", "eta", "tau", "top_fraction", "p")
@@ -114,7 +115,7 @@ class PurifyConfig:
             problems.append(f"votes must be >= 1, got {self.votes}")
         for name, allowed in (
             ("resampling", Resampling.__args__),
-            ("mode", Mode.__args__),
+            ("mode", MODES),
             ("mask_rule", MaskRule.__args__),
             ("attention_norm", MaskNormalization.__args__),
             ("vote", VoteRule.__args__),

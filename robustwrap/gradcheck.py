@@ -22,8 +22,7 @@ from torch import Tensor
 
 from .attacks.pgd import Loss, attack_loss
 from .noise import Noise, mix_seed
-from .vote import log_mean_probability
-from .wrapper import RobustWrapper
+from .defense import Defense
 
 
 @dataclass(frozen=True)
@@ -41,29 +40,27 @@ class FiniteDifferenceResult:
     max_relative_error: float
 
 
-def defense_loss(wrapper: RobustWrapper, x: Tensor, labels: Tensor, seeds: Tensor, loss: Loss,
-                 defended: bool = True, mask: Tensor | None = None) -> Tensor:
+def defense_loss(wrapper: Defense, x: Tensor, labels: Tensor, seeds: Tensor, loss: Loss,
+                 mask: Tensor | None = None) -> Tensor:
     """Scalar: the attack loss summed over the batch, on the defense's scores (log mean vote
     probability, per-image seeds, ``mask`` (B, 1, Hd, Wd) or the classifier's) or on the bare
     classifier's logits."""
-    scores = (log_mean_probability(wrapper.vote_logits(x, noise=Noise.seeded(seeds), mask=mask)) if defended
-              else wrapper.classify(x))
+    scores = wrapper.scores(x, noise=Noise.seeded(seeds), mask=mask)
     return attack_loss(scores, labels, loss).sum()
 
 
-def float64_copy(wrapper: RobustWrapper) -> RobustWrapper:
+def float64_copy(wrapper: Defense) -> Defense:
     """A deep copy of the wrapper with every parameter and buffer in float64."""
     return copy.deepcopy(wrapper).double()
 
 
 def finite_difference_check(
-    wrapper: RobustWrapper,
+    wrapper: Defense,
     x: Tensor,
     labels: Tensor,
     seeds: Tensor,
     *,
     loss: Loss = "ce",
-    defended: bool = True,
     directions: int = 3,
     step: float = 1e-6,
     seed: int = 0,
@@ -86,10 +83,11 @@ def finite_difference_check(
     point = x.detach().to(torch.float64).clamp(1e-3, 1 - 1e-3)
     generator = torch.Generator(device=x.device).manual_seed(mix_seed(seed, 17))
     with torch.no_grad():
-        mask = wrapper.mask(point.to(x.dtype)).to(torch.float64) if defended else None
+        mask = wrapper.mask(point.to(x.dtype))  # None for the bare classifier
+        mask = None if mask is None else mask.to(torch.float64)
 
     def value(at: Tensor) -> Tensor:
-        return defense_loss(model, at, labels, seeds, loss, defended, mask)
+        return defense_loss(model, at, labels, seeds, loss, mask)
 
     probe = point.clone().requires_grad_(True)
     gradient = torch.autograd.grad(value(probe), probe)[0]
@@ -104,7 +102,7 @@ def finite_difference_check(
     return FiniteDifferenceResult(tuple(analytic), tuple(numeric), max(errors))
 
 
-def surrogate_cosine(exact: RobustWrapper, surrogate: RobustWrapper, x: Tensor, labels: Tensor, seeds: Tensor,
+def surrogate_cosine(exact: Defense, surrogate: Defense, x: Tensor, labels: Tensor, seeds: Tensor,
                      loss: Loss = "ce") -> Tensor:
     """(B,) cosine between each image's input gradient through ``surrogate`` and through ``exact``
     (same loss, same per-image seeds)."""

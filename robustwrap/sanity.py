@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .attacks import DefenseLogits, Undefended, eot_gradient
+from .attacks import DefenseLogits, eot_gradient
 from .attacks.registry import surrogate
 from .evaluation import STEPPED, EvalConfig, attack_images, image_seeds
 from .gradcheck import finite_difference_check, surrogate_cosine
 from .noise import Noise, derive_seeds
 from .statistics import Accuracy, format_accuracy
-from .wrapper import RobustWrapper
+from .defense import Defense, bare
 
 UNDEFENDED_CEILING = 0.05  # the attack must drive the bare classifier to at most this accuracy
 HUGE_RADIUS_CEILING = 0.10  # ... and the defense to at most this at a radius that can erase the image
@@ -36,15 +36,11 @@ class Check:
     detail: str
 
 
-def _accuracy(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: EvalConfig, tag: int) -> float:
-    """Accuracy of ``wrapper`` (the defense, or the bare classifier when not cfg.defended) under cfg's attack."""
+def _accuracy(wrapper: Defense, images: Tensor, labels: Tensor, cfg: EvalConfig, tag: int) -> float:
+    """Accuracy of ``wrapper`` (a defense, or the bare classifier) under cfg's attack."""
     base = image_seeds(cfg.seed, range(images.shape[0]))
     adversarial = attack_images(wrapper, images, labels, cfg, seeds=derive_seeds(base, tag, 0))
-    with torch.no_grad():
-        if cfg.defended:
-            predicted = wrapper.predict(adversarial, noise=Noise.seeded(derive_seeds(base, tag, 1)))
-        else:
-            predicted = wrapper.classify(adversarial).argmax(1)
+    predicted = wrapper.predict(adversarial, noise=Noise.seeded(derive_seeds(base, tag, 1)))
     return float((predicted == labels).float().mean())
 
 
@@ -57,10 +53,10 @@ def sanity_attack(cfg: EvalConfig) -> str:
     return "pgd-eot"
 
 
-def sanity_checks(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: EvalConfig) -> list[Check]:
+def sanity_checks(wrapper: Defense, images: Tensor, labels: Tensor, cfg: EvalConfig) -> list[Check]:
     """Run the checks on ``images`` (B, C, H, W) in [0, 1] with labels (B,) under ``cfg``'s budget.
 
-    With ``cfg.defended`` (the defense):
+    For a defense that draws noise (the wrapper):
 
     1. Gradients through the full pipeline are finite and non-zero.
     2. The same attack (same eps, iterations, step rule, EOT, loss) drives the *undefended*
@@ -80,7 +76,7 @@ def sanity_checks(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: E
     8. With ``cfg.surrogate_steps``: the cosine between the surrogate's gradient and the exact
        one (same seeds), per image; flagged when its mean is below 0.5.
 
-    Without ``cfg.defended`` (the bare classifier): checks 1-5 and 7 on the classifier itself.
+    For a deterministic one (:class:`robustwrap.defense.BareClassifier`): checks 1-5 and 7 on the classifier itself.
     Intervals are Wilson 95% over the images (:mod:`robustwrap.statistics`; a measured 0% still
     shows its uncertainty); the details quote each accuracy with its interval.
 
@@ -97,21 +93,20 @@ def sanity_checks(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: E
               f"EOT {pgd.eot}, loss {pgd.loss_for(attack)}")
     checks = []
 
-    target = (DefenseLogits(wrapper, seeds=derive_seeds(image_seeds(cfg.seed, range(n)), 1)) if cfg.defended
-              else Undefended(wrapper))
+    target = DefenseLogits(wrapper, seeds=derive_seeds(image_seeds(cfg.seed, range(n)), 1))
     gradient = eot_gradient(target, images, labels, samples=1, loss=pgd.loss_for(attack))
     finite, norm = bool(torch.isfinite(gradient).all()), float(gradient.abs().sum())
     checks.append(Check("gradient finite and non-zero", finite and norm > 0, f"finite={finite}, sum |grad|={norm:.3g}"))
 
     with torch.no_grad():
         clean = float((wrapper.classify(images).argmax(1) == labels).float().mean())
-    bare = _accuracy(wrapper, images, labels, dataclasses.replace(pgd, defended=False), tag=2)
+    undefended = _accuracy(bare(wrapper), images, labels, pgd, tag=2)
     note = (" (iters 0: no attack was asked for)" if iters_zero else
             " (the bare classifier is already wrong on clean images: nothing shows the attack works)"
             if clean <= UNDEFENDED_CEILING else "")
     checks.append(Check(f"attack drives the undefended classifier to <= {UNDEFENDED_CEILING:.0%}",
-                        bare <= UNDEFENDED_CEILING and clean > UNDEFENDED_CEILING and not iters_zero,
-                        f"clean {format_accuracy(clean, n)} -> {format_accuracy(bare, n)} of {n} images under "
+                        undefended <= UNDEFENDED_CEILING and clean > UNDEFENDED_CEILING and not iters_zero,
+                        f"clean {format_accuracy(clean, n)} -> {format_accuracy(undefended, n)} of {n} images under "
                         f"{budget}{note}"))
 
     huge = dataclasses.replace(pgd, eps=1.0 if cfg.norm == "Linf" else 1e3, step_size=None)
@@ -128,7 +123,7 @@ def sanity_checks(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: E
     checks.append(Check("more iterations do not raise robust accuracy", not accuracy[4].above(accuracy[1]),
                         f"{ladder}; 4x - 1x = {accuracy[4].value - accuracy[1].value:+.1%}"))
 
-    if cfg.defended:
+    if not wrapper.deterministic:  # BPDA and the full gradient differ only through a purification
         full = Accuracy(_accuracy(wrapper, images, labels, dataclasses.replace(pgd, attack="pgd-eot"), tag=5), n)
         bpda = Accuracy(_accuracy(wrapper, images, labels, dataclasses.replace(pgd, attack="bpda"), tag=5), n)
         checks.append(Check("BPDA not much stronger than the full gradient", not bpda.below(full),
@@ -137,20 +132,19 @@ def sanity_checks(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: E
     return checks
 
 
-def gradient_checks(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: EvalConfig, attack: str) -> list[Check]:
+def gradient_checks(wrapper: Defense, images: Tensor, labels: Tensor, cfg: EvalConfig, attack: str) -> list[Check]:
     """Checks 7 and 8 of :func:`sanity_checks`: autograd vs float64 finite differences, and the
     surrogate's gradient against the exact one (only with ``cfg.surrogate_steps``)."""
     few = min(2, images.shape[0])
     seeds = derive_seeds(image_seeds(cfg.seed, range(few)), 6)
     loss = cfg.loss_for(attack)
-    result = finite_difference_check(wrapper, images[:few], labels[:few], seeds, loss=loss, defended=cfg.defended,
-                                     seed=cfg.seed)
+    result = finite_difference_check(wrapper, images[:few], labels[:few], seeds, loss=loss, seed=cfg.seed)
     pairs = ", ".join(f"{a:.6g} vs {n:.6g}" for a, n in zip(result.analytic, result.numeric))
     checks = [Check(f"gradient matches float64 finite differences (relative error <= {GRADIENT_TOLERANCE:g})",
                     result.max_relative_error <= GRADIENT_TOLERANCE,
                     f"max relative error {result.max_relative_error:.2g} over {len(result.analytic)} directions on "
                     f"{few} image(s), noise fixed (autograd vs central differences: {pairs})")]
-    if cfg.defended and cfg.surrogate_steps is not None:
+    if not wrapper.deterministic and cfg.surrogate_steps is not None:
         view = surrogate(wrapper, cfg.surrogate_steps)
         cosine = surrogate_cosine(wrapper, view, images, labels, derive_seeds(image_seeds(cfg.seed, range(len(labels))), 7),
                                   loss)

@@ -16,6 +16,7 @@ from typing import Callable
 
 from torch import nn
 
+from .config import MODES
 from .nets import SmallResNet, SmallUNet
 
 
@@ -65,8 +66,6 @@ def calibrated_configs(classifier: str, diffusion: str) -> dict[str, Path]:
     Raises:
         FileNotFoundError: the pair is shipped but a calibration file is missing (a broken install).
     """
-    from .evaluation.config import MODES  # the defense choice, defined once (imported here: no cycle at import)
-
     folder = SHIPPED_CALIBRATIONS.get((classifier, diffusion))
     if folder is None:
         return {}

@@ -34,7 +34,9 @@ from torch import Tensor
 
 from .config import PurifyConfig, type_problems
 from .data import draw_subset
-from .evaluation import MODES, EvalConfig, check_inputs, is_evaluation_folder, run_evaluation
+from .config import MODES
+from .defense import BareClassifier
+from .evaluation import EvalConfig, check_inputs, is_evaluation_folder, run_evaluation
 from .figures import pyplot
 from .fingerprint import header_differences, run_fingerprint
 from .outputs import (Layout, check_resumable_output, is_atomic_temporary, dumps_strict, make_folders, remove_empty_folders, remove_ours,
@@ -363,18 +365,17 @@ def _sweep(wrapper: RobustWrapper, images: Tensor, labels: Tensor, out: Path, se
     clean_only = EvalConfig(attack="none", seed=attack.seed, batch_size=max(attack.batch_size, 256))
 
     def score(candidate: Candidate) -> Point:
-        defended = candidate.family != "none"
-        config = candidate.config(wrapper.config, settings.calls) if defended else None
-        view = wrapper.with_config(config) if config is not None else wrapper
+        config = None if candidate.family == "none" else candidate.config(wrapper.config, settings.calls)
+        view = BareClassifier(wrapper) if config is None else wrapper.with_config(config)
         folder = out / candidate.name
-        clean = run_evaluation(view, clean_images, clean_labels, replace(clean_only, defended=defended),
+        clean = run_evaluation(view, clean_images, clean_labels, clean_only,
                                folder / "clean", num_classes=num_classes, resume=True, subset=clean_subset,
                                description=description)
-        robust = run_evaluation(view, images[attacked], labels[attacked], replace(attack, defended=defended),
+        robust = run_evaluation(view, images[attacked], labels[attacked], attack,
                                 folder / "robust", num_classes=num_classes, resume=True, subset=subset,
                                 description=description)
         assert clean is not None and robust is not None  # single process: every batch is recorded
-        return Point(candidate, config, view.plan.denoiser_calls * view.config.votes if defended else 0,
+        return Point(candidate, config, view.calls_per_image,
                      clean["clean_accuracy"]["mean"], clean["n_samples"],
                      robust["robust_accuracy"]["mean"], robust["n_samples"])
 

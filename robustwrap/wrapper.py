@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from .noise import Noise, NoiseSource, as_noise
 from .sampler import purify_latent
 from .schedule import Step, make_plan
 from .stages import StageSource, infer_stage_source
-from .vote import vote_labels
+from .vote import log_mean_probability, vote_labels
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,8 @@ class RobustWrapper(nn.Module):
         >>> labels = wrapper.predict(images, noise=Noise.seeded(seeds))   # reproducible, per image
     """
 
+    deterministic = False  # a Defense (robustwrap.defense) that draws noise: attacks take expectations over it
+
     def __init__(
         self,
         classifier: nn.Module,
@@ -185,7 +188,16 @@ class RobustWrapper(nn.Module):
     def predict(self, x: Tensor, *, noise: Noise | None = None) -> Tensor:
         """(B,) int64 labels by the configured vote rule (``config.vote``), without gradient; ``noise`` as in
         :meth:`forward`."""
-        return vote_labels(self.vote_probabilities(x, noise=noise), self.config.vote)
+        return self.decide(self.vote_logits(x, noise=noise))
+
+    def decide(self, vote_logits: Tensor) -> Tensor:
+        """(B,) int64 labels from (S, B, K) vote logits by the configured vote rule (``config.vote``)."""
+        return vote_labels(vote_logits.softmax(dim=2), self.config.vote)
+
+    def scores(self, x: Tensor, *, noise: Noise | None = None, mask: Tensor | None = None) -> Tensor:
+        """(B, K) what an attack differentiates: the log of the mean vote probability, computed stably from the
+        vote logits (:func:`robustwrap.vote.log_mean_probability`); ``noise`` and ``mask`` as in :meth:`vote_logits`."""
+        return log_mean_probability(self.vote_logits(x, noise=noise, mask=mask))
 
     def vote_logits(self, x: Tensor, *, noise: Noise | None = None, mask: Tensor | None = None) -> Tensor:
         """(S, B, K) classifier logits of each of the S purifications of each image.
@@ -308,6 +320,15 @@ class RobustWrapper(nn.Module):
         if not _tracing():
             self._check_eagerly(x, None if noise is None else as_noise(noise), self.config.votes if votes is None else votes)
         return x.to(next(self.classifier.parameters(), x).dtype)
+
+    @property
+    def calls_per_image(self) -> int:
+        """Denoiser calls one decision costs per image: the plan's calls times the S votes."""
+        return self.plan.denoiser_calls * self.config.votes
+
+    def with_votes(self, votes: int) -> "RobustWrapper":
+        """The same defense purifying ``votes`` copies per image in one batched pass (itself when it already does)."""
+        return self if self.config.votes == votes else self.with_config(dataclasses.replace(self.config, votes=votes))
 
     def with_config(self, config: PurifyConfig) -> "RobustWrapper":
         """The same networks, sizes, normalisation and stage source under another configuration.

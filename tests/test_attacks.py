@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from robustwrap import Noise, PurifyConfig, RobustWrapper
-from robustwrap.attacks import BPDALogits, DefenseLogits, MaskAwareLogits, Undefended, autoattack, eot_gradient, pgd_eot
+from robustwrap import BareClassifier, Noise, PurifyConfig, RobustWrapper
+from robustwrap.attacks import BPDALogits, DefenseLogits, MaskAwareLogits, autoattack, eot_gradient, pgd_eot
 
 from .tiny import tiny_classifier, tiny_unet, tiny_wrapper
 
@@ -107,15 +107,16 @@ def test_autoattack_adapter_runs_on_the_defense():
     pytest.importorskip("pyautoattack")
     wrapper = RobustWrapper(tiny_classifier(), tiny_unet(), PurifyConfig(steps=5), image_size=16)
     x = torch.rand(4, 3, 16, 16)
-    y = _own_labels(Undefended(wrapper), x)
+    y = _own_labels(DefenseLogits(BareClassifier(wrapper)), x)
     x_adv = autoattack(DefenseLogits(wrapper), x, y, eps=8 / 255, version="rand", iterations=2, eot=1, batch_size=4)
     assert x_adv.shape == x.shape and (x_adv - x).abs().max() <= 8 / 255 + 1e-5
-    standard = autoattack(Undefended(wrapper), x, y, eps=0.3, version="standard", iterations=5, batch_size=4)
-    assert (_own_labels(Undefended(wrapper), standard) == y).float().mean() <= 0.25
+    standard = autoattack(DefenseLogits(BareClassifier(wrapper)), x, y, eps=0.3, version="standard", iterations=5,
+                          batch_size=4)
+    assert (_own_labels(DefenseLogits(BareClassifier(wrapper)), standard) == y).float().mean() <= 0.25
 
 
 def test_bad_attack_settings_are_refused():
-    model, x, y = Undefended(tiny_wrapper()), torch.rand(1, 3, 16, 16), torch.zeros(1, dtype=torch.long)
+    model, x, y = DefenseLogits(BareClassifier(tiny_wrapper())), torch.rand(1, 3, 16, 16), torch.zeros(1, dtype=torch.long)
     with pytest.raises(ValueError, match="norm"):
         pgd_eot(model, x, y, eps=0.1, norm="L1")
     with pytest.raises(ValueError, match="eps >= 0"):

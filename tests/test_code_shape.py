@@ -152,14 +152,15 @@ def _string_collections(path: Path) -> list[tuple[int, list[str]]]:
 
 
 def test_the_defense_choice_is_defined_once():
-    """none / uniform / heterogeneous / config: one Literal in robustwrap/evaluation/config.py that eval
-    (--defenses, --sanity) and tune (its families) read; PurifyConfig's own mode field is the only other list."""
+    """The modes are PurifyConfig's Mode (robustwrap.MODES), the one list eval, tune and the model store read;
+    the defense names (none / the modes / config) are built from it in robustwrap/evaluation/config.py."""
     from typing import get_args
 
+    import robustwrap
     import robustwrap.cli.eval as cli_eval
     import robustwrap.cli.tune as cli_tune
-    from robustwrap import evaluation, tune
-    from robustwrap.config import Mode
+    from robustwrap import evaluation, store, tune
+    from robustwrap.config import MODES, Mode
 
     allowed = {ROOT / "robustwrap" / "evaluation" / "config.py", ROOT / "robustwrap" / "config.py"}
     names = set(evaluation.DEFENSES)
@@ -177,10 +178,11 @@ def test_the_defense_choice_is_defined_once():
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
     assert offenders == []
     assert evaluation.DEFENSES == ("none", "uniform", "heterogeneous", "config")
-    assert set(evaluation.MODES) == set(get_args(Mode)) and set(evaluation.MODES) < names
-    assert cli_eval.DEFENSES is evaluation.DEFENSES and tune.FAMILIES is evaluation.MODES
-    assert cli_tune.FAMILIES is evaluation.MODES
-    assert evaluation.choose_defenses(None, has_config=False) == ("none", *evaluation.MODES)
+    assert MODES == get_args(Mode) and set(MODES) < names and robustwrap.MODES is MODES
+    assert not hasattr(evaluation, "MODES")  # no second list
+    assert cli_eval.DEFENSES is evaluation.DEFENSES and tune.FAMILIES is MODES and store.MODES is MODES
+    assert cli_tune.FAMILIES is MODES and cli_eval.MODES is MODES
+    assert evaluation.choose_defenses(None, has_config=False) == ("none", *MODES)
 
 
 def test_tune_settings_hold_an_eval_config_instead_of_its_fields():

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robustwrap import Noise
+from robustwrap import BareClassifier, Noise
 from robustwrap.attacks.diffhammer import diffhammer, em_aggregate, graft, select_copy
 from robustwrap.attacks.pgd import attack_loss
 from robustwrap.evaluation import EvalConfig, attack_batch, image_seeds
@@ -86,10 +86,10 @@ def test_diffhammer_lowers_an_undefended_classifier_to_the_pgd_level_and_sanity_
     x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         labels = wrapper.classify(x).argmax(1)
-    cfg = EvalConfig(iters=6, eot=1, eps=0.3, loss="margin", defended=False, em_samples=3)
+    cfg = EvalConfig(iters=6, eot=1, eps=0.3, loss="margin", em_samples=3)
 
     def accuracy(attack, config):
-        outcome = attack_batch(wrapper, x, labels, config, attack=attack, seeds=image_seeds(0, range(8)))
+        outcome = attack_batch(BareClassifier(wrapper), x, labels, config, attack=attack, seeds=image_seeds(0, range(8)))
         with torch.no_grad():
             return float((wrapper.classify(outcome.adversarial).argmax(1) == labels).float().mean())
 

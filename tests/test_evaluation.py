@@ -16,7 +16,7 @@ from robustwrap.data import describe_subset, stratified_subset
 from robustwrap.evaluation import EvalConfig, run_evaluation
 from robustwrap.sanity import sanity_checks
 
-from robustwrap import RobustWrapper
+from robustwrap import BareClassifier, RobustWrapper
 
 from .tiny import tiny_classifier, tiny_unet, tiny_wrapper
 
@@ -325,7 +325,7 @@ def test_sanity_checks_run_and_report():
     assert checks[-1].passed, checks[-1].detail
     assert checks[0].passed
     assert "at 2, " in checks[3].detail and "at 4, " in checks[3].detail and "at 8 iterations" in checks[3].detail
-    bare = sanity_checks(tiny_wrapper(), images, labels, EvalConfig(iters=2, eot=1, defended=False))
+    bare = sanity_checks(BareClassifier(tiny_wrapper()), images, labels, EvalConfig(iters=2, eot=1))
     assert [c.name for c in bare] == SANITY_NAMES + [gradient]
 
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from robustwrap import Noise
+from robustwrap import BareClassifier, Noise
 from robustwrap.attacks.pgd_vote import pgd_vote, true_margin
 from robustwrap.attacks.registry import ATTACKS, describe_attacks
 from robustwrap.evaluation import EvalConfig, attack_batch, image_seeds, run_evaluation
@@ -42,13 +42,13 @@ def test_pgd_vote_lowers_an_undefended_classifier_to_the_pgd_level():
     x = _data(12)
     with torch.no_grad():
         labels = wrapper.classify(x).argmax(1)
-    cfg = EvalConfig(iters=6, eot=1, eps=0.3, loss="margin", defended=False)
-    pgd, _ = _accuracy(wrapper, x, labels, cfg, "pgd-eot")
-    vote, outcome = _accuracy(wrapper, x, labels, cfg, "pgd-vote")
+    cfg = EvalConfig(iters=6, eot=1, eps=0.3, loss="margin")
+    pgd, _ = _accuracy(BareClassifier(wrapper), x, labels, cfg, "pgd-eot")
+    vote, outcome = _accuracy(BareClassifier(wrapper), x, labels, cfg, "pgd-vote")
     assert pgd <= 1 / 12 and vote <= pgd  # both break (nearly) all; pgd-vote keeps the best iterate
     assert torch.equal(~outcome.own_correct, wrapper.classify(outcome.adversarial).argmax(1) != labels)
     assert (outcome.adversarial - x).abs().max() <= 0.3 + 1e-6
-    weak, _ = _accuracy(wrapper, x, labels, replace(cfg, step_size=1e-6), "pgd-vote")
+    weak, _ = _accuracy(BareClassifier(wrapper), x, labels, replace(cfg, step_size=1e-6), "pgd-vote")
     assert weak == 1.0  # a no-op step breaks nothing: the test above can fail
 
 

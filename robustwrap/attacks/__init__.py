@@ -1,5 +1,8 @@
 """Adaptive attacks on the whole defended pipeline (images in [0, 1] -> logits).
 
+Every attack takes a :class:`robustwrap.defense.Defense`: the wrapper, or
+``BareClassifier(wrapper)`` for the no-defense baseline; none asks which one it has.
+
 - :func:`pgd_eot` — PGD with EOT, L-inf and L2, CE / CW-margin / DLR loss, on any ``model(x) -> logits``.
 - :func:`pgd_vote` — the DiffBreak protocol: K-copy averaged loss, the deployed vote checked
   after every step, best iterate per image, per-image early stop.
@@ -8,7 +11,7 @@
 - Targets: :class:`DefenseLogits` (full gradient through every denoiser call),
   :class:`BPDALogits` (identity backward through the purifier), :class:`MaskAwareLogits`
   (gradient through a sigmoid-relaxed mask too), :class:`DeviationLogits` (plus DiffAttack's
-  deviated-reconstruction term), :class:`Undefended` (no defense).
+  deviated-reconstruction term); ``DefenseLogits(BareClassifier(wrapper))`` is the bare classifier's logits.
   A surrogate with fewer steps is ``DefenseLogits(wrapper.with_config(replace(cfg, steps=...)))``.
 - :data:`ATTACKS` — every attack the evaluation runs, registered by name
   (:mod:`robustwrap.attacks.registry`).
@@ -20,7 +23,7 @@ from .diffhammer import diffhammer
 from .pgd import LOSSES, attack_loss, default_step_size, eot_gradient, pgd_eot, project
 from .pgd_vote import pgd_vote
 from .registry import ATTACKS, AttackOutcome, AttackSpec
-from .targets import BPDALogits, DefenseLogits, DeviationLogits, MaskAwareLogits, Undefended
+from .targets import BPDALogits, DefenseLogits, DeviationLogits, MaskAwareLogits
 
 __all__ = [
     "ATTACKS",
@@ -40,5 +43,4 @@ __all__ = [
     "DefenseLogits",
     "DeviationLogits",
     "MaskAwareLogits",
-    "Undefended",
 ]

@@ -27,7 +27,6 @@ re-decides every image with the deployed vote on held-out seeds.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..noise import Noise, check_seeds, derive_seeds
-from ..wrapper import RobustWrapper
+from ..defense import Defense
 from .pgd import LOSSES, Loss, Norm, ascent_direction, attack_loss, default_step_size, project, random_start_point
 
 DEFAULT_SAMPLES = 10   # N purifications per step (the reference's n_eval)
@@ -97,11 +96,12 @@ def em_aggregate(losses: Tensor, grads: Tensor, start: Tensor, *, lam: float = D
     return w, r
 
 
-def graft(chain: RobustWrapper, x: Tensor, seeds: Tensor, output_gradient: Tensor) -> Tensor:
+def graft(chain: Defense, x: Tensor, seeds: Tensor, output_gradient: Tensor) -> Tensor:
     """J(x)^T v: one backward through the purification chain with the given per-image seeds.
 
     Args:
-        chain: a one-vote view of the defense (``config.votes == 1``).
+        chain: a one-vote view of the defense (``with_votes(1)``; the bare classifier's purification is the
+            identity, so its J^T v is v).
         x: (B, C, H, W) images; seeds: (B,) the chain's per-image seeds (the same noise as the
             copy being replayed); output_gradient: (B, C, H, W) the gradient at the purified image.
 
@@ -109,22 +109,19 @@ def graft(chain: RobustWrapper, x: Tensor, seeds: Tensor, output_gradient: Tenso
         (B, C, H, W) input gradient.
     """
     point = x.detach().requires_grad_(True)
-    purified = chain.purify_and_classify(point, noise=Noise.seeded(seeds))[0][0]
+    purified = chain.purify(point, noise=Noise.seeded(seeds))
     return torch.autograd.grad(purified, point, grad_outputs=output_gradient)[0]
 
 
-def _evaluate_copies(chain: RobustWrapper, x: Tensor, y: Tensor, seeds: Tensor, loss: Loss,
-                     defended: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _evaluate_copies(chain: Defense, x: Tensor, y: Tensor, seeds: Tensor, loss: Loss) -> tuple[Tensor, Tensor, Tensor]:
     """N copies of each image: losses (N, b), gradients at the purified images (N, b, d), wrong (N, b).
 
-    ``seeds`` (N, b): copy i of image k is purified with seed ``seeds[i, k]`` (votes=1 chain).
+    ``seeds`` (N, b): copy i of image k is purified with seed ``seeds[i, k]`` (votes=1 chain; the bare
+    classifier's copies are the image itself).
     """
     copies, batch = seeds.shape
     with torch.no_grad():
-        if defended:
-            purified = chain.purify_and_classify(x.repeat(copies, 1, 1, 1), noise=Noise.seeded(seeds.flatten()))[0][0]
-        else:
-            purified = x.repeat(copies, 1, 1, 1)
+        purified = chain.purify(x.repeat(copies, 1, 1, 1), noise=Noise.seeded(seeds.flatten()))
     point = purified.detach().requires_grad_(True)
     logits = chain.classify(point)
     labels = y.repeat(copies)
@@ -135,7 +132,7 @@ def _evaluate_copies(chain: RobustWrapper, x: Tensor, y: Tensor, seeds: Tensor, 
 
 
 def diffhammer(
-    gradient_model: RobustWrapper,
+    gradient_model: Defense,
     x: Tensor,
     y: Tensor,
     *,
@@ -150,18 +147,17 @@ def diffhammer(
     alpha: float = DEFAULT_ALPHA,
     em_steps: int = DEFAULT_EM_STEPS,
     em_reference: bool = False,
-    defended: bool = True,
 ) -> HammerResult:
     """The DiffHammer attack (module docstring) on (B, C, H, W) images in [0, 1] with labels (B,).
 
     Args:
-        gradient_model: the defense (or a surrogate view) whose chain is attacked.
+        gradient_model: the defense (or a surrogate view) whose chain is attacked (a
+            :class:`robustwrap.defense.BareClassifier`: the N copies are the image itself).
         seeds: (B,) per-image seeds: image i's start, copies and replays come from ``seeds[i]``.
         eps, norm, steps, step_size: the PGD budget (default step 2.5 * eps / steps).
         samples: N purifications per step; loss: per-copy loss (default CE, as the reference).
         lam, alpha, em_steps, em_reference: EM temperature, momentum exponent, EM rounds, and
             the reference's r-never-updated behaviour.
-        defended: False attacks the bare classifier (the N copies are the image itself).
     """
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -169,7 +165,7 @@ def diffhammer(
         raise ValueError(f"need samples >= 1 and steps >= 0, got {samples} and {steps}")
     seeds = check_seeds(seeds, x.shape[0]).cpu()
     step_size = step_size if step_size is not None else default_step_size(eps, steps)
-    chain = gradient_model.with_config(dataclasses.replace(gradient_model.config, votes=1))
+    chain = gradient_model.with_votes(1)
     x = x.detach()
 
     def copy_seeds(active_seeds: Tensor, step: int) -> Tensor:
@@ -177,7 +173,7 @@ def diffhammer(
 
     current = random_start_point(x, eps, norm, seeds=derive_seeds(seeds, 0))
     best = current.clone()
-    losses, grads, wrong = _evaluate_copies(chain, current, y, copy_seeds(seeds, 0), loss, defended)
+    losses, grads, wrong = _evaluate_copies(chain, current, y, copy_seeds(seeds, 0), loss)
     best_wrong, best_loss = wrong.sum(dim=0), losses.mean(dim=0)
     broken = best_wrong > 0
     state = {"losses": losses, "grads": grads, "seeds": copy_seeds(seeds, 0)}
@@ -194,17 +190,14 @@ def diffhammer(
                             reference=em_reference)
         points = current[active]
         output_gradient = r.view_as(points)
-        if defended:
-            grad = graft(chain, points, chosen_seeds[pick.cpu(), torch.arange(len(cols))], output_gradient)
-        else:
-            grad = output_gradient
+        grad = graft(chain, points, chosen_seeds[pick.cpu(), torch.arange(len(cols))], output_gradient)
         v = step ** -alpha
         grad = v * grad + (1 - v) * previous[active] if step > 1 else grad
         previous[active] = grad
         points = project(points + step_size * ascent_direction(grad, norm), x[active], eps, norm).detach()
         current[active] = points
         new_seeds = copy_seeds(seeds[cols], step)
-        losses, grads, wrong = _evaluate_copies(chain, points, y[active], new_seeds, loss, defended)
+        losses, grads, wrong = _evaluate_copies(chain, points, y[active], new_seeds, loss)
         count, mean_loss = wrong.sum(dim=0), losses.mean(dim=0)
         better = (count > best_wrong[active]) | ((count == best_wrong[active]) & (mean_loss > best_loss[active]))
         best[active[better]] = points[better]

@@ -15,7 +15,6 @@ attack does not depend on the batch or on which other images stopped early.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,8 +22,7 @@ import torch
 from torch import Tensor
 
 from ..noise import Noise, check_seeds, derive_seeds
-from ..vote import vote_labels
-from ..wrapper import RobustWrapper
+from ..defense import Defense
 from .deviation import logits_and_deviation
 from .pgd import LOSSES, Loss, Norm, ascent_direction, attack_loss, default_step_size, project, random_start_point
 
@@ -54,14 +52,11 @@ def true_margin(logits: Tensor, labels: Tensor) -> Tensor:
     return true - others.amax(dim=-1)
 
 
-def copies_view(wrapper: RobustWrapper, copies: int) -> RobustWrapper:
-    """The same defense purifying ``copies`` copies per image in one batched pass."""
-    return wrapper if wrapper.config.votes == copies else wrapper.with_config(dataclasses.replace(wrapper.config, votes=copies))
 
 
 def pgd_vote(
-    gradient_model: RobustWrapper,
-    deployed: RobustWrapper,
+    gradient_model: Defense,
+    deployed: Defense,
     x: Tensor,
     y: Tensor,
     *,
@@ -72,23 +67,23 @@ def pgd_vote(
     step_size: float | None = None,
     copies: int = 8,
     loss: Loss = "margin",
-    defended: bool = True,
     dev_weight: float = 0.0,
     on_step: Callable[[int], None] | None = None,
 ) -> VoteAttackResult:
     """Attack the deployed vote: K-copy averaged gradients, a vote check after every step.
 
     Args:
-        gradient_model: the wrapper differentiated (the defense, or a ``with_config`` surrogate).
-        deployed: the defense whose vote decides (its ``config.votes`` S and ``config.vote`` rule).
+        gradient_model: the defense differentiated (the deployed one, or a ``with_config`` surrogate; a
+            :class:`robustwrap.defense.BareClassifier`: one deterministic copy).
+        deployed: the defense whose decision counts (its S votes and vote rule; the bare classifier: argmax).
         x: (B, C, H, W) clean images in [0, 1]; y: (B,) int64 true labels.
         seeds: (B,) per-image seeds (non-negative int64).
         eps: radius; norm: "Linf" or "L2"; steps: PGD steps (>= 0).
         step_size: default 2.5 * eps / steps.
         copies: K purified copies per gradient (the mean loss over them is ascended).
         loss: "margin" (DiffBreak's), "ce" or "dlr", on each copy's logits.
-        defended: False attacks the bare classifier (one deterministic copy, argmax decides).
-        dev_weight: W of DiffAttack's deviation term added to the loss (:mod:`.deviation`; 0: off).
+        dev_weight: W of DiffAttack's deviation term added to the loss (:mod:`.deviation`; 0: off; a deterministic
+            model has no purification to deviate: ignored).
         on_step: called with the step index after each step.
 
     Returns:
@@ -102,29 +97,24 @@ def pgd_vote(
     step_size = step_size if step_size is not None else default_step_size(eps, steps)
     x = x.detach()
     batch = x.shape[0]
-    gradient_view = copies_view(gradient_model, copies)
+    gradient_view = gradient_model.with_votes(copies)
 
     def gradient(points: Tensor, labels: Tensor, active_seeds: Tensor, step: int) -> Tensor:
         points = points.detach().requires_grad_(True)
         bonus = 0.0
-        if defended and dev_weight > 0:
-            logits, dev = logits_and_deviation(gradient_view, points, Noise.seeded(derive_seeds(active_seeds, 1, step)))
+        noise = Noise.seeded(derive_seeds(active_seeds, 1, step))
+        if dev_weight > 0 and not gradient_view.deterministic:
+            logits, dev = logits_and_deviation(gradient_view, points, noise)
             bonus = dev_weight * dev
-        elif defended:
-            logits = gradient_view.vote_logits(points, noise=Noise.seeded(derive_seeds(active_seeds, 1, step)))  # (K, b, classes)
         else:
-            logits = gradient_view.classify(points).unsqueeze(0)
+            logits = gradient_view.vote_logits(points, noise=noise)  # (K, b, classes); the bare classifier: K = 1
         value = (torch.stack([attack_loss(z, labels, loss) for z in logits]).mean(dim=0) + bonus).sum()
         return torch.autograd.grad(value, points)[0]
 
     def check(points: Tensor, labels: Tensor, active_seeds: Tensor, step: int) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
-            if defended:
-                logits = deployed.vote_logits(points, noise=Noise.seeded(derive_seeds(active_seeds, 2, step)))  # (S, b, classes)
-                wrong = vote_labels(logits.softmax(dim=2), deployed.config.vote) != labels
-            else:
-                logits = deployed.classify(points).unsqueeze(0)
-                wrong = logits[0].argmax(dim=1) != labels
+            logits = deployed.vote_logits(points, noise=Noise.seeded(derive_seeds(active_seeds, 2, step)))  # (S, b, classes)
+            wrong = deployed.decide(logits) != labels
         return wrong, true_margin(logits, labels).mean(dim=0)
 
     current = random_start_point(x, eps, norm, seeds=derive_seeds(seeds, 0))

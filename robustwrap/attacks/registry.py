@@ -24,10 +24,10 @@ from .autoattack import autoattack
 from .diffhammer import diffhammer
 from .pgd import pgd_eot
 from .pgd_vote import pgd_vote
-from .targets import BPDALogits, DefenseLogits, DeviationLogits, MaskAwareLogits, Undefended
+from .targets import BPDALogits, DefenseLogits, DeviationLogits, MaskAwareLogits
 
 if TYPE_CHECKING:
-    from ..wrapper import RobustWrapper
+    from ..defense import Defense
 
 
 class Budget(Protocol):
@@ -38,7 +38,6 @@ class Budget(Protocol):
     iters: int
     step: float | None
     eot: int
-    defended: bool
     mask_temperature: float
     em_samples: int
     em_steps: int
@@ -62,7 +61,7 @@ class AttackOutcome:
     own_correct: Tensor
 
 
-Runner = Callable[["RobustWrapper", "RobustWrapper", Tensor, Tensor, Budget, Tensor], AttackOutcome]
+Runner = Callable[["Defense", "Defense", Tensor, Tensor, Budget, Tensor], AttackOutcome]
 
 
 @dataclass(frozen=True)
@@ -89,10 +88,10 @@ class AttackSpec:
     deviation: bool = False
 
 
-def attack_target(attacked: "RobustWrapper", attack: str, budget: Budget, seeds: Tensor) -> nn.Module:
+def attack_target(attacked: "Defense", attack: str, budget: Budget, seeds: Tensor) -> nn.Module:
     """The ``model(x) -> logits`` view a PGD-family attack differentiates, with per-image seeds."""
-    if not budget.defended:
-        return Undefended(attacked)
+    if attacked.deterministic:  # no purification: every view of one is the model's own scores
+        return DefenseLogits(attacked)
     if attack == "bpda":
         return BPDALogits(attacked, seeds=seeds)
     if attack == "mask-aware":
@@ -120,7 +119,7 @@ def _pgd_runner(name: str) -> Runner:
         if budget.iters == 0:
             return AttackOutcome(images, _own_check(view, images, labels))
         adversarial = pgd_eot(view, images, labels, eps=budget.radius, norm=budget.norm, steps=budget.iters,
-                              step_size=budget.step, eot=budget.eot if budget.defended else 1,
+                              step_size=budget.step, eot=1 if attacked.deterministic else budget.eot,
                               loss=budget.loss_for(name), seeds=derive_seeds(seeds, 0))
         return AttackOutcome(adversarial, _own_check(view, adversarial, labels))
     return run
@@ -130,7 +129,7 @@ def _run_autoattack(deployed, attacked, images, labels, budget, seeds) -> Attack
     """AutoAttack image by image, each from its own seed (its internal RNG is batch-wide)."""
     if budget.iters == 0:
         return _run_none(deployed, attacked, images, labels, budget, seeds)
-    version = "rand" if budget.defended else "standard"
+    version = "standard" if attacked.deterministic else "rand"  # AutoAttack's own choice for randomized models
     adversarial, own = [], []
     for i, seed in enumerate(seeds.tolist()):
         model = attack_target(attacked, "autoattack", budget, derive_seeds([seed], 1))
@@ -147,7 +146,7 @@ def _run_pgd_vote(deployed, attacked, images, labels, budget, seeds) -> AttackOu
         return _run_none(deployed, attacked, images, labels, budget, seeds)
     result = pgd_vote(attacked, deployed, images, labels, seeds=seeds, eps=budget.radius, norm=budget.norm,
                       steps=budget.iters, step_size=budget.step, copies=budget.eot,
-                      loss=budget.loss_for("pgd-vote"), defended=budget.defended, dev_weight=budget.dev_weight)
+                      loss=budget.loss_for("pgd-vote"), dev_weight=budget.dev_weight)
     return AttackOutcome(result.adversarial, ~result.broken)
 
 
@@ -157,7 +156,7 @@ def _run_diffhammer(deployed, attacked, images, labels, budget, seeds) -> Attack
     result = diffhammer(attacked, images, labels, seeds=seeds, eps=budget.radius, norm=budget.norm,
                         steps=budget.iters, step_size=budget.step, samples=budget.em_samples,
                         loss=budget.loss_for("diffhammer"), em_steps=budget.em_steps,
-                        em_reference=budget.em_reference, defended=budget.defended)
+                        em_reference=budget.em_reference)
     return AttackOutcome(result.adversarial, ~result.broken)
 
 
@@ -189,6 +188,9 @@ def describe_attacks() -> str:
     return "; ".join(f"{spec.name} ({spec.summary})" for spec in ATTACKS.values())
 
 
-def surrogate(wrapper: "RobustWrapper", steps: int | None) -> "RobustWrapper":
-    """The view attacks differentiate: ``wrapper`` itself, or the same networks at ``steps``."""
-    return wrapper if steps is None else wrapper.with_config(dataclasses.replace(wrapper.config, steps=steps))
+def surrogate(defense: "Defense", steps: int | None) -> "Defense":
+    """The view attacks differentiate: ``defense`` itself, or the same networks at ``steps`` (a deterministic
+    model has no steps: itself)."""
+    if steps is None or defense.deterministic:
+        return defense
+    return defense.with_config(dataclasses.replace(defense.config, steps=steps))

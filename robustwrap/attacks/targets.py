@@ -55,10 +55,11 @@ class NoisyView(nn.Module):
 
 
 class DefenseLogits(NoisyView):
-    """Full gradient: log of the wrapper's mean vote probabilities (the defense as attacked)."""
+    """Full gradient: the defense's own scores (:meth:`RobustWrapper.scores`: the log of its mean vote
+    probability; a :class:`robustwrap.defense.BareClassifier`'s are its logits)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return log_mean_probability(self.wrapper.vote_logits(x, noise=self.noise(x)))
+        return self.wrapper.scores(x, noise=self.noise(x))
 
 
 class DeviationLogits(NoisyView):
@@ -76,17 +77,6 @@ class DeviationLogits(NoisyView):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         logits, dev = logits_and_deviation(self.wrapper, x, self.noise(x))
         return log_mean_probability(logits), self.weight * dev
-
-
-class Undefended(NoisyView):
-    """The bare classifier (with its normalisation): the no-defense baseline.
-
-    ``generator`` and ``seeds`` are accepted so that every view is built alike; the bare
-    classifier draws no noise.
-    """
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.wrapper.classify(x)
 
 
 class BPDALogits(NoisyView):

@@ -21,7 +21,7 @@ One job per module:
 """
 
 from .batch import attack_batch, attack_images, check_inputs, evaluate_batch, image_seeds
-from .config import (ATTACKS, DEFAULT_EPS, DEFENSES, MODES, STEPPED, Defense, EvalConfig, choose_defenses,
+from .config import (ATTACKS, DEFAULT_EPS, DEFENSES, STEPPED, DefenseName, EvalConfig, choose_defenses,
                      defense_view)
 from .distributed import process_group_from_env, rank_and_world
 from .figure import plot_accuracy
@@ -31,7 +31,7 @@ from .results import (RANDOMNESS, ResultsFile, check_results_folder, is_evaluati
 from .run import run_evaluation
 
 __all__ = [
-    "ATTACKS", "DEFAULT_EPS", "DEFENSES", "MODES", "RANDOMNESS", "STEPPED", "Defense", "EvalConfig", "ResultsFile",
+    "ATTACKS", "DEFAULT_EPS", "DEFENSES", "RANDOMNESS", "STEPPED", "DefenseName", "EvalConfig", "ResultsFile",
     "attack_batch", "attack_images", "check_inputs", "check_results_folder", "choose_defenses", "defense_view",
     "evaluate_batch", "image_seeds", "is_evaluation_folder", "plot_accuracy", "process_group_from_env", "rank_and_world",
     "read_records", "record_problem", "run_evaluation", "summarize", "versions",

@@ -18,11 +18,11 @@ from ..attacks.registry import AttackOutcome, surrogate
 from ..inputs import check_images
 from ..network_checks import check_logits
 from ..noise import Noise, check_seeds, derive_seeds, mix_seed
-from ..wrapper import RobustWrapper
+from ..defense import Defense
 from .config import ATTACKS, EvalConfig
 
 
-def check_inputs(wrapper: RobustWrapper, images: Tensor, labels: Tensor, num_classes: int) -> None:
+def check_inputs(wrapper: Defense, images: Tensor, labels: Tensor, num_classes: int) -> None:
     """Data/model mismatches, raised before any attack runs."""
     if images.dim() != 4 or labels.dim() != 1 or images.shape[0] != labels.shape[0] or images.shape[0] == 0:
         raise ValueError(f"need images (N, C, H, W) and labels (N,) with N >= 1, got {tuple(images.shape)} and {tuple(labels.shape)}")
@@ -51,7 +51,7 @@ def image_seeds(seed: int, ids: Sequence[int]) -> Tensor:
 
 
 def attack_batch(
-    wrapper: RobustWrapper,
+    wrapper: Defense,
     images: Tensor,
     labels: Tensor,
     cfg: EvalConfig,
@@ -62,8 +62,8 @@ def attack_batch(
     """Run one registered attack (:mod:`robustwrap.attacks.registry`) on one batch under ``cfg``.
 
     Args:
-        wrapper: the defense as deployed (the bare classifier is scored when not ``cfg.defended``);
-            with ``cfg.surrogate_steps`` the gradient is taken through a cheaper view of it.
+        wrapper: the defense as deployed (:class:`robustwrap.defense.Defense`: the wrapper, or the bare
+            classifier); with ``cfg.surrogate_steps`` the gradient is taken through a cheaper view of it.
         images: (B, C, H, W) in [0, 1]; labels: (B,) int64.
         attack: which registered attack (default: ``cfg.attacks[0]``).
         seeds: (B,) per-image seeds: image i's random start, its defense noise at every
@@ -81,13 +81,13 @@ def attack_batch(
     return REGISTRY[attack].run(wrapper, attacked, images, labels, cfg, seeds)
 
 
-def attack_images(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: EvalConfig, *,
+def attack_images(wrapper: Defense, images: Tensor, labels: Tensor, cfg: EvalConfig, *,
                   attack: str | None = None, seeds: Tensor | Sequence[int] | None = None) -> Tensor:
     """(B, C, H, W) adversarial images of :func:`attack_batch` (the clean ones for attack 'none')."""
     return attack_batch(wrapper, images, labels, cfg, attack=attack, seeds=seeds).adversarial
 
 
-def evaluate_batch(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: EvalConfig, index: int,
+def evaluate_batch(wrapper: Defense, images: Tensor, labels: Tensor, cfg: EvalConfig, index: int,
                    ids: Sequence[int] | None = None) -> dict:
     """Per-image correctness on clean images and under each attack, for each of the R runs.
 
@@ -113,10 +113,7 @@ def evaluate_batch(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: 
 
     def correct(x: Tensor, *parts: int) -> list[bool]:
         with torch.no_grad():
-            if cfg.defended:
-                predicted = wrapper.predict(x, noise=Noise.seeded(derive_seeds(base, *parts)))
-            else:
-                predicted = wrapper.classify(x).argmax(1)
+            predicted = wrapper.predict(x, noise=Noise.seeded(derive_seeds(base, *parts)))
         return (predicted == labels).tolist()
 
     robust, own, seconds = {}, {}, {}

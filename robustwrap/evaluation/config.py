@@ -10,25 +10,25 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Literal
 
 from ..attacks.pgd import LOSSES, default_step_size
 from ..attacks.registry import ATTACKS as REGISTRY
 from ..attacks.registry import attack_names
+from ..config import MODES
+from ..defense import BareClassifier
 
 if TYPE_CHECKING:
     from ..config import PurifyConfig
+    from ..defense import Defense
     from ..wrapper import RobustWrapper
 
 ATTACKS = attack_names()  # every registered attack (robustwrap.attacks.registry), in order
 STEPPED = tuple(name for name, spec in REGISTRY.items() if spec.stepped)  # those that take a step size and a loss
 DEFAULT_EPS = {"Linf": 8 / 255, "L2": 0.5}
 
-Defense = Literal["none", "uniform", "heterogeneous", "config"]
-DEFENSES: tuple[str, ...] = get_args(Defense)  # what `robustwrap eval --defenses` takes, in this order
-# The defenses that set PurifyConfig.mode (uniform: all-ones mask, the DiffPure baseline; heterogeneous:
-# the paper's defense): eval's default comparison and the families `robustwrap tune` sweeps.
-MODES: tuple[str, ...] = tuple(d for d in DEFENSES if d not in ("none", "config"))
+DefenseName = Literal["none", "uniform", "heterogeneous", "config"]
+DEFENSES: tuple[str, ...] = ("none", *MODES, "config")  # what `robustwrap eval --defenses` takes, in this order
 
 
 def choose_defenses(text: str | None, *, has_config: bool) -> tuple[str, ...]:
@@ -52,12 +52,15 @@ def choose_defenses(text: str | None, *, has_config: bool) -> tuple[str, ...]:
     return chosen
 
 
-def defense_view(wrapper: RobustWrapper, defense: PurifyConfig, name: str) -> RobustWrapper:
-    """The wrapper for one defense: the wrapper itself for none (scored bare: ``EvalConfig.defended``
-    False) and config (its config as is), else ``defense`` in that mode (uniform: all-ones mask)."""
+def defense_view(wrapper: RobustWrapper, defense: PurifyConfig, name: str) -> "Defense":
+    """What one named defense attacks and scores: the bare classifier for none
+    (:class:`robustwrap.defense.BareClassifier`), the wrapper itself for config (its config as is),
+    else ``defense`` in that mode (uniform: all-ones mask)."""
     if name not in DEFENSES:
         raise ValueError(f"defense must be one of {DEFENSES}, got {name!r}")
-    if name in ("none", "config"):
+    if name == "none":
+        return BareClassifier(wrapper)
+    if name == "config":
         return wrapper
     return wrapper.with_config(dataclasses.replace(defense, mode=name))
 
@@ -77,7 +80,6 @@ class EvalConfig:
     runs: int = 1                         # R repeated evaluations of the final examples
     seed: int = 0                         # every batch's randomness derives from it
     batch_size: int = 16                  # images per batch (the unit of resumption)
-    defended: bool = True                 # False: attack and score the bare classifier
     mask_temperature: float = 0.05        # sigmoid temperature of the mask-aware attack
     em_samples: int = 10                  # diffhammer: N purifications per step (the reference's n_eval)
     em_steps: int = 5                     # diffhammer: EM rounds per step (r updated each round)

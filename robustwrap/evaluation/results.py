@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..fingerprint import header_differences, run_fingerprint
 from ..outputs import Layout, check_resumable_output, dumps_strict
-from ..wrapper import RobustWrapper
+from ..defense import Defense
 from .config import EvalConfig
 
 RANDOMNESS = "per-image: mix_seed(seed, data-set index)"  # recorded in the header; older files are not resumed
@@ -186,13 +186,13 @@ class ResultsFile:
         return cls(Path(out) / name, header)
 
     @staticmethod
-    def make_header(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: EvalConfig, subset: dict,
+    def make_header(wrapper: Defense, images: Tensor, labels: Tensor, cfg: EvalConfig, subset: dict,
                     description: dict | None = None) -> dict:
         """The header of a run: settings, defense, subset, extra facts, fingerprints and randomness rule,
         as it reads back from the file (tuples become lists)."""
         header = {
             "eval": cfg.resolved(),
-            "defense": dataclasses.asdict(wrapper.config),
+            "defense": None if wrapper.config is None else dataclasses.asdict(wrapper.config),  # None: the bare classifier
             "n_samples": int(images.shape[0]),
             "subset": subset,
             **(description or {}),

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..outputs import dumps_strict, make_folders, remove_empty_folders, remove_ours, write_text_atomic
-from ..wrapper import RobustWrapper
+from ..defense import Defense
 from .batch import check_inputs, evaluate_batch
 from .config import EvalConfig
 from .distributed import barrier, rank_and_world
@@ -26,7 +26,7 @@ from .results import RESULTS_LAYOUT, ResultsFile, check_results_folder
 
 
 def run_evaluation(
-    wrapper: RobustWrapper,
+    wrapper: Defense,
     images: Tensor,
     labels: Tensor,
     cfg: EvalConfig,
@@ -108,7 +108,7 @@ def run_evaluation(
     return report
 
 
-def _run_batches(wrapper: RobustWrapper, images: Tensor, labels: Tensor, cfg: EvalConfig, results: ResultsFile,
+def _run_batches(wrapper: Defense, images: Tensor, labels: Tensor, cfg: EvalConfig, results: ResultsFile,
                  done: dict[int, dict], ids: Sequence[int], rank: int, world: int,
                  on_batch: Callable[[int, int], None] | None, stop_after: int | None) -> bool:
     """Evaluate this rank's batches not in ``done``, appending each record to ``results``.
