@@ -131,7 +131,7 @@ def worst_case(defense: str, table_runs: dict[str, EvalConfig], out: Path) -> li
 def describe(reports, curve_reports, views, table_runs, curves, args, subset, elapsed, figure_path) -> str:
     """The RESULTS.md section: protocol, the table, the curves."""
     n = subset["size"]
-    configs = {d: v.config for d, v in views.items() if d != "none"}
+    configs = {d: v.config for d, v in views.items() if not v.deterministic}
     defended = "; ".join(f"{d}: {describe_defense(c)}" for d, c in configs.items())
     lines = [
         f"Data: {n} of {subset['of']} held-out digits ({DATA}; stratified, seed 0). Threat: L-inf eps {EPS:g}. "

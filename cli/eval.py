@@ -255,7 +255,7 @@ def _print_results(reports: dict, views: dict, base, budget: str, subset: dict, 
 
     attacks, runs = base.attacks, base.runs
     calls = "".join(f"; {name}: {views[name].plan.denoiser_calls} denoiser calls x {views[name].config.votes} "
-                    f"vote(s)" for name in reports if name != "none")
+                    f"vote(s)" for name in reports if not views[name].deterministic)
     times = ", ".join(f"{name} {report['seconds']:.0f} s ("
                       + ", ".join(f"{a} {s:.0f} s" for a, s in report.get("seconds_by_attack", {}).items()) + ")"
                       for name, report in reports.items())

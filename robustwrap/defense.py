@@ -25,15 +25,23 @@ if TYPE_CHECKING:
 class Defense(Protocol):
     """A classifier as attacked and scored: images (B, C, H, W) in [0, 1] to K classes.
 
+    Both implementations are ``nn.Module`` s.
+
     Attributes:
         config: the purification's settings (None: no purification).
         deterministic: True when no call draws noise (the bare classifier).
-        channels, image_size: what the inputs must have (None: any).
-        classifier: the classifier network; eps_model: the diffusion model (None: none).
+        channels: the channels the inputs must have (None: any).
+        image_size: (H, W) the inputs must have (None: any).
+        classifier: the classifier network.
+        eps_model: the diffusion model (None: none).
     """
 
     config: "PurifyConfig | None"
     deterministic: bool
+    channels: int | None
+    image_size: tuple[int, int] | None
+    classifier: nn.Module
+    eps_model: nn.Module | None
 
     def classify(self, x: Tensor) -> Tensor:
         """(B, K) logits of the bare classifier."""
@@ -61,6 +69,18 @@ class Defense(Protocol):
 
     def with_votes(self, votes: int) -> "Defense":
         """The same defense purifying ``votes`` copies per image in one pass."""
+        ...
+
+    def with_config(self, config: "PurifyConfig") -> "Defense":
+        """The same networks under another configuration (a cheaper surrogate)."""
+        ...
+
+    def mask(self, x: Tensor) -> Tensor | None:
+        """(B, 1, Hd, Wd) the binary mask the defense would use (None: no mask)."""
+        ...
+
+    def double(self) -> "Defense":
+        """Itself with every parameter in float64 (an ``nn.Module``'s; the gradient check copies one)."""
         ...
 
     @property

@@ -52,8 +52,6 @@ def true_margin(logits: Tensor, labels: Tensor) -> Tensor:
     return true - others.amax(dim=-1)
 
 
-
-
 def pgd_vote(
     gradient_model: Defense,
     deployed: Defense,

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ..mask import soft_mask
 from ..noise import Noise, check_seeds, derive_seeds
 from ..vote import log_mean_probability
+from ..defense import Defense
 from ..wrapper import RobustWrapper
 from .deviation import logits_and_deviation
 
@@ -27,13 +28,13 @@ class NoisyView(nn.Module):
     or fresh draws).
 
     Args:
-        wrapper: the defended classifier.
+        wrapper: the :class:`~robustwrap.defense.Defense` attacked (the wrapper, or a bare classifier).
         generator: one stream for the whole batch (the image's noise depends on its batch).
         seeds: (B,) per-image seeds; call c uses ``derive_seeds(seeds, c)``. Each call must then
             get the same B images, in order.
     """
 
-    def __init__(self, wrapper: RobustWrapper, generator: torch.Generator | None = None,
+    def __init__(self, wrapper: Defense, generator: torch.Generator | None = None,
                  seeds: Tensor | None = None) -> None:
         super().__init__()
         if generator is not None and seeds is not None:

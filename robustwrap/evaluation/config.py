@@ -1,7 +1,8 @@
 """What an evaluation runs: the attack settings (:class:`EvalConfig`) and the defense choice.
 
-The defense choice (none / uniform / heterogeneous / config) is defined here once; ``robustwrap
-eval`` (its ``--defenses`` and ``--sanity``) and ``robustwrap tune`` (its families) read it.
+The defense choice (none / the modes / config) is built here from :data:`robustwrap.MODES` (the modes
+tune sweeps too); ``robustwrap eval`` (its ``--defenses`` and ``--sanity``) reads it, and
+:func:`defense_view` turns a name into the :class:`robustwrap.defense.Defense` it attacks.
 The attacks themselves are registered by name in :mod:`robustwrap.attacks.registry`.
 """
 

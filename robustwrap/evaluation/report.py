@@ -60,7 +60,7 @@ def summarize(records: list[dict], header: dict) -> dict:
         "robust_accuracy": {key: worst[key] for key in ("mean", "std", "per_run", "interval")},
         "robust_accuracy_by_attack": {a: {**summary([a]), "attack_own": own_summary(a)} for a in attacks},
         "verdicts": ((f"held out: the vote rule ({header['defense']['vote']}, {header['defense']['votes']} votes) on "
-                      if header["defense"] is not None else "the bare classifier's argmax (deterministic) on ")
+                      if not header["deterministic"] else "the bare classifier's argmax (deterministic) on ")
                      + f"{runs} run(s) whose seeds no attack used; attack_own: the attack's own verdict"),
         "robust_accuracy_worst_run": worst["worst_run"],
         "robust_accuracy_worst_run_interval": worst["worst_run_interval"],

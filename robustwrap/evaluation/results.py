@@ -193,6 +193,7 @@ class ResultsFile:
         header = {
             "eval": cfg.resolved(),
             "defense": None if wrapper.config is None else dataclasses.asdict(wrapper.config),  # None: the bare classifier
+            "deterministic": bool(wrapper.deterministic),
             "n_samples": int(images.shape[0]),
             "subset": subset,
             **(description or {}),
