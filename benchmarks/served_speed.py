@@ -107,16 +107,16 @@ def measure(models: str, steps: int, batch: int, votes: list[int], repeats: int,
         engines["openvino int8 denoiser"] = load_bundle(bundle.path, engine="openvino", threads=threads,
                                                         precision={"classifier": "fp32", "denoiser": "int8"})
     x = images_for(wrapper, batch)
-    seeds = Noise.seeded(torch.arange(batch))
+    noise = Noise.seeded(torch.arange(batch))  # the same per-image seeds for every engine
     rows, gaps = [], {}
     for s in votes:
         config = PurifyConfig(steps=steps, votes=s)
         views = {name: engine.with_config(config) for name, engine in engines.items()}
         with torch.no_grad():
-            reference = views["eager"](x, noise=seeds)
+            reference = views["eager"](x, noise=noise)
             for name, view in views.items():
-                gaps[name] = max(gaps.get(name, 0.0), float((view(x, noise=seeds) - reference).abs().max()))
-            times = interleaved_times({name: (lambda v=view: v(x, noise=seeds)) for name, view in views.items()},
+                gaps[name] = max(gaps.get(name, 0.0), float((view(x, noise=noise) - reference).abs().max()))
+            times = interleaved_times({name: (lambda v=view: v(x, noise=noise)) for name, view in views.items()},
                                       repeats=repeats, warmup=1)
         eager = statistics.median(times["eager"])
         for name, values in times.items():

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robustwrap.stages import OwnStageMaps
 from robustwrap.noise import Noise
+from robustwrap.stages import OwnStageMaps
 from robustwrap.wrapper import RobustWrapper
 
 from .engines import PrecisionArg, per_network
@@ -25,10 +25,10 @@ def graph_breaks(wrapper: RobustWrapper, x: Tensor, noise: Noise | None = None) 
     A pipeline without breaks also exports as one unrolled ONNX graph
     (``export_bundle(..., unrolled=True)``).
     """
+    if noise is not None and noise.kind != "given":
+        raise ValueError(f"graph_breaks traces fresh noise (None) or Noise.given, got {noise.kind} noise")
+    draws = None if noise is None else noise.tensor
     with wrapper.stages.attached(wrapper.classifier):
-        if noise is not None and noise.kind != "given":
-            raise ValueError(f"graph_breaks traces fresh noise (None) or Noise.given, got {noise.kind} noise")
-        draws = None if noise is None else noise.tensor
         explanation = torch._dynamo.explain(
             lambda images, n: wrapper.vote_probabilities(images, noise=None if n is None else Noise.given(n)))(x, draws)
     return [str(reason.reason) for reason in explanation.break_reasons]
