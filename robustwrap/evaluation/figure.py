@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Mapping
 
 from ..figures import pyplot
@@ -53,8 +54,9 @@ def plot_accuracy(reports: Mapping[str, dict], path: str | os.PathLike, *, title
     axes.set_xticks(range(len(names)), names)
     axes.set_ylim(0, 112)
     axes.set_ylabel("accuracy (%)")
-    axes.set_title(title, fontsize=9)
-    axes.legend(fontsize=8, ncol=min(len(labels), 4), loc="upper right")
+    characters = int(figure.get_figwidth() * 12)  # what fits across the figure at the title's size
+    axes.set_title(textwrap.fill(title, characters), fontsize=9)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over a label
     axes.grid(axis="y", alpha=0.3)
     figure.text(0.01, 0.01, caption, fontsize=7, wrap=True)
     figure.tight_layout(rect=(0, 0.06, 1, 1))
