@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from robustwrap import PurifyConfig, RobustWrapper
+from robustwrap.attacks import DeviationOptions, DiffHammerOptions
 from robustwrap.data import draw_subset, load_dataset
 from robustwrap.evaluation import EvalConfig, defense_view, read_records, run_evaluation
 from robustwrap.figures import pyplot
@@ -42,19 +43,20 @@ EPS = 0.3
 
 def runs(iters: int, copies: int, dev_weight: float) -> dict[str, EvalConfig]:
     """The table's runs, by row name: one EvalConfig each (all with the same seed and subset)."""
-    base = EvalConfig(eps=EPS, iters=iters, eot=copies, em_samples=copies, batch_size=64)
+    base = EvalConfig(eps=EPS, iters=iters, eot=copies, batch_size=64)
     return {
         "pgd-eot": replace(base, attack="pgd-eot"),
         "pgd-vote": replace(base, attack="pgd-vote"),
-        "diffhammer": replace(base, attack="diffhammer"),
-        f"pgd-eot + deviation (W={dev_weight:g})": replace(base, attack="pgd-eot", dev_weight=dev_weight),
+        "diffhammer": replace(base, attack="diffhammer", options=DiffHammerOptions(em_samples=copies)),
+        f"pgd-eot + deviation (W={dev_weight:g})": replace(base, attack="pgd-eot",
+                                                           options=DeviationOptions(dev_weight=dev_weight)),
         "autoattack (rand)": replace(base, attack="autoattack", iters=max(1, iters // 2)),
     }
 
 
 def slug(cfg: EvalConfig) -> str:
     """A run's folder name: its attack, "-dev" with the deviation term."""
-    return cfg.attack + ("-dev" if cfg.dev_weight else "")
+    return cfg.attack + ("-dev" if any(isinstance(o, DeviationOptions) and o.dev_weight for o in cfg.options) else "")
 
 
 def survivors(folder: Path, attack: str) -> list[bool]:
@@ -139,7 +141,7 @@ def describe(reports, curve_reports, views, table_runs, curves, args, subset, el
         f"Budget, per attack and image, in purified copies: I = {args.iters} iterations with K = {args.copies} "
         f"copies per step ({args.iters * args.copies}) for pgd-eot (EOT K, a gradient through each copy), "
         f"pgd-vote (K copies averaged, then the deployed vote on fresh copies after each step), diffhammer "
-        f"(N = K copies, {EvalConfig().em_steps} EM rounds, then one backward pass through one grafted chain per "
+        f"(N = K copies, {DiffHammerOptions().em_steps} EM rounds, then one backward pass through one grafted chain per "
         f"step: {args.iters} full backward passes, which is why it is cheaper) and pgd-eot with DiffAttack's "
         f"deviation term (W = {args.dev_weight:g}); AutoAttack rand: APGD-CE then APGD-DLR on the survivors, "
         f"{max(1, args.iters // 2)} iterations of EOT K each (APGD takes one gradient more than its iterations: "

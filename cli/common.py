@@ -15,12 +15,12 @@ from typing import NoReturn, Optional
 import typer
 from rich.console import Console
 
-
+from . import PIPE_WIDTH
 
 def _console() -> Console:
     """Rich's console: a terminal's width, else (a file, a pipe) 200 columns, not rich's 80 that cut table cells."""
     probe = Console()
-    return probe if probe.is_terminal or os.environ.get("COLUMNS") else Console(width=200)
+    return probe if probe.is_terminal or os.environ.get("COLUMNS") else Console(width=PIPE_WIDTH)
 
 
 console = _console()
@@ -122,15 +122,6 @@ def percent(value: float, n: int) -> str:
     from robustwrap.statistics import format_accuracy
 
     return format_accuracy(value, n, percent_sign=False)
-
-
-def subset_words(subset: dict) -> str:
-    """'64 of 1000 images of mnist5k:heldout (stratified, seed 0; 6-7 per class, 10 classes)'."""
-    counts = list(subset["per_class"].values())
-    spread = f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
-    how = "all" if subset["rule"] == "all" else f"stratified, seed {subset['seed']}"
-    return (f"{subset['size']} of {subset['of']} images of {subset['data']} "
-            f"({how}; {spread} per class, {len(counts)} classes)")
 
 
 def threads_option(

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
 from .outputs import dumps_strict, loads_strict, write_text_atomic
+from .schema import type_problems
 
 NUM_TRAIN_STEPS = 1000  # the DDPM schedule the diffusion models were trained with
 CONFIG_FORMAT = "robustwrap.PurifyConfig"  # what a config file says it is
@@ -27,29 +26,6 @@ INT_FIELDS = ("steps", "resample_steps", "votes")
 FLOAT_FIELDS = ("t_l", "t_s", "eta", "tau", "top_fraction", "p")
 BOOL_FIELDS = ("p_root", "grad_checkpoint")
 MAX_P = 8.0  # |A|^p of an activation of 1e4 is 1e32 at p = 8: still finite in float32 (max 3.4e38)
-
-
-def type_problems(values: dict[str, object], *, ints: tuple[str, ...] = (), floats: tuple[str, ...] = (),
-                  bools: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> list[str]:
-    """What is wrong with the types of named values, one phrase per field (empty: nothing).
-
-    ``ints`` must be whole numbers (never a bool, a float such as 2.5 or a string), ``floats``
-    finite real numbers (ints are fine; NaN, infinities, bools and strings are not), ``bools``
-    real booleans (never the string "no" or 0). A name in ``optional`` may also be None.
-    """
-    problems = []
-    for name, value in values.items():
-        if value is None and name in optional:
-            continue
-        if name in ints and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
-            problems.append(f"{name} must be an int (a whole number), got {value!r}")
-        elif name in floats and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
-            problems.append(f"{name} must be a number, got {value!r}")
-        elif name in floats and not math.isfinite(value):
-            problems.append(f"{name} must be a finite number, got {value!r}")
-        elif name in bools and not isinstance(value, bool):
-            problems.append(f"{name} must be true or false, got {value!r}")
-    return problems
 
 
 @dataclass(frozen=True)

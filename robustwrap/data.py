@@ -219,6 +219,16 @@ def describe_subset(labels: Tensor, indices: Tensor, *, seed: int | None, reques
     }
 
 
+def subset_sentence(subset: dict) -> str:
+    """A subset record (:func:`describe_subset`) in words: '64 of 1000 images of mnist5k:heldout (stratified,
+    seed 0; 6-7 per class, 10 classes)'."""
+    counts = list(subset["per_class"].values())
+    spread = f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
+    how = "all" if subset["rule"] == "all" else f"stratified, seed {subset['seed']}"
+    return (f"{subset['size']} of {subset['of']} images of {subset['data']} "
+            f"({how}; {spread} per class, {len(counts)} classes)")
+
+
 def draw_subset(labels: Tensor, n: int, seed: int, spec: str | None = None) -> tuple[Tensor, dict]:
     """:func:`stratified_subset` and its :func:`describe_subset` record, in one call.
 

@@ -87,7 +87,7 @@ def sanity_checks(wrapper: Defense, images: Tensor, labels: Tensor, cfg: EvalCon
     if iters_zero:  # nothing to check an attack of 0 iterations by: run 1 and fail check 2
         cfg = dataclasses.replace(cfg, iters=1)
     attack = sanity_attack(cfg)
-    pgd = dataclasses.replace(cfg, attack=attack, runs=1)
+    pgd = dataclasses.replace(cfg.with_attack(attack), runs=1)
     n = images.shape[0]
     budget = (f"{attack} {cfg.norm} eps={pgd.radius:.4g}, {pgd.iters} iterations, step {pgd.step:.3g}, "
               f"EOT {pgd.eot}, loss {pgd.loss_for(attack)}")
@@ -124,8 +124,8 @@ def sanity_checks(wrapper: Defense, images: Tensor, labels: Tensor, cfg: EvalCon
                         f"{ladder}; 4x - 1x = {accuracy[4].value - accuracy[1].value:+.1%}"))
 
     if not wrapper.deterministic:  # BPDA and the full gradient differ only through a purification
-        full = Accuracy(_accuracy(wrapper, images, labels, dataclasses.replace(pgd, attack="pgd-eot"), tag=5), n)
-        bpda = Accuracy(_accuracy(wrapper, images, labels, dataclasses.replace(pgd, attack="bpda"), tag=5), n)
+        full = Accuracy(_accuracy(wrapper, images, labels, pgd.with_attack("pgd-eot"), tag=5), n)
+        bpda = Accuracy(_accuracy(wrapper, images, labels, pgd.with_attack("bpda"), tag=5), n)
         checks.append(Check("BPDA not much stronger than the full gradient", not bpda.below(full),
                             f"full gradient {full}, BPDA {bpda} ({pgd.iters} iterations)"))
     checks += gradient_checks(wrapper, images, labels, pgd, attack)

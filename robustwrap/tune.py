@@ -32,7 +32,8 @@ from typing import Callable
 
 from torch import Tensor
 
-from .config import MODES, PurifyConfig, type_problems
+from .config import MODES, PurifyConfig
+from .schema import type_problems
 from .data import draw_subset
 from .defense import BareClassifier
 from .evaluation import EvalConfig, check_inputs, is_evaluation_folder, run_evaluation

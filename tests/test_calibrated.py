@@ -9,7 +9,7 @@ import pytest
 from robustwrap import PurifyConfig
 from robustwrap.evaluation.figure import accuracy_bars, plot_accuracy
 from robustwrap.schedule import make_plan
-from robustwrap.cli.eval import defense_configs
+from robustwrap.evaluation.comparison import calibrated_defenses
 from robustwrap.store import SHIPPED_CALIBRATIONS, SHIPPED_CLASSIFIERS, calibrated_configs, shipped_dir
 
 from .test_cli_and_packaging import invoke
@@ -42,15 +42,15 @@ def test_retrained_weights_in_the_model_dir_are_not_the_calibrated_ones(tmp_path
 def test_other_weights_or_a_given_defense_turn_the_calibration_off_and_votes_apply(own_weights, own_defense,
                                                                                    calibrated):
     given = PurifyConfig(steps=50, votes=3)
-    configs, sentence = defense_configs(("none", "uniform", "heterogeneous"), given, "mnist", "mnist",
-                                        own_weights=own_weights, own_defense=own_defense)
     files = calibrated_configs("mnist", "mnist")
+    configs, sentence = calibrated_defenses(("none", "uniform", "heterogeneous"), given,
+                                            {} if own_weights else files, own_defense=own_defense)
     for mode in ("uniform", "heterogeneous"):
         expected = replace(PurifyConfig.load(files[mode]), votes=3) if calibrated else replace(given, mode=mode)
         assert configs[mode] == expected
     assert configs["none"] == given and ("calibrated to the shipped" in sentence) == calibrated
     assert "3 votes" in sentence
-    only = defense_configs(("uniform",), given, "mnist", "mnist", own_weights=False, own_defense=False)[0]
+    only = calibrated_defenses(("uniform",), given, files, own_defense=False)[0]
     assert list(only) == ["uniform"] and only["uniform"].t_l == PurifyConfig.load(files["uniform"]).t_l
 
 

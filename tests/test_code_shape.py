@@ -108,7 +108,8 @@ def test_export_has_no_import_cycles():
     _assert_no_cycles(_package_imports(ROOT / "export", "robustwrap.export"))
 
 
-EVALUATION_MODULES = ("__init__", "config", "batch", "results", "report", "figure", "distributed", "run")
+EVALUATION_MODULES = ("__init__", "config", "batch", "results", "report", "figure", "distributed", "run",
+                      "comparison")
 
 
 def test_evaluation_is_a_package_of_one_job_per_module_without_import_cycles():
@@ -122,6 +123,8 @@ def test_evaluation_is_a_package_of_one_job_per_module_without_import_cycles():
     assert imports["robustwrap.evaluation.distributed"] == set()
     assert {f"robustwrap.evaluation.{m}" for m in ("batch", "results", "report", "distributed")} \
         <= imports["robustwrap.evaluation.run"]
+    # comparison (several defenses in one folder, what `robustwrap eval` runs) sits above run.
+    assert "robustwrap.evaluation.run" in imports["robustwrap.evaluation.comparison"]
 
 
 def test_every_name_imported_from_robustwrap_evaluation_still_resolves():
@@ -157,8 +160,8 @@ def test_the_defense_choice_is_defined_once():
     from typing import get_args
 
     import robustwrap
-    import robustwrap.cli.eval as cli_eval
     import robustwrap.cli.tune as cli_tune
+    import robustwrap.evaluation.comparison as compare
     from robustwrap import evaluation, store, tune
     from robustwrap.config import MODES, Mode
 
@@ -180,8 +183,8 @@ def test_the_defense_choice_is_defined_once():
     assert evaluation.DEFENSES == ("none", "uniform", "heterogeneous", "config")
     assert MODES == get_args(Mode) and set(MODES) < names and robustwrap.MODES is MODES
     assert not hasattr(evaluation, "MODES")  # no second list
-    assert cli_eval.DEFENSES is evaluation.DEFENSES and tune.FAMILIES is MODES and store.MODES is MODES
-    assert cli_tune.FAMILIES is MODES and cli_eval.MODES is MODES
+    assert compare.DEFENSES is evaluation.DEFENSES and tune.FAMILIES is MODES and store.MODES is MODES
+    assert cli_tune.FAMILIES is MODES and compare.MODES is MODES
     assert evaluation.choose_defenses(None, has_config=False) == ("none", *MODES)
 
 

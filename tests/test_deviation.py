@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from robustwrap import Noise
-from robustwrap.attacks.deviation import deviation
+from robustwrap.attacks.deviation import DeviationOptions, deviation
 from robustwrap.attacks.pgd import attack_loss
 from robustwrap.attacks.targets import DeviationLogits
 from robustwrap.evaluation import EvalConfig, attack_batch, image_seeds
@@ -82,19 +82,22 @@ def test_deviation_view_adds_the_weighted_term_and_changes_the_attack():
     labels = torch.tensor([0, 1, 2])
     cfg = EvalConfig(attack="pgd-eot", iters=2, eot=1, eps=0.1)
     plain = attack_batch(wrapper, x, labels, cfg, seeds=image_seeds(0, range(3))).adversarial
-    with_dev = attack_batch(wrapper, x, labels, EvalConfig(attack="pgd-eot", iters=2, eot=1, eps=0.1, dev_weight=50.0),
+    with_dev = attack_batch(wrapper, x, labels, EvalConfig(attack="pgd-eot", iters=2, eot=1, eps=0.1,
+                                                                   options=DeviationOptions(dev_weight=50.0)),
                             seeds=image_seeds(0, range(3))).adversarial
     assert not torch.equal(plain, with_dev)
-    vote = attack_batch(wrapper, x, labels, EvalConfig(attack="pgd-vote", iters=1, eot=2, eps=0.1, dev_weight=1.0),
+    vote = attack_batch(wrapper, x, labels, EvalConfig(attack="pgd-vote", iters=1, eot=2, eps=0.1,
+                                                                options=DeviationOptions(dev_weight=1.0)),
                         seeds=image_seeds(0, range(3))).adversarial
     assert (vote - x).abs().max() <= 0.1 + 1e-6
 
 
-@pytest.mark.parametrize("settings, words", [
-    ({"attack": "bpda", "dev_weight": 1.0}, "dev_weight works with"),
-    ({"attack": "pgd-eot", "dev_weight": -1.0}, "dev_weight must be"),
-    ({"attack": "pgd-eot", "dev_weight": float("nan")}, "dev_weight must be"),
+@pytest.mark.parametrize("attack, weight, words", [
+    ("bpda", 1.0, "DeviationOptions is the options of"),
+    ("pgd-eot", -1.0, "dev_weight must be >= 0"),
+    ("pgd-eot", float("nan"), "dev_weight must be a finite number"),
+    ("pgd-eot", True, "dev_weight must be a number"),
 ])
-def test_bad_deviation_settings_are_refused(settings, words):
+def test_bad_deviation_settings_are_refused(attack, weight, words):
     with pytest.raises(ValueError, match=words):
-        EvalConfig(**settings)
+        EvalConfig(attack=attack, options=DeviationOptions(dev_weight=weight))

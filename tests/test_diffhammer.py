@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from robustwrap import BareClassifier, Noise
-from robustwrap.attacks.diffhammer import diffhammer, em_aggregate, graft, select_copy
+from robustwrap.attacks.diffhammer import DiffHammerOptions, diffhammer, em_aggregate, graft, select_copy
 from robustwrap.attacks.pgd import attack_loss
 from robustwrap.evaluation import EvalConfig, attack_batch, image_seeds
 from robustwrap.sanity import sanity_checks
@@ -86,20 +86,24 @@ def test_diffhammer_lowers_an_undefended_classifier_to_the_pgd_level_and_sanity_
     x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         labels = wrapper.classify(x).argmax(1)
-    cfg = EvalConfig(iters=6, eot=1, eps=0.3, loss="margin", em_samples=3)
+    cfg = EvalConfig(iters=6, eot=1, eps=0.3, loss="margin")
 
     def accuracy(attack, config):
         outcome = attack_batch(BareClassifier(wrapper), x, labels, config, attack=attack, seeds=image_seeds(0, range(8)))
         with torch.no_grad():
             return float((wrapper.classify(outcome.adversarial).argmax(1) == labels).float().mean())
 
-    pgd, hammer = accuracy("pgd-eot", cfg), accuracy("diffhammer", cfg)
+    hammer_cfg = cfg.with_attack("diffhammer")
+    hammer_cfg = dataclasses.replace(hammer_cfg, options=DiffHammerOptions(em_samples=3))
+    pgd, hammer = accuracy("pgd-eot", cfg), accuracy("diffhammer", hammer_cfg)
     assert pgd <= 1 / 8 and hammer <= pgd + 1 / 8
-    assert accuracy("diffhammer", dataclasses.replace(cfg, step_size=1e-6)) == 1.0
-    weak = EvalConfig(attack="diffhammer", iters=4, eot=1, eps=0.1, step_size=1e-6, em_samples=2)
+    assert accuracy("diffhammer", dataclasses.replace(hammer_cfg, step_size=1e-6)) == 1.0
+    weak = EvalConfig(attack="diffhammer", iters=4, eot=1, eps=0.1, step_size=1e-6,
+                      options=DiffHammerOptions(em_samples=2))
     checks = {c.name: c for c in sanity_checks(wrapper, x, labels, weak)}
     assert not checks["attack drives the undefended classifier to <= 5%"].passed
-    strong = EvalConfig(attack="diffhammer", iters=4, eot=1, eps=0.5, em_samples=2, loss="margin")
+    strong = EvalConfig(attack="diffhammer", iters=4, eot=1, eps=0.5, loss="margin",
+                        options=DiffHammerOptions(em_samples=2))
     checks = {c.name: c for c in sanity_checks(wrapper, x, labels, strong)}
     assert checks["attack drives the undefended classifier to <= 5%"].passed
 

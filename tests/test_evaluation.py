@@ -11,7 +11,7 @@ import torch
 import torch.multiprocessing as mp
 
 import robustwrap
-from robustwrap.attacks import attack_loss, pgd_eot
+from robustwrap.attacks import DiffHammerOptions, attack_loss, pgd_eot
 from robustwrap.data import describe_subset, stratified_subset
 from robustwrap.evaluation import EvalConfig, run_evaluation
 from robustwrap.sanity import sanity_checks
@@ -145,7 +145,8 @@ def test_an_existing_file_as_the_results_folder_is_refused(tmp_path):
         (dict(eps=float("inf")), "eps must be a finite number"),
         (dict(step_size=float("nan")), "step_size must be a finite number"),
         (dict(step_size=0.0), "step_size must be > 0"),
-        (dict(mask_temperature=-1.0), "mask_temperature must be > 0"),
+        (dict(options="fast"), "options must be attack options"),
+        (dict(attack="bpda", options=DiffHammerOptions()), "none of \\['bpda'\\] takes it"),
         (dict(loss="hinge"), "loss must be one of"),
         (dict(attack="pgd-eot,cw"), "attack must be one of"),
         (dict(attack="bpda,bpda"), "twice"),

@@ -129,18 +129,18 @@ def test_cli_runs_the_new_attacks_and_reports_their_settings_and_own_counts(tmp_
     assert "diffhammer N=2 EM 2 rounds" in output and "attack's own" in output
     report = json.loads((tmp_path / "r" / "heterogeneous" / "report.json").read_text())
     threat = report["threat"]
-    assert threat["losses"] == {"pgd-vote": "margin", "diffhammer": "ce"} and threat["em_samples"] == 2
-    assert threat["dev_weight"] == 0.0 and set(report["seconds_by_attack"]) == {"pgd-vote", "diffhammer"}
+    assert threat["losses"] == {"pgd-vote": "margin", "diffhammer": "ce"} and threat["options"]["diffhammer"]["em_samples"] == 2
+    assert threat["options"]["pgd-vote"] == {"dev_weight": 0.0} and set(report["seconds_by_attack"]) == {"pgd-vote", "diffhammer"}
     for attack in ("pgd-vote", "diffhammer"):
         assert 0 <= report["robust_accuracy_by_attack"][attack]["attack_own"]["accuracy"] <= 1
     refused = CliRunner().invoke(app, ["eval", "--data", f"tensors:{data}", "--attack", "diffhammer", "--dev-weight", "1",
                                        "--out", str(tmp_path / "x")])
-    assert refused.exit_code != 0 and "dev_weight works with" in " ".join(refused.output.split())
+    assert refused.exit_code != 0 and "dev_weight is an option of ['pgd-eot', 'pgd-vote']; none of ['diffhammer']" in " ".join(refused.output.split())
 
 
 @pytest.mark.parametrize("attack", [name for name in ATTACKS if name != "autoattack"])
 def test_zero_iterations_leave_the_images_clean_for_every_attack(attack):
     wrapper = tiny_wrapper()
     x = _data(3)
-    outcome = attack_batch(wrapper, x, torch.tensor([0, 1, 2]), EvalConfig(iters=0, eot=1, em_samples=2), attack=attack)
+    outcome = attack_batch(wrapper, x, torch.tensor([0, 1, 2]), EvalConfig(attack=attack, iters=0, eot=1), attack=attack)
     assert torch.equal(outcome.adversarial, x) and outcome.own_correct.shape == (3,)

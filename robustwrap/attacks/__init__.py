@@ -13,22 +13,29 @@ Every attack takes a :class:`robustwrap.defense.Defense`: the wrapper, or
   (gradient through a sigmoid-relaxed mask too), :class:`DeviationLogits` (plus DiffAttack's
   deviated-reconstruction term); ``DefenseLogits(BareClassifier(wrapper))`` is the bare classifier's logits.
   A surrogate with fewer steps is ``DefenseLogits(wrapper.with_config(replace(cfg, steps=...)))``.
-- :data:`ATTACKS` — every attack the evaluation runs, registered by name
-  (:mod:`robustwrap.attacks.registry`).
+- :data:`ATTACKS` — every attack the evaluation runs, registered by name with its options class
+  (:mod:`robustwrap.attacks.registry`): :class:`DeviationOptions` (pgd-eot, pgd-vote),
+  :class:`MaskAwareOptions`, :class:`DiffHammerOptions`; the others take :class:`NoOptions`.
 """
 
 from .autoattack import autoattack
-from .deviation import deviation
-from .diffhammer import diffhammer
+from .deviation import DeviationOptions, deviation
+from .diffhammer import DiffHammerOptions, diffhammer
+from .options import AttackOptions, NoOptions
 from .pgd import LOSSES, attack_loss, default_step_size, eot_gradient, pgd_eot, project
 from .pgd_vote import pgd_vote
 from .registry import ATTACKS, AttackOutcome, AttackSpec
-from .targets import BPDALogits, DefenseLogits, DeviationLogits, MaskAwareLogits
+from .targets import BPDALogits, DefenseLogits, DeviationLogits, MaskAwareLogits, MaskAwareOptions
 
 __all__ = [
     "ATTACKS",
+    "AttackOptions",
     "AttackOutcome",
     "AttackSpec",
+    "DeviationOptions",
+    "DiffHammerOptions",
+    "MaskAwareOptions",
+    "NoOptions",
     "LOSSES",
     "attack_loss",
     "default_step_size",

@@ -16,14 +16,30 @@ ascend ``loss + W * dev``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor
 
 from ..noise import Noise
+from ..schema import setting
 from ..sampler import diffuse
 from ..schedule import SamplingPlan
 from ..wrapper import PurificationTrace, RobustWrapper
+from .options import AttackOptions
 
 WEIGHTS = "uniform: 1/K for each of the K denoiser steps (both stages)"
+
+
+@dataclass(frozen=True)
+class DeviationOptions(AttackOptions):
+    """The options of the attacks that can add the deviation term (pgd-eot and pgd-vote)."""
+
+    dev_weight: float = setting(0.0, ge=0, help="W: add DiffAttack's deviated-reconstruction term (squared distance "
+                                "of each denoiser input from the input diffused with the same noise, mask-weighted "
+                                "in stage 1, weight 1/K per step) times W to the loss of pgd-eot and pgd-vote; 0: off")
+
+    def describe(self) -> str:
+        return f"deviation weight {self.dev_weight:g}" if self.dev_weight else ""
 
 
 def deviation(trace: PurificationTrace, plan: SamplingPlan) -> Tensor:

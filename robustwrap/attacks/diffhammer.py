@@ -35,12 +35,28 @@ from torch import Tensor
 
 from ..noise import Noise, check_seeds, derive_seeds
 from ..defense import Defense
+from ..schema import setting
+from .options import AttackOptions
 from .pgd import LOSSES, Loss, Norm, ascent_direction, attack_loss, default_step_size, project, random_start_point
 
 DEFAULT_SAMPLES = 10   # N purifications per step (the reference's n_eval)
 DEFAULT_LAMBDA = 5.0   # EM temperature lam
 DEFAULT_ALPHA = 0.5    # momentum exponent alpha
 DEFAULT_EM_STEPS = 5   # EM rounds (as intended; the reference's loop has no effect)
+
+
+@dataclass(frozen=True)
+class DiffHammerOptions(AttackOptions):
+    """The options of ``--attack diffhammer`` (the registry passes them to :func:`diffhammer`)."""
+
+    em_samples: int = setting(DEFAULT_SAMPLES, ge=1, help="diffhammer: N purifications per step, weighted by EM "
+                              "(the reference: 10)")
+    em_steps: int = setting(DEFAULT_EM_STEPS, ge=1, help="diffhammer: EM rounds per step (r updated each round)")
+    em_reference: bool = setting(False, help="diffhammer: the reference's EM, whose r is never updated (one "
+                                 "weighting from the selected copy's gradient)")
+
+    def describe(self) -> str:
+        return f"diffhammer N={self.em_samples} EM {'as in the reference' if self.em_reference else f'{self.em_steps} rounds'}"
 
 
 @dataclass(frozen=True)

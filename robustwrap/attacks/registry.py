@@ -1,7 +1,9 @@
 """Every attack the evaluation runs, registered by name in one place.
 
-The CLI (``--attack`` and its help), the evaluation, the sanity checks and the tuner read
-:data:`ATTACKS`; adding an attack is adding one :class:`AttackSpec` here.
+The CLI (``--attack``, its help and one flag per attack option), the evaluation, the report,
+the sanity checks and the tuner read :data:`ATTACKS`; adding an attack is its module (the attack
+and its options dataclass, :class:`~robustwrap.attacks.options.AttackOptions`) and one
+:class:`AttackSpec` here.
 
 Every runner takes per-image seeds (B,): image i's randomness (random start, the defense's
 noise at each gradient call, AutoAttack's own draws) comes from ``seeds[i]`` alone, so its
@@ -20,29 +22,28 @@ import torch
 from torch import Tensor, nn
 
 from ..noise import derive_seeds, mix_seed
+from ..schema import bounds_of, field_types, help_of
 from .autoattack import autoattack
-from .diffhammer import diffhammer
+from .deviation import DeviationOptions
+from .diffhammer import DiffHammerOptions, diffhammer
+from .options import AttackOptions, NoOptions
 from .pgd import pgd_eot
 from .pgd_vote import pgd_vote
-from .targets import BPDALogits, DefenseLogits, DeviationLogits, MaskAwareLogits
+from .targets import BPDALogits, DefenseLogits, DeviationLogits, MaskAwareLogits, MaskAwareOptions
 
 if TYPE_CHECKING:
     from ..defense import Defense
 
 
 class Budget(Protocol):
-    """What a runner reads from the evaluation's settings (:class:`robustwrap.evaluation.EvalConfig`)."""
+    """What a runner reads of the evaluation's threat model and budget (:class:`robustwrap.evaluation.EvalConfig`);
+    the attack's own options come apart, as its options dataclass."""
 
     radius: float
     norm: str
     iters: int
     step: float | None
     eot: int
-    mask_temperature: float
-    em_samples: int
-    em_steps: int
-    em_reference: bool
-    dev_weight: float
 
     def loss_for(self, attack: str) -> str: ...
 
@@ -61,7 +62,13 @@ class AttackOutcome:
     own_correct: Tensor
 
 
-Runner = Callable[["Defense", "Defense", Tensor, Tensor, Budget, Tensor], AttackOutcome]
+Runner = Callable[["Defense", "Defense", Tensor, Tensor, Budget, AttackOptions, Tensor], AttackOutcome]
+View = Callable[["Defense", AttackOptions, Tensor], nn.Module]
+
+
+def full_gradient(attacked: "Defense", options: AttackOptions, seeds: Tensor) -> nn.Module:
+    """The full gradient through every denoiser call (:class:`DefenseLogits`)."""
+    return DefenseLogits(attacked, seeds=seeds)
 
 
 @dataclass(frozen=True)
@@ -73,11 +80,14 @@ class AttackSpec:
         summary: one line for ``--help`` and reports.
         stepped: takes a step size and a loss (PGD family).
         default_loss: the loss used when none is given (None: the attack has its own).
-        deviation: takes DiffAttack's deviation term (``--dev-weight``).
-        run: ``run(deployed, attacked, images, labels, budget, seeds) -> AttackOutcome``;
+        run: ``run(deployed, attacked, images, labels, budget, options, seeds) -> AttackOutcome``;
             ``deployed`` is the defense as evaluated, ``attacked`` the view whose gradient is
             taken (a surrogate or the same), images (B, C, H, W) in [0, 1], labels (B,),
-            seeds (B,) int64.
+            ``options`` an instance of :attr:`options`, seeds (B,) int64.
+        options: the attack's own options class (defaults, declared bounds and help, ``describe()``);
+            the CLI makes one flag of each field.
+        view: ``view(attacked, options, seeds) -> model``, the ``model(x) -> logits`` a gradient attack
+            differentiates when the defense draws noise (default: :func:`full_gradient`).
     """
 
     name: str
@@ -85,19 +95,21 @@ class AttackSpec:
     stepped: bool
     default_loss: str | None
     run: Runner
-    deviation: bool = False
+    options: type[AttackOptions] = NoOptions
+    view: View = full_gradient
+
+    def target(self, attacked: "Defense", options: AttackOptions, seeds: Tensor) -> nn.Module:
+        """What this attack differentiates, with per-image seeds (B,); a deterministic defense (no
+        purification) has one view, its own scores."""
+        if attacked.deterministic:
+            return DefenseLogits(attacked)
+        return self.view(attacked, options, seeds)
 
 
-def attack_target(attacked: "Defense", attack: str, budget: Budget, seeds: Tensor) -> nn.Module:
-    """The ``model(x) -> logits`` view a PGD-family attack differentiates, with per-image seeds."""
-    if attacked.deterministic:  # no purification: every view of one is the model's own scores
-        return DefenseLogits(attacked)
-    if attack == "bpda":
-        return BPDALogits(attacked, seeds=seeds)
-    if attack == "mask-aware":
-        return MaskAwareLogits(attacked, budget.mask_temperature, seeds=seeds)
-    if attack == "pgd-eot" and budget.dev_weight > 0:
-        return DeviationLogits(attacked, budget.dev_weight, seeds=seeds)
+def _with_deviation(attacked: "Defense", options: DeviationOptions, seeds: Tensor) -> nn.Module:
+    """The full gradient, plus DiffAttack's deviation term when its weight is set."""
+    if options.dev_weight > 0:
+        return DeviationLogits(attacked, options.dev_weight, seeds=seeds)
     return DefenseLogits(attacked, seeds=seeds)
 
 
@@ -108,14 +120,14 @@ def _own_check(view: nn.Module, x: Tensor, labels: Tensor) -> Tensor:
         return (out[0] if isinstance(out, tuple) else out).argmax(dim=1) == labels
 
 
-def _run_none(deployed, attacked, images, labels, budget, seeds) -> AttackOutcome:
-    view = attack_target(deployed, "pgd-eot", budget, derive_seeds(seeds, 1))
+def _run_none(deployed, attacked, images, labels, budget, options, seeds) -> AttackOutcome:
+    view = ATTACKS["none"].target(deployed, options, derive_seeds(seeds, 1))
     return AttackOutcome(images, _own_check(view, images, labels))
 
 
 def _pgd_runner(name: str) -> Runner:
-    def run(deployed, attacked, images, labels, budget, seeds) -> AttackOutcome:
-        view = attack_target(attacked, name, budget, derive_seeds(seeds, 1))
+    def run(deployed, attacked, images, labels, budget, options, seeds) -> AttackOutcome:
+        view = ATTACKS[name].target(attacked, options, derive_seeds(seeds, 1))
         if budget.iters == 0:
             return AttackOutcome(images, _own_check(view, images, labels))
         adversarial = pgd_eot(view, images, labels, eps=budget.radius, norm=budget.norm, steps=budget.iters,
@@ -125,14 +137,14 @@ def _pgd_runner(name: str) -> Runner:
     return run
 
 
-def _run_autoattack(deployed, attacked, images, labels, budget, seeds) -> AttackOutcome:
+def _run_autoattack(deployed, attacked, images, labels, budget, options, seeds) -> AttackOutcome:
     """AutoAttack image by image, each from its own seed (its internal RNG is batch-wide)."""
     if budget.iters == 0:
-        return _run_none(deployed, attacked, images, labels, budget, seeds)
+        return _run_none(deployed, attacked, images, labels, budget, options, seeds)
     version = "standard" if attacked.deterministic else "rand"  # AutoAttack's own choice for randomized models
     adversarial, own = [], []
     for i, seed in enumerate(seeds.tolist()):
-        model = attack_target(attacked, "autoattack", budget, derive_seeds([seed], 1))
+        model = ATTACKS["autoattack"].target(attacked, options, derive_seeds([seed], 1))
         x_adv, y_adv = autoattack(model, images[i:i + 1], labels[i:i + 1], eps=budget.radius, norm=budget.norm,
                                   version=version, iterations=budget.iters, eot=budget.eot,
                                   seed=mix_seed(seed, 0) % (2**31 - 1), batch_size=1, return_labels=True)
@@ -141,38 +153,40 @@ def _run_autoattack(deployed, attacked, images, labels, budget, seeds) -> Attack
     return AttackOutcome(torch.cat(adversarial), torch.cat(own))
 
 
-def _run_pgd_vote(deployed, attacked, images, labels, budget, seeds) -> AttackOutcome:
+def _run_pgd_vote(deployed, attacked, images, labels, budget, options, seeds) -> AttackOutcome:
     if budget.iters == 0:
-        return _run_none(deployed, attacked, images, labels, budget, seeds)
+        return _run_none(deployed, attacked, images, labels, budget, options, seeds)
     result = pgd_vote(attacked, deployed, images, labels, seeds=seeds, eps=budget.radius, norm=budget.norm,
                       steps=budget.iters, step_size=budget.step, copies=budget.eot,
-                      loss=budget.loss_for("pgd-vote"), dev_weight=budget.dev_weight)
+                      loss=budget.loss_for("pgd-vote"), dev_weight=options.dev_weight)
     return AttackOutcome(result.adversarial, ~result.broken)
 
 
-def _run_diffhammer(deployed, attacked, images, labels, budget, seeds) -> AttackOutcome:
+def _run_diffhammer(deployed, attacked, images, labels, budget, options, seeds) -> AttackOutcome:
     if budget.iters == 0:
-        return _run_none(deployed, attacked, images, labels, budget, seeds)
+        return _run_none(deployed, attacked, images, labels, budget, options, seeds)
     result = diffhammer(attacked, images, labels, seeds=seeds, eps=budget.radius, norm=budget.norm,
-                        steps=budget.iters, step_size=budget.step, samples=budget.em_samples,
-                        loss=budget.loss_for("diffhammer"), em_steps=budget.em_steps,
-                        em_reference=budget.em_reference)
+                        steps=budget.iters, step_size=budget.step, samples=options.em_samples,
+                        loss=budget.loss_for("diffhammer"), em_steps=options.em_steps,
+                        em_reference=options.em_reference)
     return AttackOutcome(result.adversarial, ~result.broken)
 
 
 ATTACKS: dict[str, AttackSpec] = {spec.name: spec for spec in (
     AttackSpec("none", "no attack (clean images)", False, None, _run_none),
     AttackSpec("pgd-eot", "PGD with EOT, full gradient through every denoiser call; last iterate", True, "ce",
-               _pgd_runner("pgd-eot"), deviation=True),
-    AttackSpec("bpda", "PGD with identity backward through the purifier (BPDA)", True, "ce", _pgd_runner("bpda")),
-    AttackSpec("mask-aware", "PGD with the gradient through a sigmoid-relaxed mask too", True, "ce",
-               _pgd_runner("mask-aware")),
+               _pgd_runner("pgd-eot"), DeviationOptions, _with_deviation),
+    AttackSpec("bpda", "PGD with identity backward through the purifier (BPDA)", True, "ce", _pgd_runner("bpda"),
+               view=lambda attacked, options, seeds: BPDALogits(attacked, seeds=seeds)),
+    AttackSpec("mask-aware", "PGD with the gradient through a sigmoid-relaxed mask too (--mask-temperature)", True,
+               "ce", _pgd_runner("mask-aware"), MaskAwareOptions,
+               lambda attacked, options, seeds: MaskAwareLogits(attacked, options.mask_temperature, seeds=seeds)),
     AttackSpec("pgd-vote", "DiffBreak protocol: loss averaged over --eot K purified copies per gradient, the "
                "deployed vote checked on fresh copies after every step, best iterate kept, per-image early stop",
-               True, "margin", _run_pgd_vote, deviation=True),
+               True, "margin", _run_pgd_vote, DeviationOptions),
     AttackSpec("diffhammer", "DiffHammer: EM over --em-samples N purifications per step (lambda 5, --em-steps rounds, "
                "--em-reference for the reference's EM), gradient grafted through one exact chain, momentum 0.5",
-               True, "ce", _run_diffhammer),
+               True, "ce", _run_diffhammer, DiffHammerOptions),
     AttackSpec("autoattack", "AutoAttack (APGD-CE + APGD-DLR with EOT; needs pyautoattack), image by image",
                False, None, _run_autoattack),
 )}
@@ -186,6 +200,77 @@ def attack_names() -> tuple[str, ...]:
 def describe_attacks() -> str:
     """'name: summary; ...' for ``--help``."""
     return "; ".join(f"{spec.name} ({spec.summary})" for spec in ATTACKS.values())
+
+
+@dataclass(frozen=True)
+class OptionField:
+    """One field of the registered attacks' options, as the CLI shows it.
+
+    Attributes:
+        name: the field's name (the flag is ``--`` + name with dashes).
+        kind: its type (int, float or bool); default, help and bounds as declared.
+        attacks: the attacks whose options have this field.
+    """
+
+    name: str
+    kind: type
+    default: object
+    help: str
+    bounds: dict
+    attacks: tuple[str, ...]
+
+
+def option_fields() -> dict[str, OptionField]:
+    """Every field of every registered attack's options, once each (a field two attacks share, such as
+    ``dev_weight``, must be declared alike), in registration order."""
+    found: dict[str, OptionField] = {}
+    for spec in ATTACKS.values():
+        types = field_types(spec.options)
+        for field in dataclasses.fields(spec.options):
+            entry = OptionField(field.name, types[field.name][0], field.default, help_of(field), bounds_of(field),
+                                (spec.name,))
+            if field.name in found:
+                known = found[field.name]
+                if (known.kind, known.default, known.help, known.bounds) != (entry.kind, entry.default, entry.help,
+                                                                               entry.bounds):
+                    raise TypeError(f"attack option {field.name} is declared differently by {known.attacks} and "
+                                    f"{spec.name}")
+                entry = dataclasses.replace(known, attacks=(*known.attacks, spec.name))
+            found[field.name] = entry
+    return found
+
+
+def options_from_values(attacks: tuple[str, ...], values: dict[str, object]) -> tuple[AttackOptions, ...]:
+    """The options of ``attacks`` from flat values by field name (the CLI's flags), checked.
+
+    Args:
+        attacks: the attacks that run.
+        values: field name -> value, for any fields of :func:`option_fields`; a field at its
+            default may be given whatever runs.
+
+    Returns:
+        One options instance per options class that the attacks take and the values touch.
+
+    Raises:
+        ValueError: an unknown attack or field, a field set away from its default that none of
+            ``attacks`` takes, or a value out of its declared range.
+    """
+    unknown_attacks = [a for a in attacks if a not in ATTACKS]
+    if unknown_attacks:
+        raise ValueError(f"attack must be one of {attack_names()} or a comma list of them, got {unknown_attacks}")
+    fields = option_fields()
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown attack options {unknown}; known: {sorted(fields)}")
+    for name, value in values.items():
+        if value != fields[name].default and not set(fields[name].attacks) & set(attacks):
+            raise ValueError(f"{name} is an option of {list(fields[name].attacks)}; none of {list(attacks)} takes it")
+    chosen = []
+    for cls in dict.fromkeys(ATTACKS[a].options for a in attacks if ATTACKS[a].options is not NoOptions):
+        given = {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}
+        if any(value != fields[name].default for name, value in given.items()):
+            chosen.append(cls(**given))
+    return tuple(chosen)
 
 
 def surrogate(defense: "Defense", steps: int | None) -> "Defense":

@@ -12,15 +12,19 @@ depends on its own seed only, not on the batch it is attacked in.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 from ..mask import soft_mask
 from ..noise import Noise, check_seeds, derive_seeds
+from ..schema import setting
 from ..vote import log_mean_probability
 from ..defense import Defense
 from ..wrapper import RobustWrapper
 from .deviation import logits_and_deviation
+from .options import AttackOptions
 
 
 class NoisyView(nn.Module):
@@ -94,6 +98,17 @@ class BPDALogits(NoisyView):
         straight_through = x.unsqueeze(0) + (purified - x.unsqueeze(0)).detach()
         logits = self.wrapper.classify(straight_through.flatten(0, 1))
         return log_mean_probability(logits.view(votes, x.shape[0], -1))
+
+
+@dataclass(frozen=True)
+class MaskAwareOptions(AttackOptions):
+    """The options of ``--attack mask-aware``."""
+
+    mask_temperature: float = setting(0.05, gt=0, help="mask-aware: temperature of the sigmoid that relaxes the "
+                                      "mask's hard cut (smaller: closer to the cut)")
+
+    def describe(self) -> str:
+        return f"mask temperature {self.mask_temperature:g}"
 
 
 class MaskAwareLogits(NoisyView):

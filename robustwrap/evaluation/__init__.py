@@ -17,9 +17,12 @@ One job per module:
 - :mod:`.report`: the report (:func:`summarize`);
 - :mod:`.figure`: the reports as one figure (:func:`plot_accuracy`);
 - :mod:`.distributed`: torchrun set-up (:func:`process_group_from_env`);
-- :mod:`.run`: :func:`run_evaluation`, which ties them together.
+- :mod:`.run`: :func:`run_evaluation`, which ties them together;
+- :mod:`.comparison`: several defenses in one folder, then their figure (:func:`compare`, what
+  ``robustwrap eval`` runs).
 """
 
+from .comparison import Comparison, compare
 from .batch import attack_batch, attack_images, check_inputs, evaluate_batch, image_seeds
 from .config import (ATTACKS, DEFAULT_EPS, DEFENSES, STEPPED, DefenseName, EvalConfig, choose_defenses,
                      defense_view)
@@ -31,8 +34,8 @@ from .results import (RANDOMNESS, ResultsFile, check_results_folder, is_evaluati
 from .run import run_evaluation
 
 __all__ = [
-    "ATTACKS", "DEFAULT_EPS", "DEFENSES", "RANDOMNESS", "STEPPED", "DefenseName", "EvalConfig", "ResultsFile",
-    "attack_batch", "attack_images", "check_inputs", "check_results_folder", "choose_defenses", "defense_view",
+    "ATTACKS", "Comparison", "DEFAULT_EPS", "DEFENSES", "RANDOMNESS", "STEPPED", "DefenseName", "EvalConfig", "ResultsFile",
+    "attack_batch", "attack_images", "check_inputs", "check_results_folder", "choose_defenses", "compare", "defense_view",
     "evaluate_batch", "image_seeds", "is_evaluation_folder", "plot_accuracy", "process_group_from_env", "rank_and_world",
     "read_records", "record_problem", "run_evaluation", "summarize", "versions",
 ]

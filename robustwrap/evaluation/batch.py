@@ -78,7 +78,7 @@ def attack_batch(
         raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
     seeds = image_seeds(cfg.seed, range(images.shape[0])) if seeds is None else check_seeds(seeds, images.shape[0])
     attacked = surrogate(wrapper, cfg.surrogate_steps)
-    return REGISTRY[attack].run(wrapper, attacked, images, labels, cfg, seeds)
+    return REGISTRY[attack].run(wrapper, attacked, images, labels, cfg, cfg.options_for(attack), seeds)
 
 
 def attack_images(wrapper: Defense, images: Tensor, labels: Tensor, cfg: EvalConfig, *,

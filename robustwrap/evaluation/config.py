@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from ..attacks.options import AttackOptions, NoOptions
 from ..attacks.pgd import LOSSES, default_step_size
 from ..attacks.registry import ATTACKS as REGISTRY
 from ..attacks.registry import attack_names
@@ -68,7 +69,16 @@ def defense_view(wrapper: RobustWrapper, defense: PurifyConfig, name: str) -> "D
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """How to attack and how to score (defaults: the paper's protocol, with a budget-aware step)."""
+    """How to attack and how to score (defaults: the paper's protocol, with a budget-aware step).
+
+    The threat model, the budget every attack shares and the run are fields here; each attack's own
+    options are its options dataclass in ``options`` (:mod:`robustwrap.attacks.registry` names the
+    class of each attack; an attack not given any runs at its options' defaults).
+
+    Example:
+        >>> from robustwrap.attacks import DiffHammerOptions
+        >>> EvalConfig(attack="diffhammer", iters=50, options=DiffHammerOptions(em_samples=4))
+    """
 
     attack: str = "pgd-eot"               # one of ATTACKS, or a comma list ("pgd-eot,bpda"): each is run
     norm: Literal["Linf", "L2"] = "Linf"  # threat model
@@ -81,11 +91,7 @@ class EvalConfig:
     runs: int = 1                         # R repeated evaluations of the final examples
     seed: int = 0                         # every batch's randomness derives from it
     batch_size: int = 16                  # images per batch (the unit of resumption)
-    mask_temperature: float = 0.05        # sigmoid temperature of the mask-aware attack
-    em_samples: int = 10                  # diffhammer: N purifications per step (the reference's n_eval)
-    em_steps: int = 5                     # diffhammer: EM rounds per step (r updated each round)
-    em_reference: bool = False            # diffhammer: the reference's EM (r never updated: one weighting)
-    dev_weight: float = 0.0               # W of DiffAttack's deviation term added to the loss (pgd-eot, pgd-vote)
+    options: tuple[AttackOptions, ...] = ()  # the attacks' own options (one instance per class), e.g. DiffHammerOptions
 
     def __post_init__(self) -> None:
         problems = []
@@ -106,7 +112,7 @@ class EvalConfig:
             problems.append(f"norm must be 'Linf' or 'L2', got {self.norm!r}")
         if self.loss is not None and self.loss not in LOSSES:
             problems.append(f"loss must be one of {LOSSES} (or None for each attack's default), got {self.loss!r}")
-        for name in ("eps", "step_size", "mask_temperature"):
+        for name in ("eps", "step_size"):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -118,7 +124,7 @@ class EvalConfig:
                 problems.append(f"{name} must be > 0, got {value}")
             elif name in ("eps", "step_size") and self.norm == "Linf" and value > 1:  # images live in [0, 1]
                 problems.append(f"an L-inf {name} must be at most 1 (images are in [0, 1]), got {value}")
-        for name in ("iters", "eot", "runs", "seed", "batch_size", "surrogate_steps", "em_samples", "em_steps"):
+        for name in ("iters", "eot", "runs", "seed", "batch_size", "surrogate_steps"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 problems.append(f"{name} must be an int, got {value!r}")
@@ -127,20 +133,51 @@ class EvalConfig:
                 problems.append("need iters >= 0, eot >= 1, runs >= 1 and batch_size >= 1")
             if self.surrogate_steps is not None and self.surrogate_steps < 1:
                 problems.append(f"surrogate_steps must be >= 1, got {self.surrogate_steps}")
-            if self.em_samples < 1 or self.em_steps < 1:
-                problems.append(f"need em_samples >= 1 and em_steps >= 1, got {self.em_samples} and {self.em_steps}")
-        if isinstance(self.dev_weight, bool) or not isinstance(self.dev_weight, (int, float)) \
-                or not math.isfinite(self.dev_weight) or self.dev_weight < 0:
-            problems.append(f"dev_weight must be a finite number >= 0, got {self.dev_weight!r}")
-        elif self.dev_weight > 0 and isinstance(self.attack, str):
-            others = [a for a in self.attack.split(",") if a in REGISTRY and a != "none" and not REGISTRY[a].deviation]
-            if others:
-                takes = [n for n, spec in REGISTRY.items() if spec.deviation]
-                problems.append(f"dev_weight works with {takes}, not with {others}")
-        if not isinstance(self.em_reference, bool):
-            problems.append(f"em_reference must be true or false, got {self.em_reference!r}")
+        problems += self._options_problems()
         if problems:
             raise ValueError("invalid evaluation settings: " + "; ".join(problems))
+
+    def _options_problems(self) -> list[str]:
+        """Normalise ``options`` to a tuple and say what is wrong with it: not options, a class twice,
+        or options that none of the chosen attacks takes."""
+        options = self.options
+        if isinstance(options, AttackOptions):
+            options = (options,)
+        if not isinstance(options, (list, tuple)) or not all(isinstance(o, AttackOptions) for o in options):
+            return [f"options must be attack options (e.g. DiffHammerOptions(...)), got {self.options!r}"]
+        object.__setattr__(self, "options", tuple(options))
+        kinds = [type(o) for o in options]
+        if len(set(kinds)) != len(kinds):
+            twice = sorted({k.__name__ for k in kinds if kinds.count(k) > 1})
+            return [f"options gives {', '.join(twice)} more than once"]
+        attacks = self.attack.split(",") if isinstance(self.attack, str) else []
+        problems = []
+        for option in options:
+            takers = [n for n, spec in REGISTRY.items() if spec.options is type(option)]
+            if not set(takers) & set(attacks):
+                problems.append(f"{type(option).__name__} is the options of {takers or 'no attack'}; none of "
+                                f"{attacks} takes it")
+        return problems
+
+    def options_for(self, attack: str) -> AttackOptions:
+        """The options ``attack`` runs with: the given instance of its options class, else its defaults."""
+        kind = REGISTRY[attack].options
+        return next((o for o in self.options if type(o) is kind), kind())
+
+    def with_attack(self, attack: str) -> "EvalConfig":
+        """The same settings for other attacks (a name or comma list), keeping the options they take."""
+        names = [a.strip() for a in attack.split(",")]
+        kinds = {REGISTRY[a].options for a in names if a in REGISTRY}
+        return dataclasses.replace(self, attack=attack, options=tuple(o for o in self.options if type(o) in kinds))
+
+    def describe(self) -> str:
+        """The budget in one line: threat model, iterations, step, EOT, loss, surrogate, and each attack's
+        options that say something (e.g. 'Linf eps=0.3, 10 iterations, step 0.075, EOT 2, loss ce')."""
+        phrases = dict.fromkeys(self.options_for(a).describe() for a in self.attacks)
+        return (f"{self.norm} eps={self.radius:.4g}, {self.iters} iterations, "
+                f"step {'-' if self.step is None else f'{self.step:.3g}'}, EOT {self.eot}, loss {self.describe_losses()}"
+                + (f", surrogate steps {self.surrogate_steps}" if self.surrogate_steps else "")
+                + "".join(f", {phrase}" for phrase in phrases if phrase))
 
     @property
     def attacks(self) -> tuple[str, ...]:
@@ -171,7 +208,11 @@ class EvalConfig:
         return ", ".join(f"{a} {loss}" for a, loss in losses.items())
 
     def resolved(self) -> dict:
-        """The settings as a JSON-able dict, with the eps, step and losses actually used filled in."""
-        return {**dataclasses.asdict(self), "eps": self.radius, "step_size": self.step,
-                "losses": {a: self.loss_for(a) for a in self.attacks if REGISTRY[a].stepped}}
+        """The settings as a JSON-able dict, with the eps, step, losses and each attack's options actually used
+        filled in (``options``: attack -> its options by name, for the attacks that have options)."""
+        return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"},
+                "eps": self.radius, "step_size": self.step,
+                "losses": {a: self.loss_for(a) for a in self.attacks if REGISTRY[a].stepped},
+                "options": {a: self.options_for(a).to_dict() for a in self.attacks
+                            if REGISTRY[a].options is not NoOptions}}
 
