@@ -34,7 +34,7 @@ WEIGHTS_HELP = "safetensors / weights-only .pt state dict"
 CONFIG_FILE_HELP = "a PurifyConfig file (.json/.toml, e.g. the best.json `robustwrap tune` writes)"
 CONFIG_HELP = CONFIG_FILE_HELP + ": the defense's settings; --steps, --t-l, --t-s and --votes override it when given"
 CHANNELS_HELP = "the models' channels; default: 1 for mnist, else 3"
-STEPS_HELP = "DDIM grid over 1000 steps (t_l=0.2: steps/5 denoiser calls); default 50"
+STEPS_HELP = "DDIM grid over 1000 steps (t_l=0.2: steps/5 denoiser calls); default 50; the paper: 500"
 T_L_HELP = "strong-noise level t_l as a fraction of the 1000 diffusion steps (attended pixels); default 0.2"
 T_S_HELP = "weak-noise level t_s, fraction of 1000: below it the inpainting stage ends; default 0.1"
 

@@ -10,9 +10,8 @@ import typer
 from rich import box
 from rich.table import Table
 
-from .common import (CONFIG_HELP, DATA_SPECS, T_L_HELP, T_S_HELP, LossName, NormName, console, defense_config, fail,
-                     percent, require_finite)
-from .groups import ATTACK_OPTIONS, MODELS, Models, takes
+from .common import DATA_SPECS, LossName, NormName, console, fail, percent, require_finite
+from .groups import ATTACK_OPTIONS, MODELS, DefenseSetting, Models, defense_group, takes
 from robustwrap.attacks.registry import describe_attacks
 from robustwrap.data import subset_sentence
 from robustwrap.evaluation.config import choose_defenses, defense_view
@@ -22,7 +21,7 @@ ATTACK_HELP = (f"comma list of: {describe_attacks()}. Each is run; an image coun
                "every one, and every verdict is the vote on held-out runs whose noise no attack used")
 
 
-@takes(models=MODELS, attack_options=ATTACK_OPTIONS)
+@takes(models=MODELS, attack_options=ATTACK_OPTIONS, setting=defense_group())
 def eval_command(
     data: str = typer.Option("mnist5k:heldout", help=DATA_SPECS),
     models: Models = None,
@@ -52,13 +51,7 @@ def eval_command(
     surrogate_steps: Optional[int] = typer.Option(None, min=1, help="attack through `steps`=this; defend at --steps"),
     runs: int = typer.Option(1, min=1, help="R repeated evaluations of the final adversarial examples"),
     seed: int = typer.Option(0, help="seeds the subset, every attack and the defense's noise"),
-    config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
-    steps: Optional[int] = typer.Option(None, min=1, help="defense DDIM grid (t_l=0.2: steps/5 denoiser calls; "
-                                        "default 50; the paper: 500)"),
-    t_l: Optional[float] = typer.Option(None, help=T_L_HELP),
-    t_s: Optional[float] = typer.Option(None, help=T_S_HELP),
-    votes: Optional[int] = typer.Option(None, min=1, help="S purifications per image, combined by the vote rule "
-                                        "(hard majority by default); default 1"),
+    setting: DefenseSetting = None,
     out: Path = typer.Option(Path("eval-results"), help="folder: one subfolder of results per defense"),
     resume: bool = typer.Option(False, help="continue the runs recorded in --out (same settings, data and weights: "
                                 "their fingerprints are checked)"),
@@ -81,27 +74,24 @@ def eval_command(
     from robustwrap.evaluation.comparison import calibrated_defenses, check_comparison_folder
     from robustwrap.store import calibrated_configs
 
-    require_finite(eps=eps, step_size=step_size, t_l=t_l, t_s=t_s,
-                   **{k: v for k, v in attack_options.items() if isinstance(v, float)})
+    require_finite(eps=eps, step_size=step_size, **{k: v for k, v in attack_options.items() if isinstance(v, float)})
+    defense = setting.build()
     try:
-        chosen = choose_defenses(defenses, has_config=config is not None)
+        chosen = choose_defenses(defenses, has_config=setting.config_file is not None)
         if not sanity:
             check_comparison_folder(out, chosen, resume=resume, overwrite=overwrite)
-        attacks = tuple(a.strip() for a in attack.split(","))
         cfg = EvalConfig(attack=attack, norm=norm.value, eps=resolve_eps(eps, data, norm.value), iters=iters,
                          step_size=step_size, eot=eot, loss=loss.value if loss else None,
                          surrogate_steps=surrogate_steps, runs=runs, seed=seed, batch_size=batch_size,
-                         options=options_from_values(attacks, attack_options))
-        defense = defense_config(config, steps=steps, t_l=t_l, t_s=t_s, votes=votes)
+                         options=options_from_values(attack, attack_options))
         calibrated = {} if models.own_weights else calibrated_configs(models.classifier, models.diffusion)
-        configs, calibration = calibrated_defenses(chosen, defense, calibrated, own_defense=config is not None or any(
-            v is not None for v in (steps, t_l, t_s)))
-        all_images, all_labels = load_dataset(data)
-        indices, subset = draw_subset(all_labels, min(batch_size, n_samples or batch_size) if sanity else n_samples,
+        configs, calibration = calibrated_defenses(chosen, defense, calibrated, own_defense=setting.given)
+        images, labels = load_dataset(data)
+        indices, subset = draw_subset(labels, min(batch_size, n_samples or batch_size) if sanity else n_samples,
                                       seed, spec=data)
     except (ValueError, ImportError, FileNotFoundError, FileExistsError) as error:
         fail(str(error))
-    images, labels = all_images[indices], all_labels[indices]
+    images, labels = images[indices], labels[indices]
     wrapper = models.build(images.shape[1], images.shape[-1], defense)
     views = {name: defense_view(wrapper, configs[name], name) for name in chosen}
     if os.environ.get("RANK", "0") == "0":  # once under torchrun
@@ -147,16 +137,14 @@ def _sanity(views: dict, images, labels, cfg, *, num_classes: int, subset: dict)
     raise typer.Exit(1 if failed else 0)
 
 
-def _evaluate(views: dict, images, labels, cfg, num_classes: int, out: Path, resume: bool,
-              subset: dict, description: dict, *, overwrite: bool):
+def _evaluate(views, images, labels, cfg, num_classes: int, out: Path, resume, subset, description, *, overwrite):
     """:func:`robustwrap.evaluation.comparison.compare` with a progress bar per defense; (its result, this rank)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from robustwrap.evaluation import process_group_from_env
-    from robustwrap.evaluation.comparison import compare
+    from robustwrap.evaluation import compare, process_group_from_env
 
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn())
     try:
         with process_group_from_env() as rank, Progress(*columns, console=console, disable=rank != 0) as progress:
             tasks = {name: progress.add_task(f"{name}: {cfg.attack} on {len(labels)} images", total=None)

@@ -2,8 +2,9 @@
 
 A command names a group as one parameter (``models: Models``); :func:`takes` puts the group's
 options in its place on the command line and calls the command with the value the group makes
-of them. The groups: the model specs (:data:`MODELS`, every command that builds the defense) and
-the attacks' own options (:data:`ATTACK_OPTIONS`, made from the attack registry's declarations).
+of them. The groups: the model specs (:data:`MODELS`, every command that builds the defense), the
+defense's setting (:func:`defense_group`: a config file and the fields given beside it), the Triton
+repository's serving limits (:data:`SERVING`) and the attacks' own options (:data:`ATTACK_OPTIONS`, made from the attack registry's declarations).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Callable, Optional
 
 import typer
 
-from .common import CLASSIFIER_SPECS, DIFFUSION_SPECS, WEIGHTS_HELP, build_wrapper, model_specs
+from .common import (CLASSIFIER_SPECS, CONFIG_HELP, DIFFUSION_SPECS, STEPS_HELP, T_L_HELP, T_S_HELP, WEIGHTS_HELP,
+                     build_wrapper, defense_config, model_specs, require_finite)
 
 
 @dataclass(frozen=True)
@@ -27,10 +29,10 @@ class Group:
     make: Callable[..., object]
 
 
-def option(name: str, kind: object, default: object, **settings: object) -> inspect.Parameter:
-    """One command-line option (``--name-with-dashes``) as a typer parameter."""
+def option(name: str, kind: object, default: object, *flags: str, **settings: object) -> inspect.Parameter:
+    """One command-line option (``--name-with-dashes``, or ``flags``) as a typer parameter."""
     return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=kind,
-                             default=typer.Option(default, **settings))
+                             default=typer.Option(default, *flags, **settings))
 
 
 def takes(**groups: Group) -> Callable[[Callable], Callable]:
@@ -85,6 +87,53 @@ MODELS = Group((
     option("diffusion_weights", Optional[Path], None, help=WEIGHTS_HELP),
     option("num_classes", int, 10, min=2, help="classes the classifier outputs"),
 ), Models)
+
+
+@dataclass(frozen=True)
+class DefenseSetting:
+    """The defense's setting as given: a PurifyConfig file and the fields that override it (None: not given)."""
+
+    config_file: Optional[Path]
+    steps: Optional[int]
+    t_l: Optional[float]
+    t_s: Optional[float]
+    votes: Optional[int] = None
+
+    @property
+    def given(self) -> bool:
+        """Whether the setting was given at all (a file, the grid or a noise level; votes alone do not count)."""
+        return self.config_file is not None or any(v is not None for v in (self.steps, self.t_l, self.t_s))
+
+    def build(self):
+        """The PurifyConfig (the file's, or the defaults with steps 50, with the given fields); a bad file or value
+        ends the command."""
+        require_finite(t_l=self.t_l, t_s=self.t_s)
+        return defense_config(self.config_file, steps=self.steps, t_l=self.t_l, t_s=self.t_s, votes=self.votes)
+
+
+def defense_group(*, votes: bool = True, config_help: str = CONFIG_HELP) -> Group:
+    """--config, --steps, --t-l, --t-s (and --votes) as one :class:`DefenseSetting`."""
+    params = (
+        option("config_file", Optional[Path], None, "--config", help=config_help),
+        option("steps", Optional[int], None, min=1, help=STEPS_HELP),
+        option("t_l", Optional[float], None, help=T_L_HELP),
+        option("t_s", Optional[float], None, help=T_S_HELP),
+    ) + ((option("votes", Optional[int], None, min=1, help="S purifications per image, combined by the vote rule "
+                 "(hard majority by default); default 1"),) if votes else ())
+    return Group(params, DefenseSetting)
+
+
+SERVING = Group((  # robustwrap.export.triton.ServingOptions' fields, by name
+    option("max_batch_size", int, 8, "--triton-max-batch", min=1, help="images the Triton pipeline runs at once "
+           "(requests are batched up to it; larger requests run in chunks of it)"),
+    option("max_request_batch", int, 256, min=1, help="the most images one request to the pipeline may hold"),
+    option("max_queue_size", int, 64, min=1, help="requests the pipeline queues; more are refused at once "
+           "(UNAVAILABLE, HTTP 503)"),
+    option("queue_timeout_ms", int, 30_000, min=1, help="ms a request may wait in the queue before it is refused "
+           "(UNAVAILABLE)"),
+    option("instances", int, 1, min=1, help="Triton pipeline model instances (stub processes)"),
+    option("component_instances", int, 1, min=1, help="instances of each Triton component model"),
+), lambda **values: values)
 
 
 def _attack_options() -> Group:

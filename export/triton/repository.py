@@ -44,6 +44,11 @@ from .environment import NUMPY_REQUIREMENT
 
 ComponentBackend = Literal["onnxruntime", "tensorrt", "python", "openvino", "inline"]
 COMPONENT_BACKENDS = ("onnxruntime", "tensorrt", "python", "openvino", "inline")
+BACKEND_HELP = ("how Triton runs the two networks: onnxruntime (NVIDIA's containers), tensorrt (the engines; the default "
+                "with TensorRT engines), openvino (Triton's openvino backend, OpenVINO bf16 only), python (ONNX Runtime, "
+                "or OpenVINO, in the Python backend: PyTriton's server, `robustwrap serve`) or inline (no component "
+                "models: the pipeline runs the bundle itself on ONNX Runtime, OpenVINO or AOTInductor; no BLS round "
+                "trip per network call)")
 INLINE_ENGINES = ("onnxruntime", "openvino", "aoti")  # what an inline pipeline runs (CPU hosts)
 # Triton's openvino backend takes the precision hint only as HINT_BF16 = YES: it cannot pin fp32 (on AMX CPUs
 # OpenVINO's default is bf16), so it serves bf16 only; the python backend pins any precision.

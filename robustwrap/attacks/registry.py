@@ -240,11 +240,11 @@ def option_fields() -> dict[str, OptionField]:
     return found
 
 
-def options_from_values(attacks: tuple[str, ...], values: dict[str, object]) -> tuple[AttackOptions, ...]:
+def options_from_values(attacks: str | tuple[str, ...], values: dict[str, object]) -> tuple[AttackOptions, ...]:
     """The options of ``attacks`` from flat values by field name (the CLI's flags), checked.
 
     Args:
-        attacks: the attacks that run.
+        attacks: the attacks that run (names, or a comma list).
         values: field name -> value, for any fields of :func:`option_fields`; a field at its
             default may be given whatever runs.
 
@@ -255,6 +255,7 @@ def options_from_values(attacks: tuple[str, ...], values: dict[str, object]) -> 
         ValueError: an unknown attack or field, a field set away from its default that none of
             ``attacks`` takes, or a value out of its declared range.
     """
+    attacks = tuple(a.strip() for a in attacks.split(",")) if isinstance(attacks, str) else tuple(attacks)
     unknown_attacks = [a for a in attacks if a not in ATTACKS]
     if unknown_attacks:
         raise ValueError(f"attack must be one of {attack_names()} or a comma list of them, got {unknown_attacks}")
