@@ -1,4 +1,4 @@
-"""What every command shares: the console, one-line errors, spec options' help and the defended model.
+"""What every command shares: the console, one-line errors, spec options' help and small helpers.
 
 Command modules parse options, call the library and print; nothing here computes results.
 """
@@ -77,44 +77,11 @@ def defense_config(config: Optional[Path], **overrides: object):
         fail(str(error))
 
 
-def build_wrapper(classifier: str, classifier_weights: Optional[Path], diffusion: str,
-                  diffusion_weights: Optional[Path], num_classes: int, channels: int, image_size: int, config):
-    """The defended model from CLI specs; a bad spec or weight file ends the command with exit code 2."""
-    from robustwrap import RobustWrapper
-    from robustwrap.specs import build_classifier, build_diffusion, spec_has_weights
-
-    untrained = (classifier_weights is None and not spec_has_weights(classifier, "classifier")) or (
-        diffusion_weights is None and not spec_has_weights(diffusion, "diffusion"))
-    try:
-        wrapper = RobustWrapper(
-            build_classifier(classifier, num_classes=num_classes, channels=channels,
-                             weights=str(classifier_weights) if classifier_weights else None),
-            build_diffusion(diffusion, channels=channels, image_size=image_size,
-                            weights=str(diffusion_weights) if diffusion_weights else None),
-            config,
-            image_size=image_size,
-        )
-    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as error:
-        fail(str(error))
-    if untrained and os.environ.get("RANK", "0") == "0":  # only once the specs are known to be valid
-        console.print("[yellow]note:[/yellow] networks without --*-weights have random weights: "
-                      "this exercises the pipeline, its accuracy means nothing")
-    return wrapper
-
-
 def input_defaults(classifier: str, channels: Optional[int], image_size: Optional[int]) -> tuple[int, int]:
     """--channels and --image-size, or their defaults: 1 x 28 for the shipped mnist models, else 3 x 32
     (a classifier that only takes one size overrides the size once it is built)."""
     shipped_mnist = classifier == "mnist"
     return channels or (1 if shipped_mnist else 3), image_size or (28 if shipped_mnist else 32)
-
-
-def model_specs(classifier: str, classifier_weights: Optional[Path], diffusion: str,
-                diffusion_weights: Optional[Path], **extra: object) -> dict:
-    """The model specs as recorded in reports and bundles (JSON-able)."""
-    return {"classifier": classifier, "diffusion": diffusion,
-            "classifier_weights": str(classifier_weights) if classifier_weights else None,
-            "diffusion_weights": str(diffusion_weights) if diffusion_weights else None, **extra}
 
 
 def percent(value: float, n: int) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -18,7 +19,7 @@ from typing import Callable, Optional
 import typer
 
 from .common import (CLASSIFIER_SPECS, CONFIG_HELP, DIFFUSION_SPECS, STEPS_HELP, T_L_HELP, T_S_HELP, WEIGHTS_HELP,
-                     build_wrapper, defense_config, model_specs, require_finite)
+                     console, defense_config, fail, require_finite)
 
 
 @dataclass(frozen=True)
@@ -71,13 +72,31 @@ class Models:
         return self.classifier_weights is not None or self.diffusion_weights is not None
 
     def build(self, channels: int, image_size: int, config):
-        """The defended model (:func:`robustwrap.cli.common.build_wrapper`; a bad spec ends the command)."""
-        return build_wrapper(self.classifier, self.classifier_weights, self.diffusion, self.diffusion_weights,
-                             self.num_classes, channels, image_size, config)
+        """The defended model from the specs; a bad spec or weight file ends the command with exit code 2."""
+        from robustwrap import RobustWrapper
+        from robustwrap.specs import build_classifier, build_diffusion, spec_has_weights
+
+        untrained = (self.classifier_weights is None and not spec_has_weights(self.classifier, "classifier")) or (
+            self.diffusion_weights is None and not spec_has_weights(self.diffusion, "diffusion"))
+        try:
+            wrapper = RobustWrapper(
+                build_classifier(self.classifier, num_classes=self.num_classes, channels=channels,
+                                 weights=str(self.classifier_weights) if self.classifier_weights else None),
+                build_diffusion(self.diffusion, channels=channels, image_size=image_size,
+                                weights=str(self.diffusion_weights) if self.diffusion_weights else None),
+                config, image_size=image_size)
+        except (ValueError, FileNotFoundError, RuntimeError, ImportError) as error:
+            fail(str(error))
+        if untrained and os.environ.get("RANK", "0") == "0":  # only once the specs are known to be valid
+            console.print("[yellow]note:[/yellow] networks without --*-weights have random weights: "
+                          "this exercises the pipeline, its accuracy means nothing")
+        return wrapper
 
     def record(self, **extra: object) -> dict:
-        """The specs as recorded in reports and bundles (JSON-able)."""
-        return model_specs(self.classifier, self.classifier_weights, self.diffusion, self.diffusion_weights, **extra)
+        """The specs as recorded in reports and bundles (JSON-able; an unset weight file is None)."""
+        return {"classifier": self.classifier, "diffusion": self.diffusion,
+                "classifier_weights": str(self.classifier_weights) if self.classifier_weights else None,
+                "diffusion_weights": str(self.diffusion_weights) if self.diffusion_weights else None, **extra}
 
 
 MODELS = Group((

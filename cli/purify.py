@@ -12,9 +12,8 @@ from rich.table import Table
 
 from robustwrap.outputs import Layout
 
-from .common import (CHANNELS_HELP, CLASSIFIER_SPECS, CONFIG_FILE_HELP, DIFFUSION_SPECS, STEPS_HELP, T_L_HELP,
-                     T_S_HELP, WEIGHTS_HELP, build_wrapper, console, defense_config, fail, input_defaults,
-                     require_finite)
+from .common import CHANNELS_HELP, CONFIG_FILE_HELP, console, fail, input_defaults
+from .groups import MODELS, DefenseSetting, Models, defense_group, takes
 
 
 class Background(str, Enum):
@@ -64,22 +63,16 @@ def unique_stems(paths: list[Path]) -> list[str]:
     return stems
 
 
+@takes(models=MODELS, setting=defense_group(votes=False, config_help=CONFIG_FILE_HELP + "; --steps, --t-l and --t-s "
+                                                                                    "override it"))
 def purify_command(
     images: list[Path] = typer.Argument(..., help="image files (PNG, JPEG, ...)"),
     out: Path = typer.Option(Path("purified"), help="folder for <name>.purified.png and <name>.figure.png"),
-    classifier: str = typer.Option("mnist", help=CLASSIFIER_SPECS),
-    classifier_weights: Optional[Path] = typer.Option(None, help=WEIGHTS_HELP),
-    diffusion: str = typer.Option("mnist", help=DIFFUSION_SPECS),
-    diffusion_weights: Optional[Path] = typer.Option(None, help=WEIGHTS_HELP),
-    num_classes: int = typer.Option(10, min=2),
+    models: Models = None,
     channels: Optional[int] = typer.Option(None, min=1, help=CHANNELS_HELP),
     image_size: Optional[int] = typer.Option(None, min=8, help="the models' input size; default: 28 for mnist, "
                                              "32 for cifar10-resnet18 and small models, else what the classifier declares"),
-    config_file: Optional[Path] = typer.Option(None, "--config", help=CONFIG_FILE_HELP + "; --steps, --t-l and --t-s "
-                                               "override it"),
-    steps: Optional[int] = typer.Option(None, min=1, help=STEPS_HELP),
-    t_l: Optional[float] = typer.Option(None, help=T_L_HELP),
-    t_s: Optional[float] = typer.Option(None, help=T_S_HELP),
+    setting: DefenseSetting = None,
     background: Background = typer.Option(Background.auto, help="what transparent pixels become: auto = the model's "
                                           "training background (black for mnist, else white)"),
     invert: bool = typer.Option(False, help="invert the images first (e.g. dark digits on white paper for mnist)"),
@@ -101,14 +94,12 @@ def purify_command(
         replacing = check_output(out, overwrite=overwrite, layout=PURIFY_LAYOUT)
     except ValueError as error:
         fail(str(error))
-    require_finite(t_l=t_l, t_s=t_s)
-    channels, image_size = input_defaults(classifier, channels, image_size)
-    config = defense_config(config_file, steps=steps, t_l=t_l, t_s=t_s)
-    wrapper = build_wrapper(classifier, classifier_weights, diffusion, diffusion_weights, num_classes, channels,
-                            image_size, config)
+    channels, image_size = input_defaults(models.classifier, channels, image_size)
+    config = setting.build()
+    wrapper = models.build(channels, image_size, config)
     image_size = wrapper.image_size[0] if wrapper.image_size else image_size
     if background is Background.auto:
-        background = Background.black if classifier in DARK_BACKGROUND_MODELS else Background.white
+        background = Background.black if models.classifier in DARK_BACKGROUND_MODELS else Background.white
     fill = 0 if background is Background.black else 255
     generator = torch.Generator().manual_seed(seed)
     pictures = []
@@ -132,7 +123,7 @@ def purify_command(
                    for path, stem, picture in zip(images, unique_stems(images), pictures)]
         manifest = {"format": PURIFY_FORMAT, "files": [name for pair in written for name in pair],
                     "inputs": [str(p) for p in images], "seed": seed, "config": config.to_dict(),
-                    "models": {"classifier": classifier, "diffusion": diffusion}}
+                    "models": {"classifier": models.classifier, "diffusion": models.diffusion}}
         (work / "purify.json").write_text(dumps_strict(manifest, indent=2) + "\n")
         replace_folder(work, out, replacing=replacing, layout=PURIFY_LAYOUT)
     except (ValueError, FileExistsError) as error:  # a network's bad output, a target that appeared meanwhile

@@ -10,17 +10,14 @@ from rich.table import Table
 
 from robustwrap.config import MODES as FAMILIES
 
-from .common import (CLASSIFIER_SPECS, DATA_SPECS, DIFFUSION_SPECS, WEIGHTS_HELP, LossName, NormName, build_wrapper,
-                     console, fail, model_specs, require_finite)
+from .common import DATA_SPECS, LossName, NormName, console, fail, require_finite
+from .groups import MODELS, Models, takes
 
 
+@takes(models=MODELS)
 def tune_command(
     data: str = typer.Option("mnist5k:heldout", help=f"held-out data to tune on: {DATA_SPECS}"),
-    classifier: str = typer.Option("mnist", help=f"the classifier to calibrate the defense to: {CLASSIFIER_SPECS}"),
-    classifier_weights: Optional[Path] = typer.Option(None, help=WEIGHTS_HELP),
-    diffusion: str = typer.Option("mnist", help=DIFFUSION_SPECS),
-    diffusion_weights: Optional[Path] = typer.Option(None, help=WEIGHTS_HELP),
-    num_classes: int = typer.Option(10, min=2),
+    models: Models = None,
     config: Optional[Path] = typer.Option(None, help="base PurifyConfig file (.json/.toml): mask rule, U, votes, ... "
                                           "the sweep changes t_l, t_s, the cut, mode and steps"),
     calls: int = typer.Option(10, min=1, help="denoiser calls per image and vote, the same for every candidate"),
@@ -80,9 +77,8 @@ def tune_command(
         settings.check_data_size(len(labels))
     except (ValueError, ImportError, FileNotFoundError) as error:
         fail(str(error))
-    wrapper = build_wrapper(classifier, classifier_weights, diffusion, diffusion_weights,
-                            num_classes, images.shape[1], images.shape[-1], base)
-    description = {"data": data, **model_specs(classifier, classifier_weights, diffusion, diffusion_weights)}
+    wrapper = models.build(images.shape[1], images.shape[-1], base)
+    description = {"data": data, **models.record()}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=console) as progress:
@@ -91,7 +87,7 @@ def tune_command(
             def advance(done: int, planned: int, name: str) -> None:
                 progress.update(task, completed=done, total=planned, description=f"tuning: {name} done")
 
-            result = tune(wrapper, images, labels, out, settings, num_classes=num_classes, resume=resume,
+            result = tune(wrapper, images, labels, out, settings, num_classes=models.num_classes, resume=resume,
                           overwrite=overwrite,
                           description=description, on_progress=advance)
     except (ValueError, FileExistsError) as error:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import get_args
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND_MODULES = ("eval", "export", "tune", "purify", "serve", "models", "inspect")
@@ -216,3 +217,28 @@ def test_the_triton_python_models_are_package_files_not_templates():
         source = (ROOT / "export" / "triton" / name).read_text()
         ast.parse(source)  # a real module: linters and tests read it
         assert "{{" not in source and "class TritonPythonModel" in source
+
+
+def test_commands_are_thin_and_share_their_option_groups():
+    """Every cli/ module is at most 200 lines; the model options are declared once (cli/groups.py) and every
+    command that builds the defense takes that one group; choices are the library's own names."""
+    import inspect
+
+    from robustwrap.cli import export, groups
+    from robustwrap.cli.app import app
+    from robustwrap.export.bundle import NoiseMode
+    from robustwrap.export.parity import TARGETS
+
+    long = {p.name: n for p in sorted((ROOT / "cli").glob("*.py")) if (n := len(p.read_text().splitlines())) > 200}
+    assert long == {}
+    commands = {c.name: c.callback for c in app.registered_commands}
+    model_options = [p.name for p in groups.MODELS.params]
+    for name in ("eval", "export", "purify", "tune"):
+        params = inspect.signature(commands[name]).parameters
+        assert all(params[o].default is next(p.default for p in groups.MODELS.params if p.name == o)
+                   for o in model_options), name
+    for path in sorted((ROOT / "cli").glob("*.py")):
+        if path.name != "groups.py":
+            assert 'typer.Option("mnist", help=CLASSIFIER_SPECS)' not in path.read_text(), path.name
+    assert [e.value for e in export.Engine] == list(TARGETS)
+    assert [e.value for e in export.NoiseMode] == list(get_args(NoiseMode))
