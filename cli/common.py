@@ -15,6 +15,8 @@ from typing import NoReturn, Optional
 import typer
 from rich.console import Console
 
+from robustwrap.specs import describe_schemes, input_shape
+
 from . import PIPE_WIDTH
 
 def _console() -> Console:
@@ -26,9 +28,8 @@ def _console() -> Console:
 console = _console()
 
 # The spec names each option takes, stated once (robustwrap.specs and robustwrap.data build them).
-CLASSIFIER_SPECS = ("mnist (shipped), cifar10-resnet18, timm:<name>, hf:<org>/<name>, torchvision:<name>, "
-                    "small-resnet, robustbench:<dataset>/<threat>/<name> or checkpoint:<file>")
-DIFFUSION_SPECS = "mnist (shipped), small-unet, diffusers:<local folder>, hf:<org>/<name> or checkpoint:<file>"
+CLASSIFIER_SPECS = describe_schemes("classifier")
+DIFFUSION_SPECS = describe_schemes("diffusion")
 DATA_SPECS = "mnist5k:<train|heldout>, folder:<dir>, cifar10:<dir>, foolbox:<set>, tensors:<file>"
 WEIGHTS_HELP = "safetensors / weights-only .pt state dict"
 CONFIG_FILE_HELP = "a PurifyConfig file (.json/.toml, e.g. the best.json `robustwrap tune` writes)"
@@ -78,10 +79,9 @@ def defense_config(config: Optional[Path], **overrides: object):
 
 
 def input_defaults(classifier: str, channels: Optional[int], image_size: Optional[int]) -> tuple[int, int]:
-    """--channels and --image-size, or their defaults: 1 x 28 for the shipped mnist models, else 3 x 32
-    (a classifier that only takes one size overrides the size once it is built)."""
-    shipped_mnist = classifier == "mnist"
-    return channels or (1 if shipped_mnist else 3), image_size or (28 if shipped_mnist else 32)
+    """--channels and --image-size, or the classifier spec's defaults (:func:`robustwrap.specs.input_shape`)."""
+    default_channels, default_size = input_shape(classifier)
+    return channels or default_channels, image_size or default_size
 
 
 def percent(value: float, n: int) -> str:
