@@ -63,8 +63,8 @@ def survivors(folder: Path, attack: str) -> list[bool]:
     """Per image (in the subset's order): robust in every held-out run after ``attack``."""
     header = json.loads((folder / "report.json").read_text())["settings"]
     records, _, _ = read_records(folder / "results.jsonl", header)  # validated against the run's header
-    return [all(run[i] for run in records[b]["robust"][attack]) for b in sorted(records)
-            for i in range(records[b]["size"])]
+    return [all(run[i] for run in records[b].robust[attack]) for b in sorted(records)
+            for i in range(records[b].size)]
 
 
 def main() -> None:

@@ -110,7 +110,7 @@ def test_export_has_no_import_cycles():
 
 
 EVALUATION_MODULES = ("__init__", "config", "batch", "results", "report", "figure", "distributed", "run",
-                      "comparison")
+                      "comparison", "record")
 
 
 def test_evaluation_is_a_package_of_one_job_per_module_without_import_cycles():

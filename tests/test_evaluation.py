@@ -401,3 +401,22 @@ def test_randomness_modules_only_seed_their_own_generators():
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if "manual_seed(" in line:
                 assert "Generator(" in line.split("manual_seed(")[0], f"{path.name}:{number}: {line.strip()}"
+
+
+def test_batch_records_are_typed_and_read_back_as_written(tmp_path):
+    from robustwrap.evaluation import BatchRecord, read_records
+
+    images, labels = _data()
+    run_evaluation(tiny_wrapper(), images, labels, CFG, tmp_path, num_classes=10)
+    path = tmp_path / "results.jsonl"
+    header = json.loads(path.read_text().splitlines()[0])["header"]
+    records, _, _ = read_records(path, header)
+    first = records[0]
+    assert isinstance(first, BatchRecord) and first.size == len(first.clean[0])
+    assert json.loads(path.read_text().splitlines()[1]) == first.to_json()
+    assert BatchRecord.from_json(first.to_json(), header) == first
+    for broken, words in ((dict(first.to_json(), seconds="fast"), "seconds must be a number"),
+                          (dict(first.to_json(), attack_seconds={"pgd-eot": True}), "attack_seconds must map"),
+                          (dict(first.to_json(), own={}), "own must map")):
+        with pytest.raises(ValueError, match=words):
+            BatchRecord.from_json(broken, header)

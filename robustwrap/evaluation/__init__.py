@@ -13,6 +13,7 @@ One job per module:
 - :mod:`.config`: :class:`EvalConfig` (the attack settings) and the defense choice
   (:data:`DEFENSES`: none / uniform / heterogeneous / config), read by the CLI, sanity and tune;
 - :mod:`.batch`: one batch checked, attacked (by name, :mod:`robustwrap.attacks.registry`) and scored;
+- :mod:`.record`: one batch's outcome, typed (:class:`BatchRecord`), and its check when read back;
 - :mod:`.results`: the results file (:class:`ResultsFile`: header, fingerprints, records, resume checks);
 - :mod:`.report`: the report (:func:`summarize`);
 - :mod:`.figure`: the reports as one figure (:func:`plot_accuracy`);
@@ -29,12 +30,12 @@ from .config import (ATTACKS, DEFAULT_EPS, DEFENSES, STEPPED, DefenseName, EvalC
 from .distributed import process_group_from_env, rank_and_world
 from .figure import plot_accuracy
 from .report import summarize
-from .results import (RANDOMNESS, ResultsFile, check_results_folder, is_evaluation_folder, read_records,
-                      record_problem, versions)
+from .record import BatchRecord, record_problem
+from .results import RANDOMNESS, ResultsFile, check_results_folder, is_evaluation_folder, read_records, versions
 from .run import run_evaluation
 
 __all__ = [
-    "ATTACKS", "Comparison", "DEFAULT_EPS", "DEFENSES", "RANDOMNESS", "STEPPED", "DefenseName", "EvalConfig", "ResultsFile",
+    "ATTACKS", "BatchRecord", "Comparison", "DEFAULT_EPS", "DEFENSES", "RANDOMNESS", "STEPPED", "DefenseName", "EvalConfig", "ResultsFile",
     "attack_batch", "attack_images", "check_inputs", "check_results_folder", "choose_defenses", "compare", "defense_view",
     "evaluate_batch", "image_seeds", "is_evaluation_folder", "plot_accuracy", "process_group_from_env", "rank_and_world",
     "read_records", "record_problem", "run_evaluation", "summarize", "versions",

@@ -20,6 +20,7 @@ from ..network_checks import check_logits
 from ..noise import Noise, check_seeds, derive_seeds, mix_seed
 from ..defense import Defense
 from .config import ATTACKS, EvalConfig
+from .record import BatchRecord
 
 
 def check_inputs(wrapper: Defense, images: Tensor, labels: Tensor, num_classes: int) -> None:
@@ -88,7 +89,7 @@ def attack_images(wrapper: Defense, images: Tensor, labels: Tensor, cfg: EvalCon
 
 
 def evaluate_batch(wrapper: Defense, images: Tensor, labels: Tensor, cfg: EvalConfig, index: int,
-                   ids: Sequence[int] | None = None) -> dict:
+                   ids: Sequence[int] | None = None) -> BatchRecord:
     """Per-image correctness on clean images and under each attack, for each of the R runs.
 
     Args:
@@ -123,12 +124,5 @@ def evaluate_batch(wrapper: Defense, images: Tensor, labels: Tensor, cfg: EvalCo
         seconds[attack] = round(time.perf_counter() - began, 3)
         robust[attack] = [correct(outcome.adversarial, 2, run, number) for run in range(cfg.runs)]
         own[attack] = [bool(v) for v in outcome.own_correct.tolist()]
-    return {
-        "batch": index,
-        "size": int(images.shape[0]),
-        "clean": [correct(images, 1, run) for run in range(cfg.runs)],
-        "robust": robust,
-        "own": own,
-        "attack_seconds": seconds,
-        "seconds": round(time.perf_counter() - start, 3),
-    }
+    return BatchRecord(batch=index, size=int(images.shape[0]), clean=[correct(images, 1, run) for run in range(cfg.runs)],
+                       robust=robust, own=own, attack_seconds=seconds, seconds=round(time.perf_counter() - start, 3))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 from ..statistics import INTERVAL_NOTE, interval_record
+from .record import BatchRecord
 from .results import versions
 
 
@@ -16,7 +17,7 @@ def _stats(values: list[float], n: int) -> dict:
     return {"mean": mean, "std": std, "per_run": values, "interval": interval_record(mean, n)}
 
 
-def summarize(records: list[dict], header: dict) -> dict:
+def summarize(records: list[BatchRecord], header: dict) -> dict:
     """Accuracy over all images: per run, mean and std over runs, worst case, Wilson 95% intervals.
 
     ``robust_accuracy`` counts an image as robust in a run when it is classified correctly
@@ -26,27 +27,24 @@ def summarize(records: list[dict], header: dict) -> dict:
     """
     settings = header["eval"]
     runs, attacks = settings["runs"], settings["attack"].split(",")
-    n = sum(r["size"] for r in records)
-    images = [(r, i) for r in records for i in range(r["size"])]
-
-    def survived(record: dict, names: list[str], run: int, i: int) -> bool:
-        return all(record["robust"][a][run][i] for a in names)
+    n = sum(r.size for r in records)
+    images = [(r, i) for r in records for i in range(r.size)]
 
     def summary(names: list[str]) -> dict:
-        per_run = [sum(survived(r, names, run, i) for r in records for i in range(r["size"])) / n for run in range(runs)]
-        every_run = sum(all(survived(r, names, run, i) for run in range(runs)) for r in records for i in range(r["size"])) / n
+        per_run = [sum(r.survived(names, run, i) for r, i in images) / n for run in range(runs)]
+        every_run = sum(all(r.survived(names, run, i) for run in range(runs)) for r, i in images) / n
         return {**_stats(per_run, n), "worst_run": min(per_run), "worst_run_interval": interval_record(min(per_run), n),
                 "all_runs": every_run, "all_runs_interval": interval_record(every_run, n)}
 
     def own_summary(name: str) -> dict:
         """The attack's own count beside the held-out verdict, and where they disagree."""
-        own = sum(r["own"][name][i] for r, i in images) / n
-        held_out_robust = [(r["own"][name][i], all(r["robust"][name][run][i] for run in range(runs))) for r, i in images]
+        own = sum(r.own[name][i] for r, i in images) / n
+        held_out_robust = [(r.own[name][i], all(r.robust[name][run][i] for run in range(runs))) for r, i in images]
         return {"accuracy": own, "interval": interval_record(own, n),
                 "broken_by_attack_but_robust_held_out": sum(not o and h for o, h in held_out_robust),
                 "robust_by_attack_but_broken_held_out": sum(o and not h for o, h in held_out_robust)}
 
-    clean = [sum(sum(r["clean"][run]) for r in records) / n for run in range(runs)]
+    clean = [sum(sum(r.clean[run]) for r in records) / n for run in range(runs)]
     worst = summary(attacks)
     return {
         "n_samples": n,
@@ -66,8 +64,8 @@ def summarize(records: list[dict], header: dict) -> dict:
         "robust_accuracy_all_runs": worst["all_runs"],
         "robust_accuracy_all_runs_interval": worst["all_runs_interval"],
         "intervals": INTERVAL_NOTE,
-        "seconds": round(sum(r["seconds"] for r in records), 1),
-        "seconds_by_attack": {a: round(sum(r.get("attack_seconds", {}).get(a, 0.0) for r in records), 1)
+        "seconds": round(sum(r.seconds for r in records), 1),
+        "seconds_by_attack": {a: round(sum(r.attack_seconds.get(a, 0.0) for r in records), 1)
                               for a in attacks},
         "settings": header,
         "versions": versions(),

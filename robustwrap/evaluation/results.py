@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import platform
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from ..fingerprint import header_differences, run_fingerprint
 from ..outputs import Layout, check_resumable_output, dumps_strict
 from ..defense import Defense
 from .config import EvalConfig
+from .record import BatchRecord
 
 RANDOMNESS = "per-image: mix_seed(seed, data-set index)"  # recorded in the header; older files are not resumed
 logger = logging.getLogger(__name__)
@@ -79,44 +79,7 @@ def versions() -> dict:
     return {"robustwrap": __version__, "torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version()}
 
 
-def record_problem(entry: object, header: dict) -> str | None:
-    """What is wrong with one results line for this header (None: a valid batch record)."""
-    settings = header["eval"]
-    runs, size_of_batch, n = settings["runs"], settings["batch_size"], header["n_samples"]
-    attacks = settings["attack"].split(",")
-    if not isinstance(entry, dict) or not {"batch", "size", "clean", "robust", "own"} <= set(entry):
-        return "is not a batch record (expected an object with batch, size, clean, robust and own)"
-    batch, size = entry["batch"], entry["size"]
-    batches = math.ceil(n / size_of_batch)
-    if not isinstance(batch, int) or isinstance(batch, bool) or not 0 <= batch < batches:
-        return f"has batch {batch!r}, expected an index in [0, {batches})"
-    expected = min(size_of_batch, n - batch * size_of_batch)
-    if size != expected:
-        return f"has size {size!r} for batch {batch}, expected {expected}"
-
-    def table_problem(name: str, table: object) -> str | None:
-        if not isinstance(table, list) or len(table) != runs:
-            return f"{name} must hold {runs} run(s)"
-        if any(not isinstance(row, list) or len(row) != size or not all(isinstance(v, bool) for v in row) for row in table):
-            return f"{name} must hold {size} true/false values per run"
-        return None
-
-    robust = entry["robust"]
-    if not isinstance(robust, dict) or sorted(robust) != sorted(attacks):
-        return f"robust must map the attacks {attacks} to results"
-    for name, table in (("clean", entry["clean"]), *((f"robust[{a}]", robust[a]) for a in attacks)):
-        problem = table_problem(name, table)
-        if problem:
-            return problem
-    own = entry["own"]
-    if not isinstance(own, dict) or sorted(own) != sorted(attacks):
-        return f"own must map the attacks {attacks} to the attack's own verdicts"
-    if any(not isinstance(v, list) or len(v) != size or not all(isinstance(b, bool) for b in v) for v in own.values()):
-        return f"own must hold {size} true/false values per attack"
-    return None
-
-
-def read_records(path: Path, header: dict) -> tuple[dict[int, dict], int, bool]:
+def read_records(path: Path, header: dict) -> tuple[dict[int, BatchRecord], int, bool]:
     """Batches recorded in ``path`` (by index), validated against ``header``.
 
     Blank lines are ignored. A last line that is not valid JSON is what a crash in the middle
@@ -130,7 +93,7 @@ def read_records(path: Path, header: dict) -> tuple[dict[int, dict], int, bool]:
         ValueError: a line other than the last is not JSON, a record is malformed, or the file
             was written with other settings; the message names the file and the line.
     """
-    records: dict[int, dict] = {}
+    records: dict[int, BatchRecord] = {}
     data = path.read_bytes()
     lines = data.splitlines(keepends=True)
     last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
@@ -159,10 +122,11 @@ def read_records(path: Path, header: dict) -> tuple[dict[int, dict], int, bool]:
                                  "use another --out, or --overwrite to replace it")
             has_header = True
         else:
-            problem = record_problem(entry, header)
-            if problem:
-                raise ValueError(f"{path} line {number} {problem}: {advice}")
-            records[entry["batch"]] = entry
+            try:
+                record = BatchRecord.from_json(entry, header)
+            except ValueError as problem:
+                raise ValueError(f"{path} line {number} {problem}: {advice}") from None
+            records[record.batch] = record
     return records, len(data), has_header
 
 
@@ -202,11 +166,11 @@ class ResultsFile:
         header["randomness"] = RANDOMNESS
         return json.loads(dumps_strict(header))
 
-    def read(self) -> tuple[dict[int, dict], int, bool]:
+    def read(self) -> tuple[dict[int, BatchRecord], int, bool]:
         """:func:`read_records` of this file against its header."""
         return read_records(self.path, self.header)
 
-    def open(self) -> dict[int, dict]:
+    def open(self) -> dict[int, BatchRecord]:
         """The records already in the file, after dropping a torn last line; writes the header if missing.
 
         Raises:
@@ -227,11 +191,11 @@ class ResultsFile:
         return done
 
     @contextmanager
-    def appender(self) -> Iterator[Callable[[dict], None]]:
+    def appender(self) -> Iterator[Callable[[BatchRecord], None]]:
         """A function that appends one batch record and syncs it to disk (a crash loses at most the batch in flight)."""
         with self.path.open("a") as file:
-            def append(record: dict) -> None:
-                file.write(dumps_strict(record) + "\n")
+            def append(record: BatchRecord) -> None:
+                file.write(dumps_strict(record.to_json()) + "\n")
                 file.flush()
                 os.fsync(file.fileno())
 
@@ -242,9 +206,9 @@ class ResultsFile:
         return self.path.exists() and len(self.path.read_bytes().splitlines()) > 1
 
     @staticmethod
-    def merged(out: str | os.PathLike, header: dict) -> dict[int, dict]:
+    def merged(out: str | os.PathLike, header: dict) -> dict[int, BatchRecord]:
         """Every rank's records in the folder ``out``, by batch index, each file checked against ``header``."""
-        records: dict[int, dict] = {}
+        records: dict[int, BatchRecord] = {}
         for path in sorted(Path(out).glob("results*.jsonl")):
             records.update(read_records(path, header)[0])
         return records
