@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from .outputs import dumps_strict, loads_strict, write_text_atomic
-from .schema import type_problems
+from .schema import check_types, from_dict, setting
+from .schema import problems as schema_problems
 
 NUM_TRAIN_STEPS = 1000  # the DDPM schedule the diffusion models were trained with
 CONFIG_FORMAT = "robustwrap.PurifyConfig"  # what a config file says it is
@@ -22,9 +23,6 @@ Resampling = Literal["single", "repaint", "none"]
 Mode = Literal["uniform", "heterogeneous"]
 MODES: tuple[str, ...] = get_args(Mode)  # the one list of defense modes (the CLI, eval, tune and the store read it)
 VoteRule = Literal["hard", "soft"]
-INT_FIELDS = ("steps", "resample_steps", "votes")
-FLOAT_FIELDS = ("t_l", "t_s", "eta", "tau", "top_fraction", "p")
-BOOL_FIELDS = ("p_root", "grad_checkpoint")
 MAX_P = 8.0  # |A|^p of an activation of 1e4 is 1e32 at p = 8: still finite in float32 (max 3.4e38)
 
 
@@ -41,63 +39,34 @@ class PurifyConfig:
         >>> fast = replace(PurifyConfig(), steps=50, votes=4)
     """
 
-    t_l: float = 0.2                      # strong noise level (attended pixels), fraction of 1000
-    t_s: float = 0.1                      # weak noise level; stage 1 (inpainting) runs while s >= t_s
-    steps: int = 500                      # DDIM grid resolution over 1000 steps (stride 1000 // steps)
-    resample_steps: int = 3               # U: forward single steps per stage-1 step (paper: 10)
-    resampling: Resampling = "single"     # "single" (the paper), "repaint" (multi-step, costly), "none"
-    eta: float = 0.0                      # DDIM stochasticity in [0, 1]; 0 = deterministic DDIM
-    mode: Mode = "heterogeneous"          # "uniform" = all-ones mask: DiffPure-style baseline at t_l
-    mask_rule: MaskRule = "threshold"     # "threshold" at tau, or keep the "top_fraction" of pixels
-    tau: float = 0.9                      # threshold on the [0, 1] attention map
-    top_fraction: float = 0.15            # fraction of pixels per image marked as attended
-    p: float = 2.0                        # G = sum_c |A_c|^p, p in (0, 8]
-    p_root: bool = False                  # take the p-th root of G (the paper's text; not the code)
-    attention_norm: MaskNormalization = "minmax"  # per-image map normalisation before the union
-    votes: int = 1                        # S stochastic purifications per image, run as one batch
-    vote: VoteRule = "hard"               # "hard" majority of labels or "soft" mean probability
-    grad_checkpoint: bool = False         # recompute each denoiser call in backward (saves memory)
+    t_l: float = setting(0.2, gt=0, lt=1, help="strong noise level (attended pixels), fraction of 1000")
+    t_s: float = setting(0.1, help="weak noise level; stage 1 (inpainting) runs while s >= t_s; in [0, t_l]")
+    steps: int = setting(500, ge=1, le=NUM_TRAIN_STEPS, help="DDIM grid resolution over 1000 steps (stride 1000 // steps)")
+    resample_steps: int = setting(3, ge=0, help="U: forward single steps per stage-1 step (paper: 10)")
+    resampling: Resampling = setting("single", help='"single" (the paper), "repaint" (multi-step, costly), "none"')
+    eta: float = setting(0.0, ge=0, le=1, why="0 = deterministic DDIM, 1 = DDPM-like",
+                         help="DDIM stochasticity; above 1 the step adds more noise than it removes")
+    mode: Mode = setting("heterogeneous", help='"uniform" = all-ones mask: DiffPure-style baseline at t_l')
+    mask_rule: MaskRule = setting("threshold", help='"threshold" at tau, or keep the "top_fraction" of pixels')
+    tau: float = setting(0.9, ge=0, le=1, help="threshold on the [0, 1] attention map")
+    top_fraction: float = setting(0.15, gt=0, le=1, help="fraction of pixels per image marked as attended")
+    p: float = setting(2.0, gt=0, le=MAX_P, why="higher powers overflow float32 on ordinary activations",
+                       help="G = sum_c |A_c|^p")
+    p_root: bool = setting(False, help="take the p-th root of G (the paper's text; not the code)")
+    attention_norm: MaskNormalization = setting("minmax", help="per-image map normalisation before the union")
+    votes: int = setting(1, ge=1, help="S stochastic purifications per image, run as one batch")
+    vote: VoteRule = setting("hard", help='"hard" majority of labels or "soft" mean probability')
+    grad_checkpoint: bool = setting(False, help="recompute each denoiser call in backward (saves memory)")
 
     def __post_init__(self) -> None:
-        fields = INT_FIELDS + FLOAT_FIELDS + BOOL_FIELDS
-        problems = type_problems({name: getattr(self, name) for name in fields},
-                                 ints=INT_FIELDS, floats=FLOAT_FIELDS, bools=BOOL_FIELDS)
-        if problems:  # the range checks below need numbers
-            raise ValueError("invalid PurifyConfig: " + "; ".join(problems))
-        for name, kind in [*((n, int) for n in INT_FIELDS), *((n, float) for n in FLOAT_FIELDS)]:
-            object.__setattr__(self, name, kind(getattr(self, name)))  # numpy scalars, ints for floats
-        if not 0.0 < self.t_l < 1.0:
-            problems.append(f"t_l must be in (0, 1), got {self.t_l}")
+        check_types(self, "PurifyConfig")  # the relations below need numbers
+        problems = schema_problems(self)  # the declared choices and bounds
         if not 0.0 <= self.t_s <= self.t_l:
             problems.append(f"t_s must be in [0, t_l={self.t_l}], got {self.t_s}")
-        if not 1 <= self.steps <= NUM_TRAIN_STEPS:
-            problems.append(f"steps must be in [1, {NUM_TRAIN_STEPS}], got {self.steps}")
-        elif int(round(self.steps * self.t_l, 9)) < 1:
+        if 1 <= self.steps <= NUM_TRAIN_STEPS and int(round(self.steps * self.t_l, 9)) < 1:
             problems.append(f"steps * t_l must be >= 1 so that there is a denoising step, got {self.steps} * {self.t_l}")
-        if self.resample_steps < 0:
-            problems.append(f"resample_steps must be >= 0, got {self.resample_steps}")
         if round(self.t_l * NUM_TRAIN_STEPS) + self.resample_steps >= NUM_TRAIN_STEPS:
             problems.append("t_l * 1000 + resample_steps must stay below 1000")
-        if not 0.0 <= self.eta <= 1.0:  # 1 is DDPM's ancestral step; above it the step adds more noise than it removes
-            problems.append(f"eta must be in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), got {self.eta}")
-        if not 0.0 <= self.tau <= 1.0:
-            problems.append(f"tau must be in [0, 1], got {self.tau}")
-        if not 0.0 < self.top_fraction <= 1.0:
-            problems.append(f"top_fraction must be in (0, 1], got {self.top_fraction}")
-        if not 0.0 < self.p <= MAX_P:
-            problems.append(f"p must be in (0, {MAX_P:g}] (higher powers overflow float32 on ordinary activations), "
-                            f"got {self.p}")
-        if self.votes < 1:
-            problems.append(f"votes must be >= 1, got {self.votes}")
-        for name, allowed in (
-            ("resampling", Resampling.__args__),
-            ("mode", MODES),
-            ("mask_rule", MaskRule.__args__),
-            ("attention_norm", MaskNormalization.__args__),
-            ("vote", VoteRule.__args__),
-        ):
-            if getattr(self, name) not in allowed:
-                problems.append(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if problems:
             raise ValueError("invalid PurifyConfig: " + "; ".join(problems))
 
@@ -112,30 +81,14 @@ class PurifyConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, object], source: str = "the configuration") -> "PurifyConfig":
-        """A validated config from field values; unknown names and wrong types are refused.
-
-        Types are strict (no coercion): counts are ints, levels finite numbers, switches
-        booleans, rules strings.
+        """A validated config from field values (:func:`robustwrap.schema.from_dict`): unknown names and wrong
+        types are refused, with no coercion (counts are ints, levels finite numbers, switches booleans,
+        rules strings).
 
         Raises:
-            ValueError: naming ``source`` and the unknown fields, the field of the wrong type, or
-                the bad value.
+            ValueError: naming ``source`` and the unknown fields, the field of the wrong type, or the bad value.
         """
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(fields))
-        if unknown:
-            raise ValueError(f"{source}: unknown PurifyConfig fields {unknown}; known: {sorted(fields)}")
-        problems = type_problems(values, ints=INT_FIELDS, floats=FLOAT_FIELDS,
-                                 bools=BOOL_FIELDS)
-        problems += [f"{name} must be a string, got {value!r}" for name, value in values.items()
-                     if name not in INT_FIELDS + FLOAT_FIELDS + BOOL_FIELDS
-                     and not isinstance(value, str)]
-        if problems:
-            raise ValueError(f"{source}: " + "; ".join(problems))
-        try:
-            return cls(**values)  # type: ignore[arg-type]  (ranges are checked by __post_init__)
-        except ValueError as error:
-            raise ValueError(f"{source}: {error}") from error
+        return from_dict(cls, values, source)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the config to ``path``: JSON (``.json``) or TOML (``.toml``), with its format version.

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 import types
@@ -30,11 +31,12 @@ BOUNDS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
 
 
 def setting(default: Any, *, help: str = "", ge: float | None = None, gt: float | None = None,
-            le: float | None = None, lt: float | None = None) -> Any:
-    """A dataclass field with its default, its bounds and one line of help (read by :func:`problems`
-    and by the CLI, which makes each option's flag and help from them)."""
+            le: float | None = None, lt: float | None = None, why: str = "") -> Any:
+    """A dataclass field with its default, its bounds, one line of help and why the bounds are what they
+    are (read by :func:`problems`, which quotes ``why`` when a value breaks them, and by the CLI, which
+    makes each option's flag and help from them)."""
     bounds = {name: value for name, value in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if value is not None}
-    return dataclasses.field(default=default, metadata={"help": help, "bounds": bounds})
+    return dataclasses.field(default=default, metadata={"help": help, "bounds": bounds, "why": why})
 
 
 def help_of(field: dataclasses.Field) -> str:
@@ -70,6 +72,17 @@ def type_problems(values: dict[str, object], *, ints: tuple[str, ...] = (), floa
     return problems
 
 
+def range_words(bounds: dict[str, float]) -> str:
+    """'in [0, 1]', 'in (0, 8]', '>= 1': the bounds as the messages say them."""
+    low = next(((rule, bounds[rule]) for rule in ("ge", "gt") if rule in bounds), None)
+    high = next(((rule, bounds[rule]) for rule in ("le", "lt") if rule in bounds), None)
+    if low and high:
+        return f"in {'[' if low[0] == 'ge' else '('}{low[1]:g}, {high[1]:g}{']' if high[0] == 'le' else ')'}"
+    rule, bound = low or high
+    return f"{BOUNDS[rule][0]} {bound:g}"
+
+
+@functools.cache
 def field_types(cls: type) -> dict[str, tuple[object, bool]]:
     """Each field's declared type without ``| None``, and whether None is allowed."""
     hints = typing.get_type_hints(cls)
@@ -97,22 +110,63 @@ def _value_problem(name: str, value: object, kind: object) -> str | None:
     return None  # other types (tuples, nested settings) are their owner's to check
 
 
-def problems(obj: object) -> list[str]:
-    """Every way ``obj`` (a dataclass of :func:`setting` fields) breaks its declared types and bounds."""
+def type_problems_of(cls: type, values: dict[str, object]) -> list[str]:
+    """What is wrong with the types of ``values`` (field name -> value) for the settings class ``cls``;
+    a str field must be a string, a ``Literal`` one is checked against its choices by :func:`problems`."""
+    types = field_types(cls)
     found = []
-    for field in dataclasses.fields(obj):
-        kind, optional = field_types(type(obj))[field.name]
+    for name, value in values.items():
+        kind, optional = types[name]
+        if value is None and optional:
+            continue
+        if get_origin(kind) is Literal:
+            kind = str
+        problem = _value_problem(name, value, kind)
+        if problem:
+            found.append(problem)
+    return found
+
+
+def problems(obj: object) -> list[str]:
+    """Every way ``obj`` (a dataclass of :func:`setting` fields) breaks its declared types; when the types
+    are right, every way it breaks its choices and bounds (the bounds need numbers)."""
+    fields = dataclasses.fields(obj)
+    found = type_problems_of(type(obj), {f.name: getattr(obj, f.name) for f in fields})
+    if found:
+        return found
+    types = field_types(type(obj))
+    for field in fields:
+        kind, optional = types[field.name]
         value = getattr(obj, field.name)
         if value is None and optional:
             continue
         problem = _value_problem(field.name, value, kind)
-        if problem is None and kind in (int, float):
-            problem = next((f"{field.name} must be {sign} {bound:g}, got {value!r}"
-                            for rule, bound in bounds_of(field).items()
-                            for sign, holds in [BOUNDS[rule]] if not holds(value, bound)), None)
+        bounds = bounds_of(field)
+        if problem is None and kind in (int, float) and bounds and not all(BOUNDS[rule][1](value, bound)
+                                                                          for rule, bound in bounds.items()):
+            why = field.metadata.get("why")
+            problem = f"{field.name} must be {range_words(bounds)}{f' ({why})' if why else ''}, got {value!r}"
         if problem:
             found.append(problem)
     return found
+
+
+def normalize(obj: object) -> None:
+    """Store every int and float field of the frozen dataclass ``obj`` as a plain int / float (numpy scalars,
+    ints given for floats); call once its types are checked."""
+    for name, (kind, _) in field_types(type(obj)).items():
+        value = getattr(obj, name)
+        if kind in (int, float) and value is not None:
+            object.__setattr__(obj, name, kind(value))
+
+
+def check_types(obj: object, what: str) -> None:
+    """Raise ``ValueError("invalid <what>: ...")`` when a field of ``obj`` has the wrong type, else store its numbers
+    as plain ints and floats (:func:`normalize`): what checks of relations between fields need first."""
+    found = type_problems_of(type(obj), {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)})
+    if found:
+        raise ValueError(f"invalid {what}: " + "; ".join(found))
+    normalize(obj)
 
 
 def check(obj: object, what: str) -> None:
@@ -139,6 +193,9 @@ def from_dict(cls: type[T], values: object, source: str) -> T:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"{source}: unknown {cls.__name__} fields {unknown}; known: {sorted(known)}")
+    found = type_problems_of(cls, values)
+    if found:
+        raise ValueError(f"{source}: " + "; ".join(found))
     try:
         return cls(**values)
     except (ValueError, TypeError) as error:

@@ -33,7 +33,8 @@ from typing import Callable
 from torch import Tensor
 
 from .config import MODES, PurifyConfig
-from .schema import type_problems
+from .schema import check_types, setting, type_problems
+from .schema import problems as schema_problems
 from .data import draw_subset
 from .defense import BareClassifier
 from .evaluation import EvalConfig, check_inputs, is_evaluation_folder, run_evaluation
@@ -118,48 +119,36 @@ class TuneSettings:
     default, and ``dataclasses.replace(TUNE_ATTACK, iters=...)`` changes one setting.
     """
 
-    calls: int = 10                          # denoiser calls per image and vote, for every candidate
+    calls: int = setting(10, ge=1, help="denoiser calls per image and vote, for every candidate")
     uniform_levels: tuple[float, ...] = (0.1, 0.3, 0.5)        # coarse t* grid
     heterogeneous_levels: tuple[float, ...] = (0.2, 0.4, 0.6)  # coarse t_l grid (t_s = t_l / 2)
     cuts: tuple[float, ...] = (0.9,)         # coarse τ (threshold rule) or top fractions
-    refine: bool = True                      # then try each family's best point's neighbours
-    level_step: float = 0.1                  # neighbours: t_l ± this (half the coarse spacing)
-    cut_step: float = 0.1                    # neighbours: cut ± this
+    refine: bool = setting(True, help="then try each family's best point's neighbours")
+    level_step: float = setting(0.1, gt=0, lt=1, help="neighbours: t_l ± this (half the coarse spacing)")
+    cut_step: float = setting(0.1, gt=0, lt=1, help="neighbours: cut ± this")
     families: tuple[str, ...] = FAMILIES     # which families to sweep
-    n_attack: int = 64                       # stratified subset attacked (0 = every image)
-    n_clean: int | None = None               # stratified subset for clean accuracy (None = every image)
+    n_attack: int = setting(64, ge=0, help="stratified subset attacked (0 = every image)")
+    n_clean: int | None = setting(None, ge=1, help="stratified subset for clean accuracy (None = every image)")
     evaluation: EvalConfig = TUNE_ATTACK     # the attack: one of TUNE_ATTACKS, its budget, seed and batch size
-    min_clean: float = 0.97                  # chosen point: clean >= this x the undefended clean accuracy
+    min_clean: float = setting(0.97, gt=0, le=1, help="chosen point: clean >= this x the undefended clean accuracy")
 
     def __post_init__(self) -> None:
-        values = {name: getattr(self, name) for name in ("calls", "n_attack", "n_clean", "level_step", "cut_step",
-                                                           "min_clean", "refine")}
-        values.update({f"{name}[{i}]": value for name in ("uniform_levels", "heterogeneous_levels", "cuts")
-                        for i, value in enumerate(getattr(self, name))})
-        problems = type_problems(values, ints=("calls", "n_attack", "n_clean"),
-                                 floats=tuple(k for k in values if k[-1] == "]") + ("level_step", "cut_step",
-                                                                                       "min_clean"),
-                                 bools=("refine",), optional=("n_clean",))
+        levels = {f"{name}[{i}]": value for name in ("uniform_levels", "heterogeneous_levels", "cuts")
+                  for i, value in enumerate(getattr(self, name))}
+        problems = type_problems(levels, floats=tuple(levels))
         if not isinstance(self.evaluation, EvalConfig):
             problems.append(f"evaluation must be an EvalConfig, got {type(self.evaluation).__name__}")
         if problems:  # the range checks below need numbers
             raise ValueError("invalid tune settings: " + "; ".join(problems))
-        if self.calls < 1 or self.n_attack < 0:
-            problems.append("need calls >= 1 and n_attack >= 0")
-        if self.n_clean is not None and self.n_clean < 1:
-            problems.append(f"n_clean must be >= 1 (or None for every image), got {self.n_clean}")
-        for name in ("level_step", "cut_step"):
-            if not 0 < getattr(self, name) < 1:
-                problems.append(f"{name} must be in (0, 1), got {getattr(self, name)}")
-        if not 0 < self.min_clean <= 1:
-            problems.append(f"min_clean must be in (0, 1], got {self.min_clean}")
+        check_types(self, "tune settings")
+        problems = schema_problems(self)  # the declared bounds
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown or not self.families:
             problems.append(f"families must be a non-empty subset of {FAMILIES}, got {self.families}")
         if self.evaluation.attack not in TUNE_ATTACKS:
             problems.append(f"attack must be 'pgd-eot' or 'bpda', got {self.evaluation.attack!r}")
-        levels = [*self.uniform_levels, *self.heterogeneous_levels]
-        if not all(0 < level < 1 for level in levels) or not all(0 < cut <= 1 for cut in self.cuts):
+        if not all(0 < level < 1 for level in (*self.uniform_levels, *self.heterogeneous_levels)) \
+                or not all(0 < cut <= 1 for cut in self.cuts):
             problems.append("noise levels must be in (0, 1) and cuts in (0, 1]")
         if problems:
             raise ValueError("invalid tune settings: " + "; ".join(problems))

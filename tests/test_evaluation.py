@@ -150,7 +150,7 @@ def test_an_existing_file_as_the_results_folder_is_refused(tmp_path):
         (dict(loss="hinge"), "loss must be one of"),
         (dict(attack="pgd-eot,cw"), "attack must be one of"),
         (dict(attack="bpda,bpda"), "twice"),
-        (dict(runs=0), "runs >= 1"),
+        (dict(runs=0), "runs must be >= 1"),
     ],
 )
 def test_bad_settings_are_refused(settings, match):

@@ -15,7 +15,7 @@ iterates can cross the ball within the budget whatever eps and the number of ste
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal
+from typing import Callable, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ from ..noise import per_image_rand
 
 Norm = Literal["Linf", "L2"]
 Loss = Literal["ce", "margin", "dlr"]
-LOSSES = ("ce", "margin", "dlr")
+LOSSES: tuple[str, ...] = get_args(Loss)
 Model = Callable[[Tensor], Tensor]
 
 

@@ -9,15 +9,16 @@ The attacks themselves are registered by name in :mod:`robustwrap.attacks.regist
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from ..attacks.options import AttackOptions, NoOptions
-from ..attacks.pgd import LOSSES, default_step_size
+from ..attacks.pgd import Loss, Norm, default_step_size
 from ..attacks.registry import ATTACKS as REGISTRY
 from ..attacks.registry import attack_names
 from ..config import MODES
+from ..schema import check_types, setting
+from ..schema import problems as schema_problems
 from ..defense import BareClassifier
 
 if TYPE_CHECKING:
@@ -80,59 +81,36 @@ class EvalConfig:
         >>> EvalConfig(attack="diffhammer", iters=50, options=DiffHammerOptions(em_samples=4))
     """
 
-    attack: str = "pgd-eot"               # one of ATTACKS, or a comma list ("pgd-eot,bpda"): each is run
-    norm: Literal["Linf", "L2"] = "Linf"  # threat model
-    eps: float | None = None              # radius; None = 8/255 (L-inf) or 0.5 (L2)
-    iters: int = 200                      # attack iterations (AutoAttack: APGD iterations)
-    step_size: float | None = None        # PGD step; None = 2.5 * eps / iters (both norms; Madry et al.)
-    eot: int = 20                         # gradient samples per iteration
-    loss: Literal["ce", "margin", "dlr"] | None = None  # PGD loss (CE, CW margin, DLR); None: each attack's default
-    surrogate_steps: int | None = None    # attack through a wrapper with this many `steps`
-    runs: int = 1                         # R repeated evaluations of the final examples
-    seed: int = 0                         # every batch's randomness derives from it
-    batch_size: int = 16                  # images per batch (the unit of resumption)
+    attack: str = setting("pgd-eot", help='one of ATTACKS, or a comma list ("pgd-eot,bpda"): each is run')
+    norm: Norm = setting("Linf", help="threat model")
+    eps: float | None = setting(None, ge=0, help="radius; None = 8/255 (L-inf) or 0.5 (L2)")
+    iters: int = setting(200, ge=0, help="attack iterations (AutoAttack: APGD iterations)")
+    step_size: float | None = setting(None, gt=0, help="PGD step; None = 2.5 * eps / iters (both norms; Madry et al.)")
+    eot: int = setting(20, ge=1, help="gradient samples per iteration")
+    loss: Loss | None = setting(None, help="PGD loss (CE, CW margin, DLR); None: each attack's default")
+    surrogate_steps: int | None = setting(None, ge=1, help="attack through a wrapper with this many `steps`")
+    runs: int = setting(1, ge=1, help="R repeated evaluations of the final examples")
+    seed: int = setting(0, help="every batch's randomness derives from it")
+    batch_size: int = setting(16, ge=1, help="images per batch (the unit of resumption)")
     options: tuple[AttackOptions, ...] = ()  # the attacks' own options (one instance per class), e.g. DiffHammerOptions
 
     def __post_init__(self) -> None:
-        problems = []
         if isinstance(self.attack, (list, tuple)):
             object.__setattr__(self, "attack", ",".join(self.attack))
-        if not isinstance(self.attack, str):
-            problems.append(f"attack must be a string, got {self.attack!r}")
+        check_types(self, "evaluation settings")
+        problems = schema_problems(self)  # the declared choices and bounds
+        names = [a.strip() for a in self.attack.split(",")]
+        unknown = [a for a in names if a not in ATTACKS]
+        if unknown or not names:
+            problems.append(f"attack must be one of {ATTACKS} or a comma list of them, got {self.attack!r}")
+        elif len(set(names)) != len(names):
+            problems.append(f"attack lists an attack twice: {self.attack!r}")
         else:
-            names = [a.strip() for a in self.attack.split(",")]
-            unknown = [a for a in names if a not in ATTACKS]
-            if unknown or not names:
-                problems.append(f"attack must be one of {ATTACKS} or a comma list of them, got {self.attack!r}")
-            elif len(set(names)) != len(names):
-                problems.append(f"attack lists an attack twice: {self.attack!r}")
-            else:
-                object.__setattr__(self, "attack", ",".join(names))
-        if self.norm not in DEFAULT_EPS:
-            problems.append(f"norm must be 'Linf' or 'L2', got {self.norm!r}")
-        if self.loss is not None and self.loss not in LOSSES:
-            problems.append(f"loss must be one of {LOSSES} (or None for each attack's default), got {self.loss!r}")
-        for name in ("eps", "step_size"):
+            object.__setattr__(self, "attack", ",".join(names))
+        for name in ("eps", "step_size"):  # images live in [0, 1]
             value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                problems.append(f"{name} must be a finite number, got {value!r}")
-            elif name == "eps" and value < 0:
-                problems.append(f"eps must be >= 0, got {value}")
-            elif name != "eps" and value <= 0:
-                problems.append(f"{name} must be > 0, got {value}")
-            elif name in ("eps", "step_size") and self.norm == "Linf" and value > 1:  # images live in [0, 1]
+            if value is not None and self.norm == "Linf" and value > 1:
                 problems.append(f"an L-inf {name} must be at most 1 (images are in [0, 1]), got {value}")
-        for name in ("iters", "eot", "runs", "seed", "batch_size", "surrogate_steps"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                problems.append(f"{name} must be an int, got {value!r}")
-        if not problems:
-            if self.iters < 0 or self.eot < 1 or self.runs < 1 or self.batch_size < 1:
-                problems.append("need iters >= 0, eot >= 1, runs >= 1 and batch_size >= 1")
-            if self.surrogate_steps is not None and self.surrogate_steps < 1:
-                problems.append(f"surrogate_steps must be >= 1, got {self.surrogate_steps}")
         problems += self._options_problems()
         if problems:
             raise ValueError("invalid evaluation settings: " + "; ".join(problems))
@@ -150,7 +128,7 @@ class EvalConfig:
         if len(set(kinds)) != len(kinds):
             twice = sorted({k.__name__ for k in kinds if kinds.count(k) > 1})
             return [f"options gives {', '.join(twice)} more than once"]
-        attacks = self.attack.split(",") if isinstance(self.attack, str) else []
+        attacks = self.attack.split(",")
         problems = []
         for option in options:
             takers = [n for n, spec in REGISTRY.items() if spec.options is type(option)]
