@@ -27,7 +27,7 @@ from pathlib import Path
 from robustwrap import PurifyConfig, RobustWrapper
 from robustwrap.attacks import DeviationOptions, DiffHammerOptions
 from robustwrap.data import draw_subset, load_dataset
-from robustwrap.evaluation import EvalConfig, defense_view, read_records, run_evaluation
+from robustwrap.evaluation import EvalConfig, Report, defense_view, read_records, run_evaluation
 from robustwrap.figures import pyplot
 from robustwrap.schedule import describe_defense
 from robustwrap.specs import build_classifier, build_diffusion
@@ -93,14 +93,14 @@ def main() -> None:
     table_runs = runs(args.iters, args.copies, args.dev_weight)
     curves = [c for c in args.curves.split(",") if c]
 
-    reports: dict[tuple[str, str], dict] = {}
+    reports: dict[tuple[str, str], Report] = {}
     for defense, view in views.items():  # the table first, then the longer curves
         for row, cfg in table_runs.items():
             folder = args.out / defense / slug(cfg)
             reports[defense, row] = run_evaluation(view, images, labels, cfg,
                                                    folder, num_classes=10, resume=True, subset=subset,
                                                    description={"data": DATA, "defense_name": defense, "row": row})
-    curve_reports: dict[tuple[str, str, int], dict] = {}
+    curve_reports: dict[tuple[str, str, int], Report] = {}
     for defense in ("uniform", "heterogeneous"):
         for attack in curves:
             for factor in (1, 2, 4):
@@ -112,9 +112,9 @@ def main() -> None:
                     views[defense], images, labels, cfg, args.out / defense / f"{attack}-x{factor}", num_classes=10,
                     resume=True, subset=subset, description={"data": DATA, "defense_name": defense})
     distinct = {id(r): r for r in [*reports.values(), *curve_reports.values()]}.values()
-    elapsed = sum(report["seconds"] for report in distinct)  # as recorded per batch: the same when resumed
+    elapsed = sum(report.seconds for report in distinct)  # as recorded per batch: the same when resumed
     if args.quick:
-        print(json.dumps({f"{d} {r}": rep["robust_accuracy"]["mean"] for (d, r), rep in reports.items()}, indent=1))
+        print(json.dumps({f"{d} {r}": rep.robust_accuracy.mean for (d, r), rep in reports.items()}, indent=1))
         return
 
     n = len(labels)
@@ -159,12 +159,12 @@ def describe(reports, curve_reports, views, table_runs, curves, args, subset, el
         clean = None
         for row in table_runs:
             report = reports[defense, row]
-            clean = clean or format_accuracy(report["clean_accuracy"]["mean"], n)
+            clean = clean or format_accuracy(report.clean_accuracy.mean, n)
             attack = table_runs[row].attack
-            stats = report["robust_accuracy_by_attack"][attack]
-            lines.append(f"| {defense} | {clean} | {row} | {format_accuracy(stats['mean'], n)} | "
-                         f"{format_accuracy(stats['attack_own']['accuracy'], n)} | "
-                         f"{report['seconds_by_attack'][attack]:.0f} |")
+            stats = report.robust_accuracy_by_attack[attack]
+            lines.append(f"| {defense} | {clean} | {row} | {format_accuracy(stats.mean, n)} | "
+                         f"{format_accuracy(stats.attack_own.accuracy, n)} | "
+                         f"{report.seconds_by_attack[attack]:.0f} |")
         worst = worst_case(defense, table_runs, args.out)
         lines.append(f"| {defense} | {clean} | **worst case over all** | "
                      f"**{format_accuracy(sum(worst) / n, n)}** | | |")
@@ -176,7 +176,7 @@ def describe(reports, curve_reports, views, table_runs, curves, args, subset, el
               "|---|---|---|---|---|---|"]
     for defense in ("uniform", "heterogeneous"):
         for attack in curves:
-            cells = [format_accuracy(curve_reports[defense, attack, f]["robust_accuracy_by_attack"][attack]["mean"], n)
+            cells = [format_accuracy(curve_reports[defense, attack, f].robust_accuracy_by_attack[attack].mean, n)
                      for f in (1, 2, 4)]
             first, last = (survivors(args.out / defense / folder, attack) for folder in (attack, f"{attack}-x4"))
             gained = sum(b and not a for a, b in zip(first, last))
@@ -195,7 +195,7 @@ def plot_curves(curve_reports, curves, args, n: int, path: Path) -> None:
     for k, (defense, colour, attack, style) in enumerate(series):
         # each series nudged sideways so that the error bars do not hide one another
         xs = [args.iters * f * 2 ** (0.04 * (k - (len(series) - 1) / 2)) for f in (1, 2, 4)]
-        ys = [curve_reports[defense, attack, f]["robust_accuracy_by_attack"][attack]["mean"] for f in (1, 2, 4)]
+        ys = [curve_reports[defense, attack, f].robust_accuracy_by_attack[attack].mean for f in (1, 2, 4)]
         bounds = [wilson_interval(y, n) for y in ys]
         axes.errorbar(xs, [100 * y for y in ys], yerr=[[100 * (y - lo) for y, (lo, _) in zip(ys, bounds)],
                                                        [100 * (hi - y) for y, (_, hi) in zip(ys, bounds)]],

@@ -163,8 +163,8 @@ def _print_results(result, views: dict, cfg, subset: dict, out: Path) -> None:
     attacks, runs, reports = cfg.attacks, cfg.runs, result.reports
     calls = "".join(f"; {name}: {views[name].plan.denoiser_calls} denoiser calls x {views[name].config.votes} "
                     f"vote(s)" for name in reports if not views[name].deterministic)
-    times = ", ".join(f"{name} {report['seconds']:.0f} s ("
-                      + ", ".join(f"{a} {s:.0f} s" for a, s in report.get("seconds_by_attack", {}).items()) + ")"
+    times = ", ".join(f"{name} {report.seconds:.0f} s ("
+                      + ", ".join(f"{a} {s:.0f} s" for a, s in report.seconds_by_attack.items()) + ")"
                       for name, report in reports.items())
     table = Table(title=f"accuracy (%) under {', '.join(attacks)} ({cfg.describe()})", box=box.SIMPLE_HEAD,
                   pad_edge=False)
@@ -181,17 +181,16 @@ def _print_results(result, views: dict, cfg, subset: dict, out: Path) -> None:
         table.add_column("worst run", no_wrap=True)
         table.add_column(f"all {runs} runs", no_wrap=True)
     for name, report in reports.items():
-        rows = [(a, report["robust_accuracy_by_attack"][a]) for a in attacks]
+        rows = [(a, report.robust_accuracy_by_attack[a]) for a in attacks]
         if len(attacks) > 1:
-            rows.append(("all attacks", {**report["robust_accuracy"], "worst_run": report["robust_accuracy_worst_run"],
-                                         "all_runs": report["robust_accuracy_all_runs"]}))
-        size = report["n_samples"]
+            rows.append(("all attacks", report.robust_accuracy))
+        size = report.n_samples
         for position, (label, stats) in enumerate(rows):
-            own = stats.get("attack_own")
-            row = [name if position == 0 else "", percent(report["clean_accuracy"]["mean"], size) if position == 0
-                   else "", label, percent(stats["mean"], size), percent(own["accuracy"], size) if own else ""]
+            own = getattr(stats, "attack_own", None)
+            row = [name if position == 0 else "", percent(report.clean_accuracy.mean, size) if position == 0
+                   else "", label, percent(stats.mean, size), percent(own.accuracy, size) if own else ""]
             if runs > 1:
-                row += [percent(stats["worst_run"], size), percent(stats["all_runs"], size)]
+                row += [percent(stats.worst_run, size), percent(stats.all_runs, size)]
             table.add_row(*row, end_section=position == len(rows) - 1 and len(rows) > 1)
     console.print(table)
     console.print(notes)

@@ -365,8 +365,7 @@ def _sweep(wrapper: RobustWrapper, images: Tensor, labels: Tensor, out: Path, se
                                 description=description)
         assert clean is not None and robust is not None  # single process: every batch is recorded
         return Point(candidate, config, view.calls_per_image,
-                     clean["clean_accuracy"]["mean"], clean["n_samples"],
-                     robust["robust_accuracy"]["mean"], robust["n_samples"])
+                     clean.clean_accuracy.mean, clean.n_samples, robust.robust_accuracy.mean, robust.n_samples)
 
     planned = [Candidate("none"), *coarse_grid(settings)]
     scored: dict[str, Point] = {}

@@ -9,6 +9,7 @@ import pytest
 from robustwrap import PurifyConfig
 from robustwrap.evaluation.figure import accuracy_bars, plot_accuracy
 from robustwrap.schedule import make_plan
+from robustwrap.evaluation import Accuracy, AttackAccuracy, OwnVerdict, Report, RobustAccuracy
 from robustwrap.evaluation.comparison import calibrated_defenses
 from robustwrap.store import SHIPPED_CALIBRATIONS, SHIPPED_CLASSIFIERS, calibrated_configs, shipped_dir
 
@@ -76,12 +77,19 @@ def test_eval_with_no_defense_options_compares_the_calibrated_settings_and_draws
     assert levels == {"uniform": 0.3, "heterogeneous": 0.3}
 
 
-def _report(clean: float, robust: dict[str, float]) -> dict:
-    return {"clean_accuracy": {"mean": clean, "interval": [clean - 0.1, min(1.0, clean + 0.05)]},
-            "attacks": list(robust),
-            "robust_accuracy_by_attack": {a: {"mean": v, "interval": [max(0.0, v - 0.1), v + 0.1]}
-                                          for a, v in robust.items()},
-            "robust_accuracy": {"mean": min(robust.values()), "interval": [0.0, min(robust.values()) + 0.1]}}
+def _report(clean: float, robust: dict[str, float]) -> Report:
+    def robust_at(value: float, interval: list[float]) -> dict:
+        return dict(mean=value, std=0.0, per_run=[value], interval=interval, worst_run=value,
+                    worst_run_interval=interval, all_runs=value, all_runs_interval=interval)
+
+    worst = min(robust.values())
+    return Report(n_samples=64, runs=1, subset=None, attacks=list(robust), threat={},
+                  clean_accuracy=Accuracy(clean, 0.0, [clean], [clean - 0.1, min(1.0, clean + 0.05)]),
+                  robust_accuracy=RobustAccuracy(**robust_at(worst, [0.0, worst + 0.1])),
+                  robust_accuracy_by_attack={a: AttackAccuracy(**robust_at(v, [max(0.0, v - 0.1), v + 0.1]),
+                                                               attack_own=OwnVerdict(v, [0.0, 1.0], 0, 0))
+                                             for a, v in robust.items()},
+                  verdicts="", intervals="", seconds=0.0, seconds_by_attack={}, settings={}, versions={})
 
 
 def test_the_figure_has_a_bar_per_defense_and_attack_with_the_reports_intervals(tmp_path):

@@ -28,27 +28,32 @@ def _data(n: int = 7):
     return torch.rand(n, 3, 16, 16, generator=generator), torch.randint(0, 10, (n,), generator=generator)
 
 
-def _comparable(report: dict) -> dict:
-    """The report without wall-clock time (the only field allowed to differ between runs)."""
+def _comparable(report) -> dict:
+    """The report (typed, or as report.json holds it) without wall-clock time (the only field allowed to differ)."""
+    report = report if isinstance(report, dict) else report.to_json()
     return {k: v for k, v in report.items() if not k.startswith("seconds")}
 
 
 def test_report_has_the_promised_fields(tmp_path):
     images, labels = _data()
     report = run_evaluation(tiny_wrapper(), images, labels, CFG, tmp_path, num_classes=10)
-    assert report["n_samples"] == 7 and report["runs"] == 2
+    assert isinstance(report, robustwrap.evaluation.Report) and report.n_samples == 7 and report.runs == 2
+    worst = report.robust_accuracy
+    assert len(worst.per_run) == len(report.clean_accuracy.per_run) == 2
+    assert worst.all_runs <= worst.worst_run <= worst.mean and worst.interval[0] <= worst.mean <= worst.interval[1]
+    assert report.settings["eval"]["iters"] == 2 and "torch" in report.versions
+    written = json.loads((tmp_path / "report.json").read_text())
+    assert written == json.loads(json.dumps(report.to_json()))  # report.json is the typed report, as JSON
     for key in ("mean", "std", "per_run", "interval"):
-        assert key in report["robust_accuracy"] and key in report["clean_accuracy"]
-    assert report["robust_accuracy_all_runs"] <= report["robust_accuracy_worst_run"] <= report["robust_accuracy"]["mean"]
-    assert report["settings"]["eval"]["iters"] == 2 and "torch" in report["versions"]
-    assert json.loads((tmp_path / "report.json").read_text())["n_samples"] == 7
+        assert key in written["robust_accuracy"] and key in written["clean_accuracy"]
+    assert written["robust_accuracy_worst_run"] == worst.worst_run and written["robust_accuracy_all_runs"] == worst.all_runs
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     assert len(lines) == 1 + 4  # header + ceil(7 / 2) batches
 
 
 def test_resume_after_a_crash_gives_the_identical_report(tmp_path):
     images, labels = _data()
-    straight = run_evaluation(tiny_wrapper(), images, labels, CFG, tmp_path / "straight", num_classes=10)
+    straight = run_evaluation(tiny_wrapper(), images, labels, CFG, tmp_path / "straight", num_classes=10).to_json()
 
     def crash_after_two(done, total):
         if done == 2:
@@ -59,7 +64,7 @@ def test_resume_after_a_crash_gives_the_identical_report(tmp_path):
     assert len((tmp_path / "crashed" / "results.jsonl").read_text().splitlines()) == 3  # header + 2 batches kept
     with pytest.raises(FileExistsError, match="resume"):
         run_evaluation(tiny_wrapper(), images, labels, CFG, tmp_path / "crashed", num_classes=10)
-    resumed = run_evaluation(tiny_wrapper(), images, labels, CFG, tmp_path / "crashed", num_classes=10, resume=True)
+    resumed = run_evaluation(tiny_wrapper(), images, labels, CFG, tmp_path / "crashed", num_classes=10, resume=True).to_json()
     assert _comparable(resumed) == _comparable(straight)
 
 
@@ -100,7 +105,7 @@ def test_a_shortened_robust_list_is_refused_naming_the_line(tmp_path):
 
 def test_resume_survives_a_torn_last_line_a_blank_line_and_an_empty_file(tmp_path):
     images, labels = _data()
-    straight = run_evaluation(tiny_wrapper(), images, labels, CFG, tmp_path / "straight", num_classes=10)
+    straight = run_evaluation(tiny_wrapper(), images, labels, CFG, tmp_path / "straight", num_classes=10).to_json()
 
     torn = tmp_path / "torn"
     run_evaluation(tiny_wrapper(), images, labels, CFG, torn, num_classes=10, stop_after=2)
@@ -108,7 +113,7 @@ def test_resume_survives_a_torn_last_line_a_blank_line_and_an_empty_file(tmp_pat
     (torn / "results.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])  # crash mid-write
     calls = []
     resumed = run_evaluation(tiny_wrapper(), images, labels, CFG, torn, num_classes=10, resume=True,
-                             on_batch=lambda done, total: calls.append(done))
+                             on_batch=lambda done, total: calls.append(done)).to_json()
     assert calls == [2, 3, 4]  # batch 1 (the torn line) recomputed, batch 0 kept
     assert _comparable(resumed) == _comparable(straight)
     assert all(json.loads(line) for line in (torn / "results.jsonl").read_text().splitlines())
@@ -193,7 +198,7 @@ def test_two_process_evaluation_equals_single_process(tmp_path):
     torch.set_num_threads(1)  # as in each worker: the same arithmetic everywhere
     images, labels = _data()
     try:
-        single = run_evaluation(tiny_wrapper(), images, labels, CFG, tmp_path / "single", num_classes=10)
+        single = run_evaluation(tiny_wrapper(), images, labels, CFG, tmp_path / "single", num_classes=10).to_json()
     finally:
         torch.set_num_threads(threads)
     mp.spawn(_distributed_worker, args=(2, _free_port(), str(tmp_path / "two")), nprocs=2, join=True)
@@ -230,14 +235,14 @@ def test_report_records_the_subset_and_the_eps_and_step_actually_used(tmp_path):
     subset = describe_subset(all_labels, indices, seed=4, requested=6, spec="tensors:x")
     cfg = EvalConfig(iters=4, eot=1, batch_size=3)
     report = run_evaluation(tiny_wrapper(), all_images[indices], all_labels[indices], cfg, tmp_path,
-                            num_classes=10, subset=subset)
+                            num_classes=10, subset=subset).to_json()
     assert report["subset"]["indices"] == indices.tolist() and report["subset"]["seed"] == 4
     assert sum(report["subset"]["per_class"].values()) == 6 and report["subset"]["rule"].startswith("stratified")
     assert report["threat"]["eps"] == pytest.approx(8 / 255)
     assert report["threat"]["step_size"] == pytest.approx(2.5 * (8 / 255) / 4)
     assert report["settings"]["eval"]["eps"] == pytest.approx(8 / 255)
     paper = run_evaluation(tiny_wrapper(), all_images[:3], all_labels[:3], replace(cfg, step_size=0.007),
-                           tmp_path / "paper", num_classes=10)
+                           tmp_path / "paper", num_classes=10).to_json()
     assert paper["threat"]["step_size"] == 0.007 and paper["subset"]["rule"] == "all"
 
 
@@ -271,7 +276,7 @@ def test_margin_and_dlr_losses():
 def test_several_attacks_report_each_and_the_per_image_worst_case(tmp_path):
     images, labels = _data(4)
     cfg = replace(CFG, attack="none,pgd-eot", loss="margin", runs=2)
-    report = run_evaluation(tiny_wrapper(), images, labels, cfg, tmp_path, num_classes=10)
+    report = run_evaluation(tiny_wrapper(), images, labels, cfg, tmp_path, num_classes=10).to_json()
     by_attack = report["robust_accuracy_by_attack"]
     assert list(by_attack) == ["none", "pgd-eot"] and report["attacks"] == ["none", "pgd-eot"]
     records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()[1:]]
@@ -291,10 +296,10 @@ def test_evaluation_leaves_the_callers_random_state_alone_and_ignores_it(tmp_pat
     wrapper = tiny_wrapper()  # (building the tiny models seeds the global RNG: do it first)
     torch.manual_seed(123)
     state = torch.get_rng_state()
-    first = run_evaluation(wrapper, images, labels, cfg, tmp_path / "a", num_classes=10)
+    first = run_evaluation(wrapper, images, labels, cfg, tmp_path / "a", num_classes=10).to_json()
     assert torch.equal(torch.get_rng_state(), state)
     torch.manual_seed(456)
-    second = run_evaluation(wrapper, images, labels, cfg, tmp_path / "b", num_classes=10)
+    second = run_evaluation(wrapper, images, labels, cfg, tmp_path / "b", num_classes=10).to_json()
     assert _comparable(first) == _comparable(second)  # the results come from cfg.seed, not the global RNG
     state = torch.get_rng_state()
     sanity_checks(wrapper, images, labels, EvalConfig(iters=1, eot=1))

@@ -98,7 +98,7 @@ def test_verdicts_are_held_out_and_the_attacks_own_count_is_kept_beside_them(tmp
         fc.bias[[c for c in range(10) if c not in (3, 5)]] -= 10.0
     labels = torch.full((16,), 5, dtype=torch.int64)
     cfg = EvalConfig(attack="none,pgd-vote", iters=1, eot=1, runs=1, batch_size=16, seed=2)
-    report = run_evaluation(wrapper, x, labels, cfg, tmp_path, num_classes=10)
+    report = run_evaluation(wrapper, x, labels, cfg, tmp_path, num_classes=10).to_json()
     record = json.loads((tmp_path / "results.jsonl").read_text().splitlines()[1])
     for attack in ("none", "pgd-vote"):
         own, held = record["own"][attack], record["robust"][attack][0]

@@ -67,7 +67,7 @@ def test_evaluation_overwrite_replaces_only_its_own_folder(tmp_path):
     with pytest.raises(FileExistsError, match="--resume .* --overwrite"):
         run_evaluation(tiny_wrapper(), images, labels, CLEAN, out, num_classes=10)
     (out / "results.jsonl").write_text((out / "results.jsonl").read_text() + "\n")  # marks the old file
-    report = run_evaluation(tiny_wrapper(), images, labels, CLEAN, out, num_classes=10, overwrite=True)
+    report = run_evaluation(tiny_wrapper(), images, labels, CLEAN, out, num_classes=10, overwrite=True).to_json()
     assert report["n_samples"] == 4 and not (out / "results.jsonl").read_text().endswith("\n\n")
     (out / "notes.txt").write_text("mine")  # now it holds something of the user's: never replaced
     with pytest.raises(ValueError, match="holds notes.txt, which robustwrap does not write into a results folder"):
@@ -92,7 +92,7 @@ def test_a_failed_start_leaves_nothing_and_does_not_block_the_rerun(tmp_path, mo
         with pytest.raises(RuntimeError, match="out of memory"):
             run_evaluation(tiny_wrapper(), images, labels, CLEAN, out, num_classes=10)
     assert not (tmp_path / "deep").exists()
-    assert run_evaluation(tiny_wrapper(), images, labels, CLEAN, out, num_classes=10)["n_samples"] == 4
+    assert run_evaluation(tiny_wrapper(), images, labels, CLEAN, out, num_classes=10).n_samples == 4
 
 
 def test_resume_refuses_other_data_or_weights_naming_what_changed(tmp_path):
@@ -111,7 +111,7 @@ def test_resume_refuses_other_data_or_weights_naming_what_changed(tmp_path):
         with pytest.raises(ValueError, match=what):
             run_evaluation(wrapper, *data, CLEAN, out, num_classes=10, resume=True)
         assert snapshot(out) == before
-    assert run_evaluation(tiny_wrapper(), images, labels, CLEAN, out, num_classes=10, resume=True)["n_samples"] == 4
+    assert run_evaluation(tiny_wrapper(), images, labels, CLEAN, out, num_classes=10, resume=True).n_samples == 4
 
 
 def test_tensors_data_with_unequal_counts_is_refused(tmp_path):
@@ -231,7 +231,7 @@ def test_a_report_left_mid_write_by_a_crash_does_not_make_the_folder_foreign(tmp
     out = tmp_path / "run"
     run_evaluation(tiny_wrapper(), images, labels, CLEAN, out, num_classes=10)
     (out / ".report.json.0123abcd.tmp").write_text('{"clean')
-    assert run_evaluation(tiny_wrapper(), images, labels, CLEAN, out, num_classes=10, resume=True)["n_samples"] == 4
+    assert run_evaluation(tiny_wrapper(), images, labels, CLEAN, out, num_classes=10, resume=True).n_samples == 4
     (out / ".hidden-notes.tmp").write_text("mine")
     with pytest.raises(ValueError, match="holds .hidden-notes.tmp, which robustwrap does not write"):
         run_evaluation(tiny_wrapper(), images, labels, CLEAN, out, num_classes=10, overwrite=True)

@@ -15,7 +15,7 @@ One job per module:
 - :mod:`.batch`: one batch checked, attacked (by name, :mod:`robustwrap.attacks.registry`) and scored;
 - :mod:`.record`: one batch's outcome, typed (:class:`BatchRecord`), and its check when read back;
 - :mod:`.results`: the results file (:class:`ResultsFile`: header, fingerprints, records, resume checks);
-- :mod:`.report`: the report (:func:`summarize`);
+- :mod:`.report`: the report, typed (:class:`Report`, from :func:`summarize`; ``report.json`` is its ``to_json()``);
 - :mod:`.figure`: the reports as one figure (:func:`plot_accuracy`);
 - :mod:`.distributed`: torchrun set-up (:func:`process_group_from_env`);
 - :mod:`.run`: :func:`run_evaluation`, which ties them together;
@@ -29,13 +29,13 @@ from .config import (ATTACKS, DEFAULT_EPS, DEFENSES, STEPPED, DefenseName, EvalC
                      defense_view)
 from .distributed import process_group_from_env, rank_and_world
 from .figure import plot_accuracy
-from .report import summarize
+from .report import Accuracy, AttackAccuracy, OwnVerdict, Report, RobustAccuracy, summarize
 from .record import BatchRecord, record_problem
 from .results import RANDOMNESS, ResultsFile, check_results_folder, is_evaluation_folder, read_records, versions
 from .run import run_evaluation
 
 __all__ = [
-    "ATTACKS", "BatchRecord", "Comparison", "DEFAULT_EPS", "DEFENSES", "RANDOMNESS", "STEPPED", "DefenseName", "EvalConfig", "ResultsFile",
+    "ATTACKS", "Accuracy", "AttackAccuracy", "BatchRecord", "Comparison", "OwnVerdict", "Report", "RobustAccuracy", "DEFAULT_EPS", "DEFENSES", "RANDOMNESS", "STEPPED", "DefenseName", "EvalConfig", "ResultsFile",
     "attack_batch", "attack_images", "check_inputs", "check_results_folder", "choose_defenses", "compare", "defense_view",
     "evaluate_batch", "image_seeds", "is_evaluation_folder", "plot_accuracy", "process_group_from_env", "rank_and_world",
     "read_records", "record_problem", "run_evaluation", "summarize", "versions",

@@ -20,6 +20,7 @@ from ..data import subset_sentence
 from ..outputs import Layout, check_output
 from .config import DEFENSES, EvalConfig
 from .figure import plot_accuracy
+from .report import Report
 from .results import check_results_folder, is_evaluation_folder
 from .run import run_evaluation
 
@@ -95,7 +96,7 @@ class Comparison:
         figure_problem: why no figure was drawn (the results are saved regardless), or None.
     """
 
-    reports: dict[str, dict]
+    reports: dict[str, Report]
     figure: Path | None
     figure_problem: str | None
 

@@ -7,22 +7,21 @@ import textwrap
 from collections.abc import Mapping
 
 from ..figures import pyplot
+from .report import Report
 
 
-def accuracy_bars(report: dict) -> list[tuple[str, float, list[float]]]:
+def accuracy_bars(report: Report) -> list[tuple[str, float, list[float]]]:
     """(label, accuracy, [low, high]) for one defense's report (:func:`.report.summarize`): clean,
     each attack alone and, with several attacks, the per-image worst case ("all attacks")."""
-    clean = report["clean_accuracy"]
-    bars = [("clean", clean["mean"], clean["interval"])]
-    by_attack = report["robust_accuracy_by_attack"]
-    bars += [(attack, by_attack[attack]["mean"], by_attack[attack]["interval"]) for attack in report["attacks"]]
-    if len(report["attacks"]) > 1:
-        worst = report["robust_accuracy"]
-        bars.append(("all attacks", worst["mean"], worst["interval"]))
+    bars = [("clean", report.clean_accuracy.mean, report.clean_accuracy.interval)]
+    by_attack = report.robust_accuracy_by_attack
+    bars += [(attack, by_attack[attack].mean, by_attack[attack].interval) for attack in report.attacks]
+    if len(report.attacks) > 1:
+        bars.append(("all attacks", report.robust_accuracy.mean, report.robust_accuracy.interval))
     return bars
 
 
-def plot_accuracy(reports: Mapping[str, dict], path: str | os.PathLike, *, title: str, caption: str) -> None:
+def plot_accuracy(reports: Mapping[str, Report], path: str | os.PathLike, *, title: str, caption: str) -> None:
     """Grouped bars, one group per defense (in ``reports``' order), one bar per :func:`accuracy_bars`
     entry, each labelled with its percentage and carrying its Wilson 95% interval as an error bar.
 

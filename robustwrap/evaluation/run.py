@@ -104,7 +104,7 @@ def run_evaluation(
     if missing:
         raise RuntimeError(f"batches {missing[:10]} are missing from {out}: rerun with --resume")
     report = summarize([records[i] for i in range(batches)], header)
-    write_text_atomic(out / "report.json", dumps_strict(report, indent=2) + "\n")
+    write_text_atomic(out / "report.json", dumps_strict(report.to_json(), indent=2) + "\n")
     return report
 
 
