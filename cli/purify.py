@@ -117,6 +117,7 @@ def purify_command(
     table = Table(title="purified")
     for column in ("image", "label before", "label after", "attended", "figure"):
         table.add_column(column)
+    console.print(f"writing: {out}/ (<name>.purified.png, <name>.figure.png, purify.json), all at once at the end")
     work = temporary_beside(out)
     try:
         written = [_purify_one(wrapper, path, picture, image_size, work / stem, generator, table, out / stem)

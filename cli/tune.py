@@ -81,6 +81,8 @@ def tune_command(
     description = {"data": data, **models.record()}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
+        console.print(f"results: {out}/<candidate>/ as each is scored (resumable), then best.json, table.md and "
+                      "frontier.png")
         with Progress(*columns, console=console) as progress:
             task = progress.add_task("tuning (candidates scored)", total=None)
 
