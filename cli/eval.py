@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Optional
@@ -82,8 +83,8 @@ def eval_command(
             check_comparison_folder(out, chosen, resume=resume, overwrite=overwrite)
         cfg = EvalConfig(attack=attack, norm=norm.value, eps=resolve_eps(eps, data, norm.value), iters=iters,
                          step_size=step_size, eot=eot, loss=loss.value if loss else None,
-                         surrogate_steps=surrogate_steps, runs=runs, seed=seed, batch_size=batch_size,
-                         options=options_from_values(attack, attack_options))
+                         surrogate_steps=surrogate_steps, runs=runs, seed=seed, batch_size=batch_size)
+        cfg = dataclasses.replace(cfg, options=options_from_values(cfg.attack, attack_options))
         calibrated = {} if models.own_weights else calibrated_configs(models.classifier, models.diffusion)
         configs, calibration = calibrated_defenses(chosen, defense, calibrated, own_defense=setting.given)
         images, labels = load_dataset(data)

@@ -122,13 +122,13 @@ def bundle_parity(wrapper: RobustWrapper, out: str | Path, x: Tensor, noise: Noi
 
 @torch.no_grad()
 def engine_parity(wrapper: RobustWrapper, out: str | Path, x: Tensor, noise: Noise, *, engine: str = "tensorrt",
-                  device: str = "cuda") -> Parity:
-    """The bundle's engines (``engine`` on ``device``) against eager."""
+                  device: str = "cuda", label: str = "TensorRT") -> Parity:
+    """The bundle's engines (``engine`` on ``device``, called ``label``) against eager."""
     from .bundle import load_bundle
 
     loaded = load_bundle(out, engine=engine, device=device)
     got = loaded(x.to(device), noise=Noise.given(noise.tensor.to(device)))
-    return Parity(f"{engine} vs eager", _gap(got, wrapper(x, noise=noise)))
+    return Parity(f"{label} vs eager", _gap(got, wrapper(x, noise=noise)))
 
 
 def compile_parity(wrapper: RobustWrapper, x: Tensor, noise: Noise, precision: str) -> tuple[float, Parity]:

@@ -33,7 +33,7 @@ from typing import Callable
 from torch import Tensor
 
 from .config import MODES, PurifyConfig
-from .schema import check_types, setting, type_problems
+from .schema import normalize, setting, type_problems, type_problems_of
 from .schema import problems as schema_problems
 from .data import draw_subset
 from .defense import BareClassifier
@@ -135,12 +135,13 @@ class TuneSettings:
     def __post_init__(self) -> None:
         levels = {f"{name}[{i}]": value for name in ("uniform_levels", "heterogeneous_levels", "cuts")
                   for i, value in enumerate(getattr(self, name))}
-        problems = type_problems(levels, floats=tuple(levels))
+        problems = type_problems_of(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        problems += type_problems(levels, floats=tuple(levels))
         if not isinstance(self.evaluation, EvalConfig):
             problems.append(f"evaluation must be an EvalConfig, got {type(self.evaluation).__name__}")
         if problems:  # the range checks below need numbers
             raise ValueError("invalid tune settings: " + "; ".join(problems))
-        check_types(self, "tune settings")
+        normalize(self)
         problems = schema_problems(self)  # the declared bounds
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown or not self.families:

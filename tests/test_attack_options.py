@@ -67,3 +67,11 @@ def test_the_cli_shows_one_flag_per_declared_option():
         assert f"--{field.name.replace('_', '-')}" in result.output and field.help[:40] in result.output
     refused = CliRunner().invoke(app, ["eval", "--attack", "mask-aware", "--mask-temperature", "-1", "--out", "x"])
     assert refused.exit_code == 2 and "mask_temperature must be > 0" in " ".join(refused.output.split())
+
+
+def test_numpy_numbers_become_plain_ones_so_the_results_header_stays_json():
+    import numpy as np
+
+    options = DiffHammerOptions(em_samples=np.int64(4))
+    assert type(options.em_samples) is int and options.em_samples == 4
+    json.dumps(EvalConfig(attack="diffhammer", options=options).resolved())

@@ -176,6 +176,17 @@ def _stats(url: str, model: str) -> dict:
     return {"executions": stats["execution_count"], "inferences": stats["inference_count"]}
 
 
+def _settled_stats(url: str, model: str, before: dict, inferences: int, wait_s: float = 10.0) -> dict:
+    """The model's statistics once ``inferences`` more have been counted since ``before`` (Triton counts an
+    execution after its responses are sent: under load the answers can arrive first), waiting at most ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        stats = _stats(url, model)
+        if stats["inferences"] - before["inferences"] >= inferences or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.1)
+
+
 def _local(served, index=0):
     return load_bundle(served["bundles"][index])
 
@@ -185,7 +196,8 @@ def test_concurrent_requests_run_as_one_batch_and_each_answer_is_its_seeds(serve
     requests = [(_images(1, seed=40 + i), np.array([[400 + i]], dtype=np.int64)) for i in range(12)]
     with ThreadPoolExecutor(12) as pool:
         answers = list(pool.map(lambda r: _infer(served["url"], "digits", *r)[0], requests))
-    after = {model: _stats(served["url"], model) for model in ("digits", "digits-denoiser")}
+    after = {"digits": _settled_stats(served["url"], "digits", before["digits"], 12),
+             "digits-denoiser": _stats(served["url"], "digits-denoiser")}
     pipeline = {key: after["digits"][key] - before["digits"][key] for key in ("executions", "inferences")}
     assert pipeline["inferences"] == 12 and pipeline["executions"] < 12, pipeline  # requests batched together
     denoiser_calls = after["digits-denoiser"]["executions"] - before["digits-denoiser"]["executions"]
@@ -202,7 +214,7 @@ def test_inline_components_serve_what_load_bundle_computes_in_batches(served):
     requests = [(_images(2, seed=60 + i), np.array([[600 + i], [700 + i]], dtype=np.int64)) for i in range(8)]
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda r: _infer(served["url"], "digits-inline", *r)[0], requests))
-    after = _stats(served["url"], "digits-inline")
+    after = _settled_stats(served["url"], "digits-inline", before, 16)
     assert after["inferences"] - before["inferences"] == 16 and after["executions"] - before["executions"] < 8
     local = _local(served, 3)
     with torch.no_grad():

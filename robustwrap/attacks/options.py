@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..schema import check, to_dict
+from ..schema import check, check_types, to_dict
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,7 @@ class AttackOptions:
     """The base of every attack's options: checked against their declarations when made."""
 
     def __post_init__(self) -> None:
+        check_types(self, type(self).__name__)  # and numpy numbers become plain ones (results headers are JSON)
         check(self, type(self).__name__)
 
     def describe(self) -> str:

@@ -91,7 +91,8 @@ class Comparison:
     """What :func:`compare` leaves in its folder.
 
     Attributes:
-        reports: defense name -> its report (as in its ``report.json``), on rank 0; empty on other ranks.
+        reports: defense name -> its :class:`~robustwrap.evaluation.Report` (``report.json`` is its ``to_json()``),
+            on rank 0; empty on other ranks.
         figure: the figure written, or None (other ranks, or no figure could be drawn).
         figure_problem: why no figure was drawn (the results are saved regardless), or None.
     """

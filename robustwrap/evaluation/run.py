@@ -21,7 +21,7 @@ from ..defense import Defense
 from .batch import check_inputs, evaluate_batch
 from .config import EvalConfig
 from .distributed import barrier, rank_and_world
-from .report import summarize
+from .report import Report, summarize
 from .results import RESULTS_LAYOUT, ResultsFile, check_results_folder
 
 
@@ -39,7 +39,7 @@ def run_evaluation(
     description: dict | None = None,
     on_batch: Callable[[int, int], None] | None = None,
     stop_after: int | None = None,
-) -> dict | None:
+) -> Report | None:
     """Attack and score every batch, appending each to the results file; return the report.
 
     No global random state is read or changed: every draw comes from per-image generators
