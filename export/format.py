@@ -38,6 +38,7 @@ import torch
 
 from robustwrap.config import PurifyConfig
 from robustwrap.outputs import Layout, dumps_strict, is_atomic_temporary, loads_strict
+from robustwrap.schema import value_problem
 
 FORMAT = "robustwrap-bundle"
 FORMAT_VERSION = 2
@@ -352,8 +353,9 @@ class _Checker:
         if name not in raw:
             raise ValueError(f"{self.where}: {context}{name!r} is missing")
         value = raw[name]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ValueError(f"{self.where}: {context}{name!r} must be {kind.__name__}, got {value!r}")
+        problem = value_problem(f"{context}{name!r}", value, kind)  # robustwrap.schema's one type check
+        if problem:
+            raise ValueError(f"{self.where}: {problem}")
         return value
 
     def count(self, raw: Mapping, name: str, context: str = "") -> int:

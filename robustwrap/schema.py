@@ -96,13 +96,17 @@ def field_types(cls: type) -> dict[str, tuple[object, bool]]:
     return out
 
 
-def _value_problem(name: str, value: object, kind: object) -> str | None:
-    """What is wrong with one value of a declared type (None: nothing)."""
+def value_problem(name: str, value: object, kind: object) -> str | None:
+    """What is wrong with one value of a declared type (None: nothing): int, float, bool, str, a ``Literal``
+    of strings, or a JSON ``list`` / ``dict``; the one type check of settings and of file readers."""
     if get_origin(kind) is Literal:
         allowed = get_args(kind)
         return None if value in allowed and isinstance(value, str) else f"{name} must be one of {allowed}, got {value!r}"
     if kind is str:
         return None if isinstance(value, str) else f"{name} must be a string, got {value!r}"
+    if kind in (list, dict):
+        return None if isinstance(value, kind) else \
+            f"{name} must be {'a list' if kind is list else 'an object'}, got {value!r}"
     groups = {int: "ints", float: "floats", bool: "bools"}
     if kind in groups:
         found = type_problems({name: value}, **{groups[kind]: (name,)})
@@ -121,7 +125,7 @@ def type_problems_of(cls: type, values: dict[str, object]) -> list[str]:
             continue
         if get_origin(kind) is Literal:
             kind = str
-        problem = _value_problem(name, value, kind)
+        problem = value_problem(name, value, kind)
         if problem:
             found.append(problem)
     return found
@@ -140,7 +144,7 @@ def problems(obj: object) -> list[str]:
         value = getattr(obj, field.name)
         if value is None and optional:
             continue
-        problem = _value_problem(field.name, value, kind)
+        problem = value_problem(field.name, value, kind)
         bounds = bounds_of(field)
         if problem is None and kind in (int, float) and bounds and not all(BOUNDS[rule][1](value, bound)
                                                                           for rule, bound in bounds.items()):

@@ -206,7 +206,7 @@ MALFORMED = [
     ("no components", _delete("components"), "'components' is missing"),
     ("no channels", _delete("channels"), "'channels' is missing"),
     ("no config", _delete("config"), "'config' is missing"),
-    ("channels as text", _set("channels", "three"), "'channels' must be int"),
+    ("channels as text", _set("channels", "three"), "'channels' must be an int"),
     ("a NaN in the config", _set("config.eta", float("nan")), "not a number JSON allows|finite"),
     ("a file outside the bundle", _set("components.denoiser.file", "../../x.onnx"), "file name inside the bundle"),
     ("a deleted graph", lambda info, folder: (folder / "classifier.onnx").unlink(), "classifier graph .* is missing"),
