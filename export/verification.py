@@ -198,22 +198,16 @@ def find_verification(bundle: str | os.PathLike, engine: str, precisions: Mappin
 def plot_record(report: VerifyReport, path: str | os.PathLike) -> None:
     """Clean and robust accuracy of the eager defense and the engine side by side, with Wilson 95% bars; the
     decision and mask-pixel agreement in the title. Written as a PNG to ``path``."""
-    from robustwrap.figures import pyplot  # noqa: PLC0415
+    from robustwrap.figures import interval_bars, pyplot  # noqa: PLC0415
 
     plt = pyplot("robustwrap verify")
     groups = [g for g in ("clean", "robust") if g in report.figures]
     figure, axes = plt.subplots(figsize=(5.2, 4.2), dpi=120)
     for j, side in enumerate(("eager", "engine")):
-        rates = [report.figures[g][side] for g in groups]
-        xs = [i + (j - 0.5) * 0.38 for i in range(len(groups))]
-        values = [100 * r["value"] for r in rates]
-        errors = [[100 * (r["value"] - r["interval"][0]) for r in rates],
-                  [100 * (r["interval"][1] - r["value"]) for r in rates]]
+        rates = [(r["value"], *r["interval"]) for r in (report.figures[g][side] for g in groups)]
         label = "fp32 eager" if side == "eager" else f"{report.engine} {describe_precision(report.precisions)}"
-        axes.bar(xs, values, 0.36, yerr=errors, capsize=3, label=label, edgecolor="black", linewidth=0.5,
-                 color="lightgrey" if side == "eager" else "tab:blue")
-        for x, value, up in zip(xs, values, errors[1]):
-            axes.text(x, value + up + 1.5, f"{value:.1f}", ha="center", va="bottom", fontsize=7)
+        interval_bars(axes, [i + (j - 0.5) * 0.38 for i in range(len(groups))], rates, 0.36, label=label,
+                      color="lightgrey" if side == "eager" else "tab:blue")
     settings = report.settings
     axes.set_xticks(range(len(groups)), [f"clean ({settings['n_images']})", f"robust ({settings['n_attack']})"]
                     [:len(groups)])

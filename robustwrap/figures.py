@@ -1,5 +1,6 @@
 """Pictures of what the defense does (the paper's Figure 5): input | attention | mask | purified, titled;
-and the one way plots get matplotlib (:func:`pyplot`)."""
+the one way plots get matplotlib (:func:`pyplot`) and the one way they draw accuracies with their
+intervals (:func:`interval_bars`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,24 @@ def pyplot(command: str):
     except ImportError as error:
         raise ImportError(f"{command} draws its plot with matplotlib: pip install matplotlib") from error
     return plt
+
+
+def interval_bars(axes, xs: list[float], rates: list[tuple[float, float, float]], width: float, *,
+                  label: str, color) -> None:
+    """One series of bars with their 95% intervals as error bars, each labelled with its percentage.
+
+    Args:
+        axes: a matplotlib Axes. xs: bar centres. width: bar width (x units).
+        rates: (value, low, high) per bar, fractions in [0, 1]; drawn in percent.
+        label: the legend entry; color: the bars' colour.
+    """
+    values = [100 * value for value, _, _ in rates]
+    below = [100 * (value - low) for value, low, _ in rates]
+    above = [100 * (high - value) for value, _, high in rates]
+    axes.bar(xs, values, width, yerr=[below, above], capsize=3, label=label, color=color,
+             edgecolor="black", linewidth=0.5)
+    for x, value, up in zip(xs, values, above):  # above the interval's top, not on it
+        axes.text(x, value + up + 1.5, f"{value:.1f}", ha="center", va="bottom", fontsize=7)
 
 
 def to_rgb_uint8(image: Tensor) -> np.ndarray:

@@ -6,7 +6,7 @@ import os
 import textwrap
 from collections.abc import Mapping
 
-from ..figures import pyplot
+from ..figures import interval_bars, pyplot
 from .report import Report
 
 
@@ -38,18 +38,14 @@ def plot_accuracy(reports: Mapping[str, Report], path: str | os.PathLike, *, tit
     figure, axes = plt.subplots(figsize=(max(6.0, 1.2 + 0.55 * len(labels) * len(names)), 4.6), dpi=120)
     colours = plt.get_cmap("tab10")
     for j, label in enumerate(labels):
-        xs, values, below, above = [], [], [], []
+        xs, rates = [], []
         for i, name in enumerate(names):
             for bar_label, value, (low, high) in bars[name]:
                 if bar_label == label:
                     xs.append(i + (j - (len(labels) - 1) / 2) * width)
-                    values.append(100 * value)
-                    below.append(100 * (value - low))
-                    above.append(100 * (high - value))
-        axes.bar(xs, values, width * 0.92, yerr=[below, above], capsize=3, label=label,
-                 color="lightgrey" if label == "clean" else colours(j % 10), edgecolor="black", linewidth=0.5)
-        for x, value, up in zip(xs, values, above):  # above the interval's top, not on it
-            axes.text(x, value + up + 1.5, f"{value:.1f}", ha="center", va="bottom", fontsize=7)
+                    rates.append((value, low, high))
+        interval_bars(axes, xs, rates, width * 0.92, label=label,
+                      color="lightgrey" if label == "clean" else colours(j % 10))
     axes.set_xticks(range(len(names)), names)
     axes.set_ylim(0, 112)
     axes.set_ylabel("accuracy (%)")
