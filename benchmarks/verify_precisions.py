@@ -27,7 +27,7 @@ from robustwrap.cpus import cpu_features
 from robustwrap.schedule import describe_defense
 from robustwrap.data import draw_subset, load_dataset
 from robustwrap.export import export_bundle, quantize_bundle, verify
-from robustwrap.export.verify import VERIFY_ATTACK, craft_adversarial
+from robustwrap.export.verifier import VERIFY_ATTACK, craft_adversarial
 from robustwrap.export.engines import describe_precision
 from robustwrap.export.verification import format_rate
 

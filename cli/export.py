@@ -130,7 +130,7 @@ def _add(summary: Table, parities) -> None:
 
 def _verify(out: Path, engine: str, precision: str) -> None:
     """`robustwrap verify` of what was exported, with its defaults; exit 1 when it fails."""
-    from robustwrap.export.verify import verify_bundle
+    from robustwrap.export.verifier import verify_bundle
 
     from .verify import print_report, run_verify
 

@@ -55,7 +55,7 @@ def verify_command(
 
     from robustwrap.data import resolve_eps
     from robustwrap.export import Thresholds
-    from robustwrap.export.verify import VERIFY_ATTACK, verify_bundle
+    from robustwrap.export.verifier import VERIFY_ATTACK, verify_bundle
 
     require_finite(eps=eps, min_agreement=min_agreement, max_clean_drop=max_clean_drop, max_robust_drop=max_robust_drop)
     try:

@@ -11,7 +11,7 @@ The pipeline, one file per step:
 - :mod:`.engines` — one runner protocol and one registry (``ENGINE_SPECS``); ONNX Runtime,
   TensorRT (:func:`build_bundle_engines`), AOTInductor, OpenVINO, and the adapters that turn
   runners into the wrapper's networks.
-- :mod:`.verify` — :func:`verify`: does an engine at its precision still decide as the fp32
+- :mod:`.verifier` — :func:`verify`: does an engine at its precision still decide as the fp32
   eager defense does (the record: :mod:`.verification`, found again by :func:`find_verification`).
 - :mod:`.triton` — :func:`write_triton_bundle` (a model repository that a real Triton server
   serves) and :class:`TritonServer` (``robustwrap serve``).
@@ -28,7 +28,7 @@ from .engines.tensorrt import EngineBuild, build_bundle_engines
 from .format import BundleInfo, ComponentSpec, TensorSpec
 from .triton import TritonServer, write_triton_bundle
 from .verification import Thresholds, VerifyReport, find_verification, write_record
-from .verify import verify, verify_bundle
+from .verifier import verify, verify_bundle
 
 __all__ = [
     "BundleExport",
