@@ -202,7 +202,7 @@ def plot_record(report: VerifyReport, path: str | os.PathLike) -> None:
 
     plt = pyplot("robustwrap verify")
     groups = [g for g in ("clean", "robust") if g in report.figures]
-    figure, axes = plt.subplots(figsize=(5.2, 4.2), dpi=120)
+    figure, axes = plt.subplots(figsize=(7.0, 4.2), dpi=120)
     for j, side in enumerate(("eager", "engine")):
         rates = [(r["value"], *r["interval"]) for r in (report.figures[g][side] for g in groups)]
         label = "fp32 eager" if side == "eager" else f"{report.engine} {describe_precision(report.precisions)}"
@@ -217,7 +217,7 @@ def plot_record(report: VerifyReport, path: str | os.PathLike) -> None:
     mask = report.figures["mask_pixel_agreement"]
     axes.set_title(f"{'passed' if report.passed else 'FAILED'}: decisions agree on {100 * agreement:.2f}%, "
                    f"{mask['flipped']} of {mask['pixels']:,} mask pixels flip", fontsize=8)
-    axes.legend(fontsize=7, loc="lower right")
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over one
     axes.set_xlabel(describe_settings(settings), fontsize=6, wrap=True)
     figure.tight_layout()
     figure.savefig(path)
